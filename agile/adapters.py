@@ -1,0 +1,177 @@
+"""LoRA adapters as directories: `adapter.json` (what it is) and `lora.safetensors` (the weights).
+
+Nothing here unpickles. An adapter is written to a temporary directory and
+renamed when complete, so a half-written adapter never loads. Names resolve only
+inside the adapter directories the operator configured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import MISSING, asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from agile.prompt import PromptTemplate
+
+META_FILE = "adapter.json"
+WEIGHTS_FILE = "lora.safetensors"
+FORMAT_VERSION = 1
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "adapters"
+
+
+class AdapterError(ValueError):
+    """An adapter is missing, malformed, or does not fit the model it is applied to."""
+
+
+@dataclass
+class AdapterMeta:
+    """Everything needed to score with an adapter, and to know where it came from."""
+
+    name: str
+    base_model: str
+    base_checksum: str
+    labels: list[str]
+    instructions: str
+    separator: str
+    eos: str
+    rank: int
+    target_layers: list[str]
+    objective: str
+    max_length: int
+    positive_label: str | None = None  # the label whose probability is the "flag" score
+    threshold: float = 0.5  # on p(positive_label), chosen on validation rows
+    data_checksum: str = ""
+    settings: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def template(self) -> PromptTemplate:
+        return PromptTemplate(tuple(self.labels), self.instructions, self.separator, self.eos)
+
+    @classmethod
+    def from_json(cls, data: dict, where: str) -> AdapterMeta:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        missing = sorted(
+            k for k, f in cls.__dataclass_fields__.items()
+            if k not in data and f.default is MISSING and f.default_factory is MISSING
+        )
+        if unknown or missing:
+            raise AdapterError(f"{where}: bad {META_FILE}: unknown keys {unknown}, missing {missing}")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise AdapterError(f"{where}: adapter format {data.get('format_version')} is not supported")
+        return cls(**data)
+
+
+@dataclass
+class Adapter:
+    path: Path
+    meta: AdapterMeta
+    weights: dict[str, np.ndarray]
+
+
+def _lora_variables(backbone) -> dict[str, object]:
+    """LoRA variables keyed by their path below the backbone (stable across loads)."""
+    out = {}
+    for v in backbone.weights:
+        if "lora_kernel" in v.path:
+            out[v.path.split("/", 1)[1]] = v
+    return out
+
+
+def save_adapter(model, meta: AdapterMeta, path: str | Path) -> Path:
+    """Write the model's LoRA weights and `meta` to directory `path`, atomically."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    variables = _lora_variables(model.backbone)
+    if not variables:
+        raise AdapterError("the model has no LoRA weights to save (call enable_lora first)")
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=parent))
+    except OSError as exc:
+        raise AdapterError(f"{path}: cannot write the adapter there ({exc.strerror})") from exc
+    try:
+        arrays = {k: np.asarray(v.numpy(), dtype=np.float32) for k, v in variables.items()}
+        save_file(arrays, str(work / WEIGHTS_FILE))
+        (work / META_FILE).write_text(json.dumps(asdict(meta), indent=2) + "\n")
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(work, path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return path
+
+
+def load_adapter(path: str | Path) -> Adapter:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    if not (path / META_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+        raise AdapterError(f"{path}: not an adapter directory (needs {META_FILE} and {WEIGHTS_FILE})")
+    try:
+        meta = AdapterMeta.from_json(json.loads((path / META_FILE).read_text()), str(path))
+        weights = load_file(str(path / WEIGHTS_FILE))
+    except (json.JSONDecodeError, TypeError, SafetensorError, OSError) as exc:
+        raise AdapterError(f"{path}: unreadable adapter: {exc}") from exc
+    return Adapter(path=path, meta=meta, weights=weights)
+
+
+def adapter_dirs(extra: str | None = None) -> list[Path]:
+    """The shipped `adapters/` plus the directories on AGILE_ADAPTER_PATH (or `extra`)."""
+    spec = extra if extra is not None else os.environ.get("AGILE_ADAPTER_PATH", "")
+    return [SHIPPED_DIR] + [Path(p).expanduser().resolve() for p in spec.split(os.pathsep) if p]
+
+
+def resolve_adapter(name: str, dirs: list[Path] | None = None) -> Path:
+    """The directory of adapter `name`, found only inside `dirs`; never a path from outside."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
+        raise AdapterError(f"adapter name {name!r} is not a plain name")
+    dirs = adapter_dirs() if dirs is None else dirs
+    for d in dirs:
+        candidate = (d / name).resolve()
+        if candidate.parent == d.resolve() and (candidate / META_FILE).is_file():
+            return candidate
+    raise AdapterError(
+        f"unknown adapter {name!r}: not found in {', '.join(str(d) for d in dirs)} "
+        "(add its parent directory to AGILE_ADAPTER_PATH)"
+    )
+
+
+def check_base(adapter: Adapter, model) -> None:
+    info = getattr(model, "agile_info", None)
+    if info is not None and adapter.meta.base_checksum != info.checksum:
+        raise AdapterError(
+            f"{adapter.path}: adapter was trained on {adapter.meta.base_model} "
+            f"(checksum {adapter.meta.base_checksum[:12]}), but the loaded model is {info.spec} "
+            f"(checksum {info.checksum[:12]})"
+        )
+
+
+def apply_adapter(model, adapter: Adapter) -> None:
+    """Put the adapter's LoRA weights into the model (enabling LoRA on first use)."""
+    check_base(adapter, model)
+    backbone = model.backbone
+    variables = _lora_variables(backbone)
+    if not variables:
+        backbone.enable_lora(adapter.meta.rank, target_layer_names=adapter.meta.target_layers)
+        variables = _lora_variables(backbone)
+    if set(variables) != set(adapter.weights):
+        raise AdapterError(
+            f"{adapter.path}: LoRA layout (rank {adapter.meta.rank}, layers "
+            f"{adapter.meta.target_layers}) differs from the one enabled on this model"
+        )
+    for key, variable in variables.items():
+        value = adapter.weights[key]
+        if tuple(variable.shape) != value.shape:
+            raise AdapterError(f"{adapter.path}: {key} has shape {value.shape}, expected {variable.shape}")
+        variable.assign(value)

@@ -1,0 +1,87 @@
+"""Prompt tokenization: label token ids, and prompts that fit `max_length` without losing their tail.
+
+keras-hub's packer cuts a long prompt from the end, which drops `Prediction:`
+and scores garbage. We cut the comment text instead, keep the template whole,
+and report which rows were cut. SentencePiece runs natively (no TensorFlow).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+from agile.prompt import PromptTemplate
+
+# A token covers at most a few dozen characters; longer text cannot fit anyway,
+# and cutting it first keeps a 1 MB comment from costing a 1 MB tokenization.
+_CHARS_PER_TOKEN_BOUND = 64
+
+
+class LabelError(ValueError):
+    """A label does not map to exactly one vocabulary token."""
+
+
+class PromptTokenizer:
+    def __init__(self, proto: bytes, add_bos: bool = True):
+        self.sp = spm.SentencePieceProcessor(model_proto=proto)
+        self.bos = [self.sp.bos_id()] if add_bos and self.sp.bos_id() >= 0 else []
+        self.pad_id = max(self.sp.pad_id(), 0)
+        self.eos_id = self.sp.eos_id()
+
+    @classmethod
+    def from_model(cls, model) -> PromptTokenizer:
+        tokenizer = model.preprocessor.tokenizer
+        proto = getattr(tokenizer, "proto", None)
+        if not proto:
+            raise TypeError(
+                f"{type(tokenizer).__name__} is not a SentencePiece tokenizer; "
+                "agile scores SentencePiece (Gemma) models"
+            )
+        return cls(proto)
+
+    def label_ids(self, labels: Sequence[str]) -> list[int]:
+        """One token id per label, or a clear error naming the label that is not one token."""
+        ids = []
+        for label in labels:
+            pieces = self.sp.encode(label)
+            token = self.sp.piece_to_id(label)
+            if token == self.sp.unk_id() or len(pieces) != 1:
+                shown = [self.sp.id_to_piece(p) for p in pieces]
+                raise LabelError(
+                    f"label {label!r} is not a single token of this model's vocabulary "
+                    f"(it splits into {shown}); choose a label word that is one token"
+                )
+            ids.append(token)
+        return ids
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.sp.encode(list(texts))
+
+    def encode_prompts(
+        self, template: PromptTemplate, texts: Sequence[str], max_length: int
+    ) -> tuple[list[list[int]], np.ndarray]:
+        """Token rows (BOS first) for each text's prompt, and which rows had their text cut."""
+        limit = max_length * _CHARS_PER_TOKEN_BOUND
+        clipped = [t[:limit] for t in texts]
+        rows = [self.bos + r for r in self.encode([template.prompt(t) for t in clipped])]
+        truncated = np.array([len(c) < len(t) for c, t in zip(clipped, texts)], dtype=bool)
+        for i, row in enumerate(rows):
+            if len(row) > max_length:
+                rows[i] = self._fit(template, clipped[i], max_length)
+                truncated[i] = True
+        return rows, truncated
+
+    def _fit(self, template: PromptTemplate, text: str, max_length: int) -> list[int]:
+        """Cut the text's tokens until the whole prompt fits (re-encoding merges at the seams)."""
+        text_ids = self.sp.encode(text)
+        fixed = len(self.bos) + len(self.sp.encode(template.head)) + len(self.sp.encode(template.tail))
+        keep = max(max_length - fixed, 0)
+        while True:
+            cut = self.sp.decode(text_ids[:keep])
+            row = self.bos + self.sp.encode(template.prompt(cut))
+            if len(row) <= max_length or keep == 0:
+                return row[:max_length] if keep == 0 else row
+            keep -= len(row) - max_length
+            keep = max(keep, 0)
