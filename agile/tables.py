@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import pandas as pd
 import pyarrow as pa
@@ -112,15 +113,19 @@ def read_chunks(
 class TableWriter:
     """Append rows (dicts with the same keys) to CSV, JSONL or Parquet; `close()` finishes the file."""
 
-    def __init__(self, path: str | Path, fmt: str | None = None):
-        self.path = Path(path)
-        self.fmt = table_format(self.path, fmt)
-        if self.path.parent and not self.path.parent.exists():
-            raise TableError(f"{self.path}: directory {self.path.parent} does not exist")
-        try:
-            self._file = None if self.fmt == "parquet" else self.path.open("w", encoding="utf-8", newline="")
-        except OSError as exc:
-            raise TableError(f"{self.path}: cannot write ({exc.strerror})") from exc
+    def __init__(self, path: str | Path | TextIO, fmt: str | None = None):
+        if not isinstance(path, (str, Path)):  # an open text stream, e.g. stdout
+            self.path, self.fmt, self._file, self._owned = Path("<stream>"), fmt or "csv", path, False
+        else:
+            self.path, self.fmt, self._owned = Path(path), table_format(path, fmt), True
+            if not self.path.parent.is_dir():
+                raise TableError(f"{self.path}: directory {self.path.parent} does not exist")
+            try:
+                self._file = (
+                    None if self.fmt == "parquet" else self.path.open("w", encoding="utf-8", newline="")
+                )
+            except OSError as exc:
+                raise TableError(f"{self.path}: cannot write ({exc.strerror})") from exc
         self._csv: csv.DictWriter | None = None
         self._parquet: pq.ParquetWriter | None = None
         self.rows = 0
@@ -143,8 +148,10 @@ class TableWriter:
         self.rows += len(rows)
 
     def close(self) -> None:
-        if self._file is not None:
+        if self._file is not None and self._owned:
             self._file.close()
+        elif self._file is not None:
+            self._file.flush()
         if self._parquet is not None:
             self._parquet.close()
 

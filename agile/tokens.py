@@ -75,13 +75,16 @@ class PromptTokenizer:
 
     def _fit(self, template: PromptTemplate, text: str, max_length: int) -> list[int]:
         """Cut the text's tokens until the whole prompt fits (re-encoding merges at the seams)."""
+        empty = self.bos + self.sp.encode(template.prompt(""))
+        if len(empty) > max_length:
+            raise ValueError(
+                f"the prompt template alone is {len(empty)} tokens, more than max_length={max_length}; "
+                "shorten the instructions or raise max_length"
+            )
         text_ids = self.sp.encode(text)
-        fixed = len(self.bos) + len(self.sp.encode(template.head)) + len(self.sp.encode(template.tail))
-        keep = max(max_length - fixed, 0)
+        keep = max_length - len(empty)
         while True:
-            cut = self.sp.decode(text_ids[:keep])
-            row = self.bos + self.sp.encode(template.prompt(cut))
-            if len(row) <= max_length or keep == 0:
-                return row[:max_length] if keep == 0 else row
-            keep -= len(row) - max_length
-            keep = max(keep, 0)
+            row = self.bos + self.sp.encode(template.prompt(self.sp.decode(text_ids[:keep])))
+            if len(row) <= max_length:
+                return row
+            keep = max(keep - (len(row) - max_length), 0)

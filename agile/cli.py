@@ -1,0 +1,106 @@
+"""`agile score`: label probabilities for texts or a comment file, in-process (no queue)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from agile.prompt import DEFAULT_INSTRUCTIONS, DEFAULT_LABELS, DEFAULT_SEPARATOR
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "score",
+        help="score texts or a comment file in this process",
+        description="Score texts (arguments) or a CSV/JSONL/Parquet file with an agile classifier.",
+    )
+    p.add_argument("texts", nargs="*", help="texts to score (or use --input)")
+    p.add_argument("--input", "-i", type=Path, help="comment file: .csv, .jsonl or .parquet")
+    p.add_argument("--output", "-o", type=Path, help="output file (.csv/.jsonl/.parquet); default: stdout CSV")
+    p.add_argument("--model", default=None, help="model spec (default: the adapter's base, else gemma3_270m)")
+    p.add_argument("--adapter", help="adapter directory, or a name in adapters/ or AGILE_ADAPTER_PATH")
+    p.add_argument("--labels", help=f"comma-separated label words (zero-shot; default {','.join(DEFAULT_LABELS)})")
+    p.add_argument("--instructions", help="instructions (zero-shot)")
+    p.add_argument("--separator", help=f"separator token (zero-shot; default {DEFAULT_SEPARATOR})")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--id-column", default="id", help="id column; rows without one get their row number")
+    p.add_argument("--delimiter", help="CSV delimiter (detected when omitted)")
+    p.add_argument("--max-length", type=int, help="tokens per prompt (default: adapter's, else 128)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--chunk-rows", type=int, default=2048, help="rows read and scored per step")
+    p.add_argument("--dtype", help="float32 | bfloat16 (default: the model's)")
+    p.set_defaults(func=run)
+
+
+def _policy(args: argparse.Namespace):
+    """The policy and adapter to score with, from --adapter or the zero-shot flags."""
+    from agile.adapters import AdapterError, load_adapter, resolve_adapter
+    from agile.policy import Policy
+    from agile.prompt import PromptTemplate
+
+    if args.adapter:
+        if args.labels or args.instructions or args.separator:
+            raise SystemExit("agile score: --labels/--instructions/--separator come from the adapter; drop them")
+        path = Path(args.adapter)
+        if not path.is_dir():
+            path = resolve_adapter(args.adapter)
+        adapter = load_adapter(path)
+        policy = Policy.from_adapter_meta(adapter.meta)
+        if args.max_length:
+            policy = Policy(policy.template, policy.name, policy.positive_label, policy.threshold,
+                            args.max_length)
+        return policy, adapter
+    labels = tuple(s.strip() for s in args.labels.split(",")) if args.labels else DEFAULT_LABELS
+    template = PromptTemplate(
+        labels, args.instructions or DEFAULT_INSTRUCTIONS, args.separator or DEFAULT_SEPARATOR
+    )
+    if args.input is None and not args.texts:
+        raise AdapterError("nothing to score: give texts as arguments or --input FILE")
+    return Policy(template, max_length=args.max_length or 128), None
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from agile.adapters import AdapterError, apply_adapter
+    from agile.models import DEFAULT_MODEL, ModelLoadError, load_model, model_info
+    from agile.scoring import LabelScorer, ScoringSettings
+    from agile.tables import Chunk, TableError, TableWriter, read_chunks
+    from agile.tokens import LabelError
+
+    writer = None
+    try:
+        policy, adapter = _policy(args)
+        spec = args.model or (adapter.meta.base_model if adapter else DEFAULT_MODEL)
+        model = load_model(spec, dtype=args.dtype, sequence_length=policy.max_length)
+        if adapter:
+            apply_adapter(model, adapter)
+        scorer = LabelScorer(model, policy.template, ScoringSettings(policy.max_length, args.batch_size))
+        if args.input:
+            chunks = read_chunks(args.input, args.text_column, args.id_column, args.chunk_rows,
+                                 delimiter=args.delimiter)
+        else:
+            chunks = iter([Chunk(0, [str(i) for i in range(len(args.texts))], list(args.texts))])
+        writer = TableWriter(args.output) if args.output else TableWriter(sys.stdout, fmt="csv")
+        name = model_info(model).spec
+        start, n_cut = time.perf_counter(), 0
+        with tqdm(unit="comment", disable=args.input is None, file=sys.stderr) as bar:
+            for chunk in chunks:
+                scores = scorer.score(chunk.texts)
+                writer.write(policy.rows(chunk.ids, scores.probs, scores.truncated, name))
+                n_cut += int(scores.truncated.sum())
+                bar.update(len(chunk.texts))
+        writer.close()
+        elapsed = time.perf_counter() - start
+        print(f"agile score: {writer.rows} rows in {elapsed:.1f} s ({writer.rows / max(elapsed, 1e-9):.1f}"
+              f" comments/s); {n_cut} comment(s) cut to fit {policy.max_length} tokens"
+              + (f"; wrote {args.output}" if args.output else ""), file=sys.stderr)
+        return 0
+    except (TableError, AdapterError, ModelLoadError, LabelError, ValueError) as exc:
+        if writer is not None:
+            writer.close()
+            print(f"agile score: kept the {writer.rows} rows scored before the error", file=sys.stderr)
+        print(f"agile score: error: {exc}", file=sys.stderr)
+        return 2

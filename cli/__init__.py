@@ -1,0 +1,1 @@
+"""The `agile` command line: one entry point, subcommands registered by each package."""

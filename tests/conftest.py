@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny random Gemma 3 preset for fast tests, the real 270M for the slow tier."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import pytest  # noqa: E402
+
+TINY_MAX_LENGTH = 512
+ETHOS = os.path.join(os.path.dirname(__file__), "..", "data", "ethos", "Ethos_Dataset_Binary.csv")
+
+
+@pytest.fixture(scope="session")
+def tiny_preset(tmp_path_factory):
+    from agile.testing import make_tiny_preset
+
+    return make_tiny_preset(tmp_path_factory.mktemp("tiny") / "preset")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_preset):
+    from agile.models import load_model
+
+    # The tiny vocabulary spends ~100 tokens on the template: give prompts room.
+    return load_model(str(tiny_preset), sequence_length=TINY_MAX_LENGTH)
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """The embedded Gemma 3 270M (converted once into AGILE_HOME, then loaded from there)."""
+    from agile.models import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def ethos_comments() -> list[str]:
+    import pandas as pd
+
+    return pd.read_csv(ETHOS, sep=";")["comment"].tolist()

@@ -1,0 +1,96 @@
+"""Batched, padding-aware label scoring on a tiny random Gemma 3 (real model code, random weights)."""
+
+import numpy as np
+import pytest
+
+from agile.prompt import PromptTemplate
+from agile.reference import predict_proba_one_at_a_time
+from agile.scoring import LabelScorer, ScoringSettings, pad_batch
+from agile.tokens import LabelError
+
+TEMPLATE = PromptTemplate()
+TINY_MAX_LENGTH = 512  # the tiny_model fixture's sequence length
+
+
+def mixed_texts(ethos_comments, n=12):
+    by_len = sorted(ethos_comments[:200], key=len)
+    picks = [by_len[i] for i in np.linspace(0, 150, n).astype(int)]  # short to long, all fit 128 tokens
+    return picks[::2] + picks[1::2]  # interleave so each batch mixes lengths
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 5, 16])
+def test_batched_equals_one_at_a_time_full_vocabulary(tiny_model, ethos_comments, batch_size):
+    texts = mixed_texts(ethos_comments)
+    scorer = LabelScorer(tiny_model, TEMPLATE, ScoringSettings(TINY_MAX_LENGTH, batch_size))
+    ref = predict_proba_one_at_a_time(tiny_model, TEMPLATE, texts, scorer.label_ids)
+    got = scorer.score(texts).probs
+    assert got.shape == (len(texts), 2)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_order_of_inputs_does_not_change_scores(tiny_model, ethos_comments):
+    texts = mixed_texts(ethos_comments)
+    scorer = LabelScorer(tiny_model, TEMPLATE, ScoringSettings(batch_size=4))
+    base = scorer.score(texts).probs
+    perm = np.random.default_rng(0).permutation(len(texts))
+    np.testing.assert_allclose(scorer.score([texts[i] for i in perm]).probs, base[perm], atol=1e-6)
+
+
+def test_each_row_uses_its_own_offset(tiny_model):
+    """A short row padded beside a long one must score as it does alone (first-row-offset bug)."""
+    scorer = LabelScorer(tiny_model, TEMPLATE, ScoringSettings(batch_size=2))
+    short, long = "ok", "this one is a good deal longer than the other comment " * 3
+    alone = [scorer.score([t]).probs[0] for t in (short, long)]
+    together = scorer.score([long, short]).probs
+    np.testing.assert_allclose(together[1], alone[0], atol=1e-6)
+    np.testing.assert_allclose(together[0], alone[1], atol=1e-6)
+
+
+def test_long_comment_is_cut_but_prompt_tail_kept(tiny_model):
+    scorer = LabelScorer(tiny_model, TEMPLATE, ScoringSettings(max_length=160))
+    texts = ["short", "word " * 500, "x" * 1_000_000]
+    rows, truncated = scorer.encode(texts)
+    assert truncated.tolist() == [False, True, True]
+    tail = scorer.tokenizer.encode([TEMPLATE.tail])[0]
+    for row in rows:
+        assert len(row) <= 160
+        assert row[-len(tail):] == tail, "the prompt must end with 'Prediction:' even when cut"
+    scores = scorer.score(texts)
+    assert scores.truncated.tolist() == [False, True, True]
+    assert scores.n_tokens.max() <= 160
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t", "🙂" * 10, "<separator>"])
+def test_odd_texts_are_scorable(tiny_model, text):
+    probs = LabelScorer(tiny_model, TEMPLATE).score([text]).probs
+    assert np.isfinite(probs).all() and abs(probs.sum() - 1) < 1e-6
+
+
+def test_label_that_is_not_one_token_is_a_clear_error(tiny_model):
+    with pytest.raises(LabelError, match="'Definitely not a token' is not a single token"):
+        LabelScorer(tiny_model, PromptTemplate(labels=("Positive", "Definitely not a token")))
+
+
+def test_other_single_token_labels_work(tiny_model):
+    scores = LabelScorer(tiny_model, PromptTemplate(labels=("Toxic", "Safe"))).score(["hi"])
+    assert scores.probs.shape == (1, 2)
+
+
+@pytest.mark.parametrize("max_length", [8, 513])
+def test_unsupported_lengths_are_refused(max_length):
+    with pytest.raises(ValueError, match="max_length"):
+        ScoringSettings(max_length=max_length)
+
+
+def test_template_longer_than_max_length_is_refused(tiny_model):
+    long_instructions = PromptTemplate(instructions="classify " * 100)
+    scorer = LabelScorer(tiny_model, long_instructions, ScoringSettings(max_length=32))
+    with pytest.raises(ValueError, match="template alone"):
+        scorer.score(["hi"])
+
+
+def test_pad_batch_right_pads_with_mask():
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert mask.sum(axis=1).tolist() == [3, 1]
