@@ -77,12 +77,8 @@ class Adapter:
 
 
 def _lora_variables(backbone) -> dict[str, object]:
-    """LoRA variables keyed by their path below the backbone (stable across loads)."""
-    out = {}
-    for v in backbone.weights:
-        if "lora_kernel" in v.path:
-            out[v.path.split("/", 1)[1]] = v
-    return out
+    """LoRA variables keyed by their path (`decoder_block_3/attention/query/lora_kernel_a`)."""
+    return {v.path: v for v in backbone.weights if "lora_kernel" in v.path}
 
 
 def save_adapter(model, meta: AdapterMeta, path: str | Path) -> Path:

@@ -22,6 +22,8 @@ import keras_hub  # noqa: E402
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2  # noqa: E402
 
 EXPECTED_PARAMS_270M = 268_098_176
+# Bump when the conversion changes: cached presets are keyed by it.
+CONVERTER_VERSION = 2
 
 # llama.cpp token types use the same numbering as SentencePiece piece types.
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
@@ -156,8 +158,11 @@ def sentencepiece_proto(reader: gguf.GGUFReader) -> bytes:
     ts.model_type = sp_pb2.TrainerSpec.BPE
     ts.vocab_size = len(tokens)
     ts.byte_fallback = True
-    ts.unk_id, ts.bos_id, ts.eos_id, ts.pad_id = unk, int(_field(reader, "tokenizer.ggml.bos_token_id")), \
-        int(_field(reader, "tokenizer.ggml.eos_token_id")), int(_field(reader, "tokenizer.ggml.padding_token_id"))
+    # SentencePiece finds its special ids by piece name, so name Gemma's pieces too.
+    for kind, key in (("unk", "unknown"), ("bos", "bos"), ("eos", "eos"), ("pad", "padding")):
+        token_id = int(_field(reader, f"tokenizer.ggml.{key}_token_id"))
+        setattr(ts, f"{kind}_id", token_id)
+        setattr(ts, f"{kind}_piece", tokens[token_id])
     for spec in (proto.normalizer_spec, proto.denormalizer_spec):
         spec.name = "identity"
         spec.add_dummy_prefix = False

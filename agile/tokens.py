@@ -24,11 +24,10 @@ class LabelError(ValueError):
 
 
 class PromptTokenizer:
-    def __init__(self, proto: bytes, add_bos: bool = True):
+    def __init__(self, proto: bytes, bos_id: int | None, pad_id: int):
         self.sp = spm.SentencePieceProcessor(model_proto=proto)
-        self.bos = [self.sp.bos_id()] if add_bos and self.sp.bos_id() >= 0 else []
-        self.pad_id = max(self.sp.pad_id(), 0)
-        self.eos_id = self.sp.eos_id()
+        self.bos = [bos_id] if bos_id is not None else []
+        self.pad_id = pad_id
 
     @classmethod
     def from_model(cls, model) -> PromptTokenizer:
@@ -39,7 +38,8 @@ class PromptTokenizer:
                 f"{type(tokenizer).__name__} is not a SentencePiece tokenizer; "
                 "agile scores SentencePiece (Gemma) models"
             )
-        return cls(proto)
+        # The keras-hub tokenizer knows the special ids (the packer adds BOS with them).
+        return cls(proto, getattr(tokenizer, "start_token_id", None), tokenizer.pad_token_id or 0)
 
     def label_ids(self, labels: Sequence[str]) -> list[int]:
         """One token id per label, or a clear error naming the label that is not one token."""

@@ -1,0 +1,221 @@
+"""The queue contract both sides share: task name, payload, result shape, Redis key layout.
+
+Light on purpose (standard library only): the producer, the service client and
+clients in other languages follow it without the model stack. docs/QUEUE.md is
+the same contract in prose.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+
+TASK_NAME = "agile.score_batch"
+DEFAULT_QUEUE = "agile"
+MAX_ITEMS = 1024  # per task: a bigger batch gains nothing on one GPU and lengthens redelivery
+MAX_TEXT_CHARS = 200_000  # longer texts are refused; up to this they are scored truncated
+NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # job and batch ids: safe inside Redis key names
+PAYLOAD_KEYS = ("items", "job_id", "batch_id", "adapter", "model", "labels", "instructions")
+
+
+class PayloadError(ValueError):
+    """A task payload that cannot be scored at all; the message says which field and why."""
+
+
+class BatchFailed(RuntimeError):
+    """A batch failed or killed its worker on every delivery; its items are marked failed."""
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    text: str
+
+
+@dataclass
+class BatchRequest:
+    """The kwargs of `agile.score_batch`. `job_id` and `batch_id` go together (write-back)."""
+
+    items: list[Item]
+    job_id: str | None = None
+    batch_id: str | None = None
+    adapter: str | None = None  # a plain adapter name; None scores zero-shot with `labels`
+    model: str | None = None  # must be the worker's model when given
+    labels: list[str] | None = None  # zero-shot only
+    instructions: str | None = None  # zero-shot only
+    problems: dict[str, str] = field(default_factory=dict)  # id -> why this item cannot be scored
+
+    def to_kwargs(self) -> dict:
+        out = asdict(self)
+        out.pop("problems")
+        out["items"] = [{"id": i.id, "text": i.text} for i in self.items]
+        return {k: v for k, v in out.items() if v is not None}
+
+    @property
+    def batch_key(self) -> str | None:
+        return f"{self.job_id}/{self.batch_id}" if self.job_id else None
+
+    @classmethod
+    def from_task(cls, args: tuple, kwargs: dict) -> BatchRequest:
+        """Validate what a (possibly foreign) client sent; structural faults raise PayloadError."""
+        if args:
+            raise PayloadError(
+                f"{TASK_NAME} takes keyword arguments only (kwargs={{'items': [...], ...}}), "
+                f"got {len(args)} positional argument(s)"
+            )
+        unknown = sorted(set(kwargs) - set(PAYLOAD_KEYS))
+        if unknown:
+            raise PayloadError(f"unknown payload key(s) {unknown}; allowed: {list(PAYLOAD_KEYS)}")
+        if "items" not in kwargs:
+            raise PayloadError("payload has no 'items' (a list of {'id': ..., 'text': ...})")
+        job_id, batch_id = kwargs.get("job_id"), kwargs.get("batch_id")
+        for key, value in (("job_id", job_id), ("batch_id", batch_id)):
+            if value is not None and not (isinstance(value, str) and NAME.match(value)):
+                raise PayloadError(f"{key} must be 1-64 characters of A-Z a-z 0-9 _ . -, got {value!r:.80}")
+        if (job_id is None) != (batch_id is None):
+            raise PayloadError("job_id and batch_id must be given together")
+        for key in ("adapter", "model", "instructions"):
+            value = kwargs.get(key)
+            if value is not None and not (isinstance(value, str) and value):
+                raise PayloadError(f"{key} must be a non-empty string, got {value!r:.80}")
+        labels = kwargs.get("labels")
+        if labels is not None:
+            if kwargs.get("adapter"):
+                raise PayloadError("labels are for zero-shot scoring; an adapter brings its own")
+            if not (isinstance(labels, list) and len(labels) >= 2
+                    and all(isinstance(x, str) for x in labels)):
+                raise PayloadError(f"labels must be a list of at least two strings, got {labels!r:.80}")
+        items, problems = _items(kwargs["items"])
+        return cls(
+            items=items, job_id=job_id, batch_id=batch_id, adapter=kwargs.get("adapter"),
+            model=kwargs.get("model"), labels=labels, instructions=kwargs.get("instructions"),
+            problems=problems,
+        )
+
+
+def _items(raw) -> tuple[list[Item], dict[str, str]]:
+    if not isinstance(raw, list) or not raw:
+        raise PayloadError(f"items must be a non-empty list, got {type(raw).__name__}")
+    if len(raw) > MAX_ITEMS:
+        raise PayloadError(f"items has {len(raw)} entries; the limit is {MAX_ITEMS} per task")
+    items: list[Item] = []
+    problems: dict[str, str] = {}
+    seen: set[str] = set()
+    for n, entry in enumerate(raw):
+        if not isinstance(entry, dict) or "id" not in entry:
+            raise PayloadError(f"items[{n}] must be an object with 'id' and 'text', got {entry!r:.80}")
+        key = entry["id"]
+        if isinstance(key, bool) or not isinstance(key, (str, int)) or key == "":
+            raise PayloadError(f"items[{n}].id must be a non-empty string or an integer, got {key!r:.80}")
+        key = str(key)
+        if key in seen:
+            raise PayloadError(f"items[{n}].id {key!r} appears twice in this task")
+        seen.add(key)
+        text = entry.get("text")
+        problem = text_problem(text) if "text" in entry else "item has no 'text'"
+        if problem:
+            problems[key] = problem
+            text = ""
+        items.append(Item(key, text))
+    return items, problems
+
+
+def text_problem(text) -> str | None:
+    """Why this text cannot be scored, or None. Producers call it too, to fail rows early."""
+    if not isinstance(text, str):
+        return f"text must be a string, got {type(text).__name__}"
+    if not text.strip():
+        return "text is empty"
+    if len(text) > MAX_TEXT_CHARS:
+        return f"text has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"text is not valid UTF-8 (unpaired surrogate at character {exc.start})"
+    return None
+
+
+def score_fields(labels: list[str], probs, truncated: bool, positive_label: str | None,
+                 threshold: float) -> dict:
+    """One item's result: p_<label> for every label, the prediction, and whether the text was cut.
+
+    With a positive label (adapters have one) the prediction follows the adapter's
+    threshold on its probability; otherwise it is the most probable label.
+    """
+    if any(math.isnan(float(p)) for p in probs):
+        raise ValueError("the model returned NaN probabilities")
+    out = {f"p_{label}": round(float(p), 6) for label, p in zip(labels, probs, strict=True)}
+    if positive_label in labels:
+        k = labels.index(positive_label)
+        flagged = float(probs[k]) >= threshold
+        others = [(float(p), label) for i, (label, p) in enumerate(zip(labels, probs, strict=True)) if i != k]
+        out["prediction"] = positive_label if flagged else max(others)[1]
+        out["flagged"] = flagged
+    else:
+        out["prediction"] = labels[max(range(len(labels)), key=lambda i: probs[i])]
+    out["truncated"] = bool(truncated)
+    return out
+
+
+@dataclass(frozen=True)
+class JobKeys:
+    """Where a job lives in Redis. Every write is keyed, so repeating one changes nothing."""
+
+    prefix: str
+    job_id: str
+
+    def _key(self, name: str) -> str:
+        # The braces are a Redis Cluster hash tag: all of a job's keys share one slot,
+        # so the write-back script may touch them together.
+        return f"{self.prefix}:job:{{{self.job_id}}}:{name}"
+
+    @property
+    def meta(self) -> str:  # hash: adapter, model, created, counters (queued, scored, failed), status
+        return self._key("meta")
+
+    @property
+    def scores(self) -> str:  # hash: comment id -> JSON result
+        return self._key("scores")
+
+    @property
+    def failed(self) -> str:  # hash: comment id -> reason
+        return self._key("failed")
+
+    @property
+    def done(self) -> str:  # set: batch ids written back (scored or failed), the exactly-once guard
+        return self._key("done")
+
+    @property
+    def versions(self) -> str:  # set: JSON {model, model_checksum, adapter, adapter_version} seen
+        return self._key("versions")
+
+    @property
+    def deliveries(self) -> str:  # hash: batch id -> deliveries so far (poison cap); "<id>:error"
+        return self._key("deliveries")
+
+    def all(self) -> list[str]:
+        return [self.meta, self.scores, self.failed, self.done, self.versions, self.deliveries]
+
+
+def task_deliveries_key(prefix: str) -> str:
+    """Delivery counts of tasks sent without a job (field = Celery task id)."""
+    return f"{prefix}:tasks:deliveries"
+
+
+def queue_depth(client, queue: str) -> tuple[int, int]:
+    """(messages waiting, messages delivered but not yet acknowledged) for `queue`.
+
+    Reads kombu's Redis layout: the queue is a list named after it, and messages in
+    flight sit in the `unacked` hash as JSON [message, exchange, routing_key].
+    """
+    waiting = int(client.llen(queue))
+    in_flight = 0
+    for raw in client.hvals("unacked"):
+        try:
+            _, exchange, routing_key = json.loads(raw)
+        except (ValueError, TypeError):
+            continue
+        in_flight += queue in (exchange, routing_key)
+    return waiting, in_flight

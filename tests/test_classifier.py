@@ -1,0 +1,107 @@
+"""`AgileClassifier` (the codelab's interface) and LoRA adapter directories, on the tiny model."""
+
+import json
+
+import numpy as np
+import pytest
+
+from agile.adapters import (
+    META_FILE,
+    AdapterError,
+    AdapterMeta,
+    apply_adapter,
+    load_adapter,
+    resolve_adapter,
+    save_adapter,
+)
+from agile.classifier import AgileClassifier
+from agile.models import load_model
+from agile.scoring import ScoringSettings
+
+SETTINGS = ScoringSettings(max_length=512)
+
+
+def test_codelab_interface_shapes(tiny_model):
+    clf = AgileClassifier(labels=("Positive", "Negative"), settings=SETTINGS)
+    one = clf.predict_score(tiny_model, "you look nice today")
+    assert isinstance(one, list) and len(one) == 2 and abs(sum(one) - 1) < 1e-6
+    assert clf.predict(tiny_model, "you look nice today") == int(np.argmax(one))
+    many = clf.predict_proba(tiny_model, ["a", "you look nice today"])
+    assert many.shape == (2, 2)
+    np.testing.assert_allclose(many[1], one, atol=1e-6)
+    assert clf.predict(tiny_model, ["a", "b"]).shape == (2,)
+    assert clf.encode_for_training("x", 1).endswith("Prediction:Negative<eos>")
+    with pytest.raises(TypeError):
+        clf.predict_proba(tiny_model, "not a list")
+
+
+def _meta(model, **kw):
+    info = model.agile_info
+    base = dict(name="test", base_model=info.spec, base_checksum=info.checksum,
+                labels=["Positive", "Negative"], instructions="Classify the following text into one of "
+                "the following classes", separator="<separator>", eos="<eos>", rank=2,
+                target_layers=["query", "value"], objective="label", max_length=512,
+                positive_label="Negative", threshold=0.4)
+    base.update(kw)
+    return AdapterMeta(**base)
+
+
+@pytest.fixture
+def saved_adapter(tiny_preset, tmp_path):
+    model = load_model(str(tiny_preset))
+    model.backbone.enable_lora(2, target_layer_names=["query", "value"])
+    rng = np.random.default_rng(0)
+    for v in model.backbone.weights:
+        if "lora_kernel" in v.path:
+            v.assign(rng.normal(0, 0.5, size=tuple(v.shape)).astype("float32"))
+    path = save_adapter(model, _meta(model), tmp_path / "adapters" / "test")
+    return path, model
+
+
+def test_save_then_load_gives_identical_scores(saved_adapter, tiny_preset):
+    path, trained = saved_adapter
+    texts = ["you look nice", "go away", ""]
+    expected = AgileClassifier(("Positive", "Negative"), settings=SETTINGS).predict_proba(trained, texts)
+    clf = AgileClassifier.from_adapter(path, model=load_model(str(tiny_preset)))
+    np.testing.assert_allclose(clf.predict_proba(None, texts), expected, atol=1e-6)
+    plain = AgileClassifier(("Positive", "Negative"), settings=SETTINGS).predict_proba(
+        load_model(str(tiny_preset)), texts)
+    assert np.abs(plain - expected).max() > 1e-4, "the adapter must change the scores"
+    assert sorted(p.name for p in path.iterdir()) == ["adapter.json", "lora.safetensors"]
+
+
+def test_adapter_for_another_base_is_refused(saved_adapter, tiny_preset):
+    path, _ = saved_adapter
+    meta = json.loads((path / META_FILE).read_text())
+    meta["base_checksum"] = "0" * 64
+    (path / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(AdapterError, match="adapter was trained on"):
+        apply_adapter(load_model(str(tiny_preset)), load_adapter(path))
+
+
+def test_metadata_is_validated(saved_adapter):
+    path, _ = saved_adapter
+    meta = json.loads((path / META_FILE).read_text())
+    meta["surprise"] = 1
+    del meta["rank"]
+    (path / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(AdapterError, match=r"unknown keys \['surprise'\], missing \['rank'\]"):
+        load_adapter(path)
+
+
+def test_names_resolve_only_inside_adapter_dirs(saved_adapter, tmp_path):
+    path, _ = saved_adapter
+    dirs = [path.parent]
+    assert resolve_adapter("test", dirs) == path.resolve()
+    for bad in ["../adapters/test", "/etc", "..", ".hidden", "te/st"]:
+        with pytest.raises(AdapterError, match="not a plain name"):
+            resolve_adapter(bad, dirs)
+    with pytest.raises(AdapterError, match="unknown adapter 'nope'"):
+        resolve_adapter("nope", dirs)
+
+
+def test_failed_save_leaves_nothing_half_written(tiny_model, tmp_path):
+    target = tmp_path / "out" / "adapter"
+    with pytest.raises(AdapterError, match="no LoRA weights"):
+        save_adapter(load_model(str(tiny_model.agile_info.spec)), _meta(tiny_model), target)
+    assert not target.exists()

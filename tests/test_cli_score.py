@@ -1,0 +1,63 @@
+"""`agile score` end to end on the tiny model: files in, one row out per row in, clear errors."""
+
+import pandas as pd
+import pytest
+
+from cli.main import main
+
+
+@pytest.fixture
+def comments(tmp_path):
+    path = tmp_path / "comments.csv"
+    pd.DataFrame({"cid": ["a", "b", "c"], "body": ["you are lovely", "", "go away " * 400]}).to_csv(
+        path, index=False
+    )
+    return path
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl", "parquet"])
+def test_scores_a_file_one_row_per_input_row(tiny_preset, comments, tmp_path, suffix):
+    out = tmp_path / f"scores.{suffix}"
+    code = main(["score", "--model", str(tiny_preset), "--input", str(comments), "--output", str(out),
+                 "--text-column", "body", "--id-column", "cid", "--max-length", "256"])
+    assert code == 0
+    df = {"csv": pd.read_csv, "jsonl": lambda p: pd.read_json(p, lines=True), "parquet": pd.read_parquet}[
+        suffix](out)
+    assert df["id"].astype(str).tolist() == ["a", "b", "c"]
+    assert list(df.columns) == ["id", "p_Positive", "p_Negative", "prediction", "truncated", "model", "policy"]
+    assert ((df["p_Positive"] + df["p_Negative"]) - 1).abs().max() < 1e-5
+    assert df["truncated"].tolist() == [False, False, True]
+    assert set(df["prediction"]) <= {"Positive", "Negative"}
+
+
+def test_texts_as_arguments_with_zero_shot_labels(tiny_preset, capsys):
+    code = main(["score", "--model", str(tiny_preset), "--labels", "Toxic,Safe", "--max-length", "256",
+                 "hello", "bye"])
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "id,p_Toxic,p_Safe,prediction,truncated,model,policy"
+    assert len(lines) == 3
+
+
+def test_missing_column_is_one_clear_error(tiny_preset, comments, tmp_path, capsys):
+    code = main(["score", "--model", str(tiny_preset), "--input", str(comments), "-o", str(tmp_path / "o.csv")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no column 'text'" in err and "Traceback" not in err
+
+
+def test_error_midway_keeps_rows_already_scored(tiny_preset, tmp_path, capsys):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(b"id,text\n" + b"".join(b"%d,fine\n" % i for i in range(6)) + b"6,\xff\n")
+    out = tmp_path / "o.csv"
+    code = main(["score", "--model", str(tiny_preset), "-i", str(path), "-o", str(out), "--chunk-rows", "3",
+                 "--max-length", "256"])
+    assert code == 2
+    assert "invalid UTF-8" in capsys.readouterr().err
+    assert pd.read_csv(out)["id"].tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_label_not_in_vocabulary(tiny_preset, capsys):
+    code = main(["score", "--model", str(tiny_preset), "--labels", "Positive,Zyxwvutsrq", "hi"])
+    assert code == 2
+    assert "'Zyxwvutsrq' is not a single token" in capsys.readouterr().err
