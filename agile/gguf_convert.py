@@ -168,7 +168,7 @@ def sentencepiece_proto(reader: gguf.GGUFReader) -> bytes:
         spec.add_dummy_prefix = False
         spec.escape_whitespaces = True
         spec.remove_extra_whitespaces = False
-    for i, (tok, score, kind) in enumerate(zip(tokens, scores, types)):
+    for i, (tok, score, kind) in enumerate(zip(tokens, scores, types, strict=True)):
         piece = proto.pieces.add()
         if i == unk:
             kind = _UNKNOWN

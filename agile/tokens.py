@@ -66,7 +66,7 @@ class PromptTokenizer:
         limit = max_length * _CHARS_PER_TOKEN_BOUND
         clipped = [t[:limit] for t in texts]
         rows = [self.bos + r for r in self.encode([template.prompt(t) for t in clipped])]
-        truncated = np.array([len(c) < len(t) for c, t in zip(clipped, texts)], dtype=bool)
+        truncated = np.array([len(c) < len(t) for c, t in zip(clipped, texts, strict=True)], dtype=bool)
         for i, row in enumerate(rows):
             if len(row) > max_length:
                 rows[i] = self._fit(template, clipped[i], max_length)

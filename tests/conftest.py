@@ -6,7 +6,7 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import pytest  # noqa: E402
+import pytest
 
 TINY_MAX_LENGTH = 512
 ETHOS = os.path.join(os.path.dirname(__file__), "..", "data", "ethos", "Ethos_Dataset_Binary.csv")

@@ -12,7 +12,7 @@ from agile.models import CHECKSUM_FILE, ModelLoadError, _verified, load_model, r
 
 
 def test_unknown_model_name_is_one_clear_error():
-    with pytest.raises(ModelLoadError, match="unknown model 'gemma-9000'.*embedded"):
+    with pytest.raises(ModelLoadError, match=r"unknown model 'gemma-9000'.*embedded"):
         resolve("gemma-9000")
 
 

@@ -1,0 +1,320 @@
+"""Real Redis servers, real Celery worker processes and a tiny model for the queue tests.
+
+Nothing here mocks Celery or Redis. Workers are `celery -A worker worker`
+subprocesses on the tiny random model; every process a fixture starts is killed
+in its teardown. Imported inside workers too (`--include queue_fixtures`), where
+`install_hooks` adds test-only behaviour switched on by QUEUE_TEST_* variables:
+a delay before each batch (so a test can act mid-batch), a trace of batches in
+Redis, and a worker that kills itself on a marked batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+POISON_KILL = "__queue_test_kill__"
+POISON_RAISE = "__queue_test_raise__"
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class RedisServer:
+    """A private redis-server on a free port, with an append-only file so it can restart."""
+
+    def __init__(self, workdir: Path, password: str | None = None):
+        self.port = free_port()
+        self.dir = workdir
+        self.password = password
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+                "--appendonly", "yes", "--save", "", "--logfile", str(self.dir / "redis.log")]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args)
+        wait_for(self._answers, 10, f"redis-server on port {self.port}")
+        return self
+
+    def _answers(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis.from_url(self.url, socket_timeout=1).ping())
+        except redis.exceptions.RedisError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def client(self):
+        import redis
+
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+
+class Worker:
+    """One `celery -A worker worker` process (solo pool) on the tiny model."""
+
+    def __init__(self, name: str, env: dict[str, str], logdir: Path):
+        self.name = name
+        self.env = env
+        self.log = logdir / f"{name}-{uuid.uuid4().hex[:6]}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Worker:
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "solo",
+                 "--hostname", f"{self.name}@%h", "--queues", self.env["AGILE_QUEUE"],
+                 "--without-mingle", "--without-gossip", "--include", "queue_fixtures", "--loglevel", "INFO"],
+                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> Worker:
+        wait_for(lambda: "ready." in self.text() or self.proc.poll() is not None, timeout, f"worker {self.name}")
+        assert self.proc.poll() is None, f"worker {self.name} exited:\n{self.text()[-3000:]}"
+        return self
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class Supervisor:
+    """Restarts a worker whenever it dies, as systemd or Kubernetes would."""
+
+    def __init__(self, make_worker):
+        self.make_worker = make_worker
+        self.workers: list[Worker] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Supervisor:
+        self.workers.append(self.make_worker().start())
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            if self.workers[-1].proc.poll() is not None:
+                self.workers.append(self.make_worker().start())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for w in self.workers:
+            w.stop()
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from agile.testing import make_tiny_preset
+
+    return make_tiny_preset(tmp_path_factory.mktemp("queue-model") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def adapter_dir(tmp_path_factory, tiny_model) -> Path:
+    """A directory holding the adapter `tiny-toxic`: random LoRA weights on the tiny model."""
+    import numpy as np
+
+    from agile.adapters import AdapterMeta, save_adapter
+    from agile.models import load_model
+
+    model = load_model(str(tiny_model))
+    model.backbone.enable_lora(2, target_layer_names=["query", "value"])
+    rng = np.random.default_rng(0)
+    for v in model.backbone.weights:
+        if "lora_kernel" in v.path:
+            v.assign(rng.normal(0, 0.5, v.shape).astype("float32"))
+    meta = AdapterMeta(
+        name="tiny-toxic", base_model=str(tiny_model), base_checksum=model.agile_info.checksum,
+        labels=["Toxic", "Safe"], instructions="Classify the following text into one of the following classes",
+        separator="<separator>", eos="<eos>", rank=2, target_layers=["query", "value"], objective="label",
+        max_length=64, positive_label="Toxic", threshold=0.5,
+    )
+    root = tmp_path_factory.mktemp("queue-adapters")
+    save_adapter(model, meta, root / "tiny-toxic")
+    return root
+
+
+def queue_env(redis_url: str, model: Path, adapters: Path | None = None, **settings) -> dict[str, str]:
+    """The environment of a test worker or producer: own queue and key prefix, short timeouts."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGILE_", "QUEUE_TEST_"))}
+    env["AGILE_HOME"] = os.environ.get("AGILE_HOME", str(Path.home() / ".cache" / "agile"))
+    env.update({
+        "AGILE_REDIS_URL": redis_url, "AGILE_MODEL": str(model), "AGILE_METRICS_PORT": "0",
+        "AGILE_QUEUE": f"test-{uuid.uuid4().hex[:8]}", "AGILE_KEY_PREFIX": f"test-{uuid.uuid4().hex[:8]}",
+        "AGILE_VISIBILITY_TIMEOUT": "3", "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]),
+        "QUEUE_TEST_HOOKS": "1",
+    })
+    if adapters is not None:
+        env["AGILE_ADAPTER_PATH"] = str(adapters)
+    env.update({k if k.startswith("QUEUE_TEST_") else f"AGILE_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def settings_of(env: dict[str, str]):
+    from agile.settings import QueueSettings
+
+    return QueueSettings.from_env({k: v for k, v in env.items() if k.startswith("AGILE_")})
+
+
+@pytest.fixture
+def processes(tmp_path):
+    """Start workers and Redis servers through this; all are killed at teardown."""
+    started: list = []
+
+    class Starter:
+        logdir = tmp_path
+
+        def redis(self, password: str | None = None) -> RedisServer:
+            server = RedisServer(tmp_path / f"redis-{len(started)}", password).start()
+            started.append(server)
+            return server
+
+        def worker(self, name: str, env: dict[str, str]) -> Worker:
+            w = Worker(name, env, tmp_path).start()
+            started.append(w)
+            return w
+
+        def supervise(self, name: str, env: dict[str, str]) -> Supervisor:
+            sup = Supervisor(lambda: Worker(name, env, tmp_path)).start()
+            started.append(sup)
+            return sup
+
+    yield Starter()
+    for thing in reversed(started):
+        with contextlib.suppress(Exception):
+            (thing.kill if isinstance(thing, RedisServer) else thing.stop)()
+
+
+def write_csv(path: Path, n: int, id_prefix: str = "c", extra: dict[int, str] | None = None) -> Path:
+    """A comment file of n rows with ids `<prefix><row>`; `extra` replaces chosen rows' text."""
+    import csv
+
+    lines = (Path(ROOT / "data" / "sample_comments.csv").read_text(encoding="utf-8").splitlines())
+    texts = [row["text"] for row in csv.DictReader(lines)]
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text"])
+        for i in range(n):
+            writer.writerow([f"{id_prefix}{i}", (extra or {}).get(i, texts[i % len(texts)])])
+    return path
+
+
+def read_output(path: Path) -> list[dict]:
+    import pandas as pd
+
+    return pd.read_csv(path, dtype={"id": str}, keep_default_na=False).to_dict("records")
+
+
+def run_cli(argv: list[str]) -> int:
+    """What `agile ...` does for the queue commands (cli.main registers the same parsers)."""
+    from producer.cli import register as register_producer
+    from worker.cli import register as register_worker
+
+    parser = argparse.ArgumentParser(prog="agile")
+    sub = parser.add_subparsers(required=True)
+    register_worker(sub)
+    register_producer(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+# ---------------------------------------------------------------- hooks inside test workers
+
+
+def install_hooks() -> None:
+    from celery.signals import task_postrun, task_prerun
+
+    from agile.settings import QueueSettings
+
+    trace = os.environ.get("QUEUE_TEST_TRACE")
+    delay = float(os.environ.get("QUEUE_TEST_DELAY", "0"))
+    once_file = os.environ.get("QUEUE_TEST_KILL_AFTER_WRITE_ONCE")
+    client = QueueSettings.from_env().redis_client() if trace else None
+
+    @task_prerun.connect(weak=False)
+    def before(kwargs=None, **_):
+        texts = [item.get("text") for item in (kwargs or {}).get("items", []) if isinstance(item, dict)]
+        if client is not None:
+            client.rpush(trace, json.dumps({"pid": os.getpid(), "batch": kwargs.get("batch_id")}))
+        if POISON_KILL in texts:
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(delay)
+
+    @task_postrun.connect(weak=False)
+    def after(retval=None, **_):
+        written = isinstance(retval, dict) and "scored" in retval
+        if once_file and written and not os.path.exists(once_file):
+            Path(once_file).write_text(json.dumps(retval))
+            os.kill(os.getpid(), signal.SIGKILL)  # written back, not yet acknowledged
+
+    from worker.runtime import Runtime
+
+    score = Runtime.score
+
+    def failing_score(self, policy, texts):
+        if POISON_RAISE in texts:
+            raise RuntimeError("queue test: this batch always fails")
+        return score(self, policy, texts)
+
+    Runtime.score = failing_score
+
+
+if os.environ.get("QUEUE_TEST_HOOKS") == "1":
+    install_hooks()

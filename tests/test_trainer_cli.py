@@ -1,0 +1,102 @@
+"""`agile train / evaluate / sweep` end to end on a tiny random Gemma 3, and their bad-input errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from agile.testing import make_tiny_preset
+from trainer.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return str(make_tiny_preset(tmp_path_factory.mktemp("tiny") / "preset"))
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    """A small generic CSV with label words Toxic/Safe (single tokens of the tiny vocabulary)."""
+    path = tmp_path_factory.mktemp("data") / "policy.csv"
+    rows = [(f"you are all {w} people", "Toxic") for w in ("awful", "stupid", "vile", "dumb", "bad")]
+    rows += [(f"what a {w} day", "Safe") for w in ("nice", "sunny", "calm", "good", "fine")]
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([("comment", "verdict"), *rows])
+    return path
+
+
+def test_train_then_evaluate_a_generic_table(tiny, table, tmp_path, capsys):
+    common = ["--data", str(table), "--text-column", "comment", "--label-column", "verdict",
+              "--labels", "Safe,Toxic"]
+    code = main(["train", *common, "--model", tiny, "--epochs", "2", "--validation-fraction", "0.4",
+                 "--learning-rate", "0.01", "--out", str(tmp_path / "policy")])
+    assert code == 0, capsys.readouterr().err
+    meta = json.loads((tmp_path / "policy" / "adapter.json").read_text())
+    assert meta["labels"] == ["Safe", "Toxic"] and meta["positive_label"] == "Toxic"
+    assert meta["settings"]["rows"] == 10 and len(meta["metrics"]["history"]) == 2
+    assert meta["metrics"]["best_epoch"] in (1, 2) and 0 <= meta["threshold"] <= 1
+    assert len(meta["data_checksum"]) == 64
+
+    code = main(["evaluate", "--adapter", str(tmp_path / "policy"), *common[:6],
+                 "--report", str(tmp_path / "report")])
+    assert code == 0, capsys.readouterr().err
+    found = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert found["n"] == 10 and found["threshold"] == meta["threshold"]
+    assert (tmp_path / "report" / "confusion_matrix.png").stat().st_size > 1000
+
+
+def test_sweep_writes_csv_and_png(tiny, tmp_path, capsys):
+    code = main(["sweep", "--model", tiny, "--sizes", "4,8", "--epochs", "1,2", "--max-length", "64",
+                 "--out", str(tmp_path / "sweep")])
+    assert code == 0, capsys.readouterr().err
+    with (tmp_path / "sweep" / "sweep.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["size"], r["epoch"]) for r in rows] == [("4", "1"), ("4", "2"), ("8", "1"), ("8", "2")]
+    assert all(0 <= float(r["roc_auc"]) <= 1 and float(r["epoch_seconds"]) >= 0 for r in rows)
+    assert (tmp_path / "sweep" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "message"),
+    [
+        ("text,label\na,Positive\nb,Nope\n", [], "label 'Nope' is not one of"),
+        ("text,label\na,Positive\nb,Positive\nc,Positive\n", [], "no examples of label(s) ['Negative']"),
+        ("text,label\na,Positive\nb,Negative\n", ["--batch-size", "4"], "fewer than the batch size 4"),
+        ("", [], "the file is empty"),
+        ("text,label\na,0\nb,1\n", ["--labels", "Positive,Not a token"],
+         "'Not a token' is not a single token"),
+    ],
+)
+def test_train_bad_input_is_one_error_and_no_adapter(tiny, tmp_path, capsys, content, extra, message):
+    data = tmp_path / "data.csv"
+    data.write_text(content)
+    code = main(["train", "--data", str(data), "--model", tiny, "--validation-fraction", "0",
+                 "--out", str(tmp_path / "adapter"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("error:") == 1
+    assert not (tmp_path / "adapter").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".adapter")]
+
+
+def test_unwritable_output_fails_before_training(tiny, table, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code = main(["train", "--data", str(table), "--text-column", "comment", "--label-column", "verdict",
+                 "--labels", "Safe,Toxic", "--model", tiny, "--out", str(blocker / "adapter")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot write there" in err
+    assert "training on" not in capsys.readouterr().out
+
+
+def test_evaluate_refuses_an_adapter_from_another_base_model(tiny, table, tmp_path, capsys):
+    assert main(["train", "--data", str(table), "--text-column", "comment", "--label-column", "verdict",
+                 "--labels", "Safe,Toxic", "--model", tiny, "--epochs", "1", "--validation-fraction", "0",
+                 "--out", str(tmp_path / "policy")]) == 0
+    other = make_tiny_preset(tmp_path / "other", seed=3)
+    code = main(["evaluate", "--adapter", str(tmp_path / "policy"), "--model", str(other),
+                 "--data", str(table), "--text-column", "comment", "--label-column", "verdict",
+                 "--report", str(tmp_path / "report")])
+    assert code == 2 and "adapter was trained on" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()

@@ -1,0 +1,61 @@
+"""Metrics against scikit-learn on known scores; threshold choice; the report directory."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from trainer.data import Examples
+from trainer.evaluate import binary_metrics, choose_threshold, write_report
+
+Y_TRUE = np.array([0, 0, 1, 1, 1, 0, 1, 0, 1, 1])
+Y_SCORE = np.array([0.1, 0.45, 0.42, 0.8, 0.55, 0.7, 0.9, 0.2, 0.3, 0.65])
+
+
+def test_metrics_equal_scikit_learn():
+    found = binary_metrics(Y_TRUE, Y_SCORE, 0.5)
+    y_pred = (Y_SCORE >= 0.5).astype(int)
+    assert found["f1"] == pytest.approx(skm.f1_score(Y_TRUE, y_pred))
+    assert found["roc_auc"] == pytest.approx(skm.roc_auc_score(Y_TRUE, Y_SCORE))
+    assert found["precision"] == pytest.approx(skm.precision_score(Y_TRUE, y_pred))
+    assert found["recall"] == pytest.approx(skm.recall_score(Y_TRUE, y_pred))
+    assert found["accuracy"] == pytest.approx(skm.accuracy_score(Y_TRUE, y_pred))
+    assert found["confusion_matrix"] == skm.confusion_matrix(Y_TRUE, y_pred).tolist()
+    assert found["n"] == 10 and found["threshold"] == 0.5
+    # By hand: flagged 0.8 0.55 0.7 0.9 0.65 -> TP 4, FP 1, FN 2: F1 = 8 / 11.
+    assert found["f1"] == pytest.approx(8 / 11)
+
+
+def test_threshold_maximizes_f1_on_the_rows_given():
+    cut = choose_threshold(Y_TRUE, Y_SCORE)
+    best = binary_metrics(Y_TRUE, Y_SCORE, cut)["f1"]
+    for other in np.linspace(0, 1, 101):
+        assert binary_metrics(Y_TRUE, Y_SCORE, other)["f1"] <= best + 1e-12
+    assert best > binary_metrics(Y_TRUE, Y_SCORE, 0.5)["f1"]
+
+
+def test_report_has_metrics_plots_and_per_row_scores(tmp_path):
+    examples = Examples([f"text {i}" for i in range(10)], Y_TRUE.copy(), ("Positive", "Negative"), "known")
+    probs = np.stack([1 - Y_SCORE, Y_SCORE], axis=1)
+    report = tmp_path / "report"
+    found = write_report(report, examples, probs, np.zeros(10, bool), "Negative", 0.5, {"adapter": "x"})
+    assert sorted(p.name for p in report.iterdir()) == ["confusion_matrix.png", "metrics.json", "roc.png",
+                                                        "scores.csv"]
+    assert json.loads((report / "metrics.json").read_text())["roc_auc"] == pytest.approx(found["roc_auc"])
+    assert (report / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    lines = (report / "scores.csv").read_text().splitlines()
+    assert lines[0] == "row,label,p_Negative,flagged,truncated,text" and len(lines) == 11
+    assert lines[4].startswith("3,Negative,0.8,1,0,")
+
+
+def test_report_refuses_an_unwritable_place(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    examples = Examples(["a", "b"], np.array([0, 1]), ("Positive", "Negative"), "two")
+    with pytest.raises(OSError, match="cannot write there"):
+        write_report(blocker / "report", examples, np.array([[0.6, 0.4], [0.3, 0.7]]),
+                     np.zeros(2, bool), "Negative", 0.5, {})
+    assert blocker.read_text() == ""
