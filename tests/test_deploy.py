@@ -31,12 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 DOCKERFILE = DOCKER / "Dockerfile"
 COMPOSE = DOCKER / "compose.yaml"
+COMPOSE_CPU = DOCKER / "compose.cpu.yaml"
 K8S = DOCKER / "k8s"
 CRD_SCHEMAS = {
     ("keda.sh/v1alpha1", "ScaledObject"): K8S / "schemas" / "keda-scaledobject-v1alpha1.json",
-    ("keda.sh/v1alpha1", "TriggerAuthentication"): K8S
-    / "schemas"
-    / "keda-triggerauthentication-v1alpha1.json",
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): K8S / "schemas" / "keda-triggerauthentication-v1alpha1.json",
     ("monitoring.coreos.com/v1", "PodMonitor"): K8S / "schemas" / "monitoring-podmonitor-v1.json",
 }
 # The oldest Kubernetes minor still commonly run, and the newest the validator knows.
@@ -66,31 +65,19 @@ def compose_binary() -> str:
     return str(path)
 
 
-def run_compose(compose_file: Path, env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
+def run_compose(files: list[Path], env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
     """`docker compose config` as JSON, with only `env` set: no docker/.env, no host AGILE_* leak."""
     empty = tmp_path / "empty.env"
     empty.write_text("")
     clean = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), **env}
-    cmd = [
-        compose_binary(),
-        "--env-file",
-        str(empty),
-        "-f",
-        str(compose_file),
-        "--profile",
-        "producer",
-        "config",
-        "--format",
-        "json",
-    ]
+    cmd = [compose_binary(), "--env-file", str(empty)] + [arg for f in files for arg in ("-f", str(f))]
+    cmd += ["--profile", "producer", "config", "--format", "json"]
     return subprocess.run(cmd, env=clean, capture_output=True, text=True, timeout=60)
 
 
 def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, continuation lines joined and comments dropped."""
-    joined = re.sub(
-        r"\\\n", " ", "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
-    )
+    joined = re.sub(r"\\\n", " ", "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#")))
     pairs = []
     for line in joined.splitlines():
         if line.strip():
@@ -109,9 +96,7 @@ def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
         pattern = raw.lstrip("!").rstrip("/")
         tail = pattern[3:] if pattern.startswith("**/") else None
         for prefix in prefixes:
-            if fnmatch.fnmatchcase(prefix, pattern) or (
-                tail and fnmatch.fnmatchcase(prefix.split("/")[-1], tail)
-            ):
+            if fnmatch.fnmatchcase(prefix, pattern) or (tail and fnmatch.fnmatchcase(prefix.split("/")[-1], tail)):
                 excluded = not include
                 break
     return excluded
@@ -193,16 +178,16 @@ def test_dockerfile_contract() -> None:
     assert json.loads(next(a for w, a in steps if w == "VOLUME")) == [agile_home]
     assert [a for w, a in steps if w == "EXPOSE"] == [metrics_port]
     health = next(a for w, a in steps if w == "HEALTHCHECK")
-    assert "inspect ping" in health and "celery@$HOSTNAME" in health and "--start-period" in health
+    assert "inspect ping" in health and "--start-period" in health
     entry = json.loads(next(a for w, a in steps if w == "ENTRYPOINT"))
-    assert entry[-2:] == ["agile", "worker"] and "tini" in entry[0], entry
+    assert "tini" in entry[0] and entry[2:6] == ["/usr/local/bin/agile-gpu-claim", "agile", "worker", "--hostname"]
+    node = entry[entry.index("--hostname") + 1]
+    assert f'--destination \\"{node.replace("%h", "$HOSTNAME")}\\"' in health, "the health check must ping this node"
 
 
 def test_dockerignore_admits_exactly_what_the_build_reads() -> None:
     patterns = [
-        ln.strip()
-        for ln in (ROOT / ".dockerignore").read_text().splitlines()
-        if ln.strip() and not ln.startswith("#")
+        ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")
     ]
     steps = dockerfile_instructions(DOCKERFILE.read_text())
     copied = [
@@ -214,13 +199,13 @@ def test_dockerignore_admits_exactly_what_the_build_reads() -> None:
     include = re.search(r"include = \[([^\]]*)\]", (ROOT / "pyproject.toml").read_text()).group(1)
     packages = re.findall(r'"(\w+)\*"', include)
     assert packages, "pyproject.toml lists no packages"
-    built = ["pyproject.toml", "README.md", "requirements.txt"] + [f"{p}/__init__.py" for p in packages]
+    built = ["pyproject.toml", "README.md", "requirements.txt", "adapters/ethos-hate/adapter.json"]
+    built += [f"{p}/__init__.py" for p in packages]
     for src in copied + built:
-        assert not dockerignore_excludes(src.rstrip("/"), patterns), (
-            f"{src} is needed but .dockerignore drops it"
-        )
-    for src in copied:
-        assert (ROOT / src).exists(), f"Dockerfile copies {src}, which is not in the repository"
+        assert not dockerignore_excludes(src.rstrip("/"), patterns), f"{src} is needed but .dockerignore drops it"
+    # `pip install /src` needs these (pyproject's readme and dependencies); COPY needs its sources.
+    for src in [*copied, "pyproject.toml", "README.md", "requirements.txt", "requirements-nodeps.txt"]:
+        assert (ROOT / src).exists(), f"the image build reads {src}, which is not in the repository"
     for junk in [
         ".venv/bin/python",
         ".git/HEAD",
@@ -236,9 +221,7 @@ def test_dockerignore_admits_exactly_what_the_build_reads() -> None:
 
 
 def test_gpu_claim_script_lints_clean() -> None:
-    result = subprocess.run(
-        [tool("shellcheck"), str(DOCKER / "gpu-claim.sh")], capture_output=True, text=True
-    )
+    result = subprocess.run([tool("shellcheck"), str(DOCKER / "gpu-claim.sh")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
 
@@ -249,7 +232,7 @@ def test_gpu_claim_gives_each_worker_its_own_gpu(tmp_path: Path) -> None:
     dev.mkdir()
     for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm"):
         (dev / name).touch()
-    env = {"PATH": os.environ["PATH"], "AGILE_DEV_DIR": str(dev), "AGILE_HOME": str(tmp_path / "home")}
+    env = {"PATH": os.environ["PATH"], "GPU_CLAIM_DEV_DIR": str(dev), "AGILE_HOME": str(tmp_path / "home")}
     script = ["sh", str(DOCKER / "gpu-claim.sh"), "sh", "-c", 'echo "$CUDA_VISIBLE_DEVICES"; read -r _']
 
     def start() -> subprocess.Popen:
@@ -275,7 +258,7 @@ def test_gpu_claim_gives_each_worker_its_own_gpu(tmp_path: Path) -> None:
                 proc.communicate(input="\n", timeout=30)
     no_gpu = subprocess.run(
         ["sh", str(DOCKER / "gpu-claim.sh"), "sh", "-c", 'echo "[$CUDA_VISIBLE_DEVICES]"'],
-        env={**env, "AGILE_DEV_DIR": str(tmp_path)},
+        env={**env, "GPU_CLAIM_DEV_DIR": str(tmp_path)},
         capture_output=True,
         text=True,
     )
@@ -287,7 +270,7 @@ def test_gpu_claim_gives_each_worker_its_own_gpu(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def compose_config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    result = run_compose(COMPOSE, FAKE_ENV, tmp_path_factory.mktemp("compose"))
+    result = run_compose([COMPOSE], FAKE_ENV, tmp_path_factory.mktemp("compose"))
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -305,16 +288,12 @@ def test_compose_services_wired_for_scale_out(compose_config: dict[str, Any]) ->
         "--requirepass",
     ):
         assert flag in command
-    assert FAKE_ENV["REDIS_PASSWORD"] not in command, (
-        "the password belongs in the environment, not the command"
-    )
+    assert FAKE_ENV["REDIS_PASSWORD"] not in command, "the password belongs in the environment, not the command"
     assert any(v["target"] == "/data" and v["type"] == "volume" for v in redis["volumes"])
     assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
 
     worker = services["worker"]
-    assert "container_name" not in worker and "ports" not in worker, (
-        "--scale needs no fixed name or host port"
-    )
+    assert "container_name" not in worker and "ports" not in worker, "--scale needs no fixed name or host port"
     device = worker["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert go_duration_seconds(worker["stop_grace_period"]) > LONGEST_BATCH_S
@@ -346,17 +325,19 @@ def test_compose_services_wired_for_scale_out(compose_config: dict[str, Any]) ->
     assert any(v["target"] == "/data" for v in producer["volumes"])
 
 
-def test_compose_cpu_variant_and_remote_redis(tmp_path: Path) -> None:
-    env = {**FAKE_ENV, "AGILE_VARIANT": "cpu", "AGILE_REDIS_HOST": "10.1.2.3"}
-    result = run_compose(COMPOSE, env, tmp_path)
+def test_compose_cpu_override_and_remote_redis(tmp_path: Path) -> None:
+    result = run_compose([COMPOSE, COMPOSE_CPU], {**FAKE_ENV, "REDIS_HOST": "10.1.2.3"}, tmp_path)
     assert result.returncode == 0, result.stderr
-    worker = json.loads(result.stdout)["services"]["worker"]
-    assert worker["build"]["args"]["VARIANT"] == "cpu"
-    assert worker["environment"]["AGILE_REDIS_URL"].endswith("@10.1.2.3:6379/0")
+    services = json.loads(result.stdout)["services"]
+    for name in ("worker", "producer"):
+        assert services[name]["build"]["args"]["VARIANT"] == "cpu"
+        assert services[name]["image"].endswith("-cpu")
+        assert "deploy" not in services[name], "a CPU host cannot meet a GPU request"
+    assert services["worker"]["environment"]["AGILE_REDIS_URL"].endswith("@10.1.2.3:6379/0")
 
 
 def test_compose_refuses_to_run_without_a_password(tmp_path: Path) -> None:
-    result = run_compose(COMPOSE, {"FLOWER_BASIC_AUTH": "ops:x"}, tmp_path)
+    result = run_compose([COMPOSE], {"FLOWER_BASIC_AUTH": "ops:x"}, tmp_path)
     assert result.returncode != 0
     assert "REDIS_PASSWORD" in result.stderr
 
@@ -374,7 +355,7 @@ def test_compose_validator_rejects_broken_files(tmp_path: Path, good: str, bad: 
     assert good in text
     broken = tmp_path / "compose.yaml"
     broken.write_text(text.replace(good, bad, 1))
-    result = run_compose(broken, FAKE_ENV, tmp_path)
+    result = run_compose([broken], FAKE_ENV, tmp_path)
     assert result.returncode != 0, f"compose accepted {bad!r}"
 
 
@@ -389,9 +370,7 @@ def test_k8s_manifest_validates(source: str, doc: dict[str, Any], version: str) 
     except kubernetes_validate.utils.SchemaNotFoundError as exc:
         pytest.fail(f"{source}: no schema for {doc['kind']}: {exc.message}")
     except jsonschema.ValidationError as exc:
-        pytest.fail(
-            f"{source}: {doc['kind']}/{doc['metadata']['name']} at {list(exc.absolute_path)}: {exc.message}"
-        )
+        pytest.fail(f"{source}: {doc['kind']}/{doc['metadata']['name']} at {list(exc.absolute_path)}: {exc.message}")
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -478,7 +457,7 @@ def test_k8s_workers_scale_on_queued_plus_in_flight_and_never_cut_a_batch() -> N
     assert triggers["redis"]["metadata"]["listName"] == env["AGILE_QUEUE"]
     assert env["AGILE_REDIS_URL"] == {"secretKeyRef": {"name": "agile-redis", "key": "redis-url"}}
     query = triggers["prometheus"]["metadata"]["query"]
-    assert query == f'max(agile_queue_depth{{queue="{env["AGILE_QUEUE"]}"}})'
+    assert query == 'max(sum by (instance) (agile_queue_depth{state=~"queued|in_flight"}))'
     auth = find("TriggerAuthentication", triggers["redis"]["authenticationRef"]["name"])
     assert auth["spec"]["secretTargetRef"] == [
         {"parameter": "password", "name": "agile-redis", "key": "redis-password"}
@@ -487,6 +466,33 @@ def test_k8s_workers_scale_on_queued_plus_in_flight_and_never_cut_a_batch() -> N
     pdb = find("PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+
+
+def test_containers_get_settings_agile_accepts_and_outlast_a_batch(compose_config: dict[str, Any]) -> None:
+    """agile refuses AGILE_* variables it does not know, so each container's environment (image plus
+    compose or manifest) goes through the real settings check; the grace period must outlast the
+    worker's soft shutdown and end before the visibility timeout would deliver the batch again."""
+    from agile.settings import QueueSettings
+
+    steps = dockerfile_instructions(DOCKERFILE.read_text())
+    image_env = dict(re.findall(r"(\w+)=(\S+)", " ".join(a for w, a in steps if w == "ENV")))
+    services = compose_config["services"]
+    QueueSettings.from_env({**image_env, **services["producer"]["environment"]})
+    compose = QueueSettings.from_env({**image_env, **services["worker"]["environment"]})
+    assert compose.shutdown_timeout < go_duration_seconds(services["worker"]["stop_grace_period"])
+    assert go_duration_seconds(services["worker"]["stop_grace_period"]) < compose.visibility_timeout
+
+    pod = find("Deployment", "agile-worker")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    secret_url = "redis://:from-the-secret@agile-redis:6379/0"
+    manifest_env = {k: v if isinstance(v, str) else secret_url for k, v in env_of(container).items()}
+    k8s = QueueSettings.from_env({**image_env, **manifest_env})
+    assert k8s.shutdown_timeout < pod["terminationGracePeriodSeconds"] < k8s.visibility_timeout
+
+    health = next(a for w, a in steps if w == "HEALTHCHECK")
+    destination = re.search(r'--destination \\"([^"\\]+)\\"', health).group(1)
+    for probe in ("startupProbe", "livenessProbe"):
+        assert f'--destination "{destination}"' in container[probe]["exec"]["command"][-1]
 
 
 def test_k8s_metrics_are_scraped_where_the_worker_serves_them() -> None:
@@ -512,15 +518,11 @@ def test_k8s_redis_persists_and_takes_its_password_from_the_secret() -> None:
         "--requirepass $(REDIS_PASSWORD)",
     ):
         assert flag in args
-    assert env_of(container)["REDIS_PASSWORD"] == {
-        "secretKeyRef": {"name": "agile-redis", "key": "redis-password"}
-    }
+    assert env_of(container)["REDIS_PASSWORD"] == {"secretKeyRef": {"name": "agile-redis", "key": "redis-password"}}
     claim = statefulset["spec"]["volumeClaimTemplates"][0]
     assert {"name": claim["metadata"]["name"], "mountPath": "/data"} in container["volumeMounts"]
     service = find("Service", "agile-redis")
-    assert (
-        service["spec"]["selector"].items() <= statefulset["spec"]["template"]["metadata"]["labels"].items()
-    )
+    assert service["spec"]["selector"].items() <= statefulset["spec"]["template"]["metadata"]["labels"].items()
     compose_redis = yaml.safe_load(COMPOSE.read_text())["services"]["redis"]["image"]
     assert container["image"] == compose_redis, "compose and Kubernetes should run the same Redis"
 
@@ -533,9 +535,7 @@ def test_k8s_pods_are_restricted_and_sized() -> None:
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         for container in pod["containers"]:
             security = container["securityContext"]
-            assert security["allowPrivilegeEscalation"] is False and security["capabilities"]["drop"] == [
-                "ALL"
-            ]
+            assert security["allowPrivilegeEscalation"] is False and security["capabilities"]["drop"] == ["ALL"]
             for bound in ("requests", "limits"):
                 for resource in ("cpu", "memory"):
                     value = str(container["resources"][bound][resource])
