@@ -170,4 +170,11 @@ def apply_adapter(model, adapter: Adapter) -> None:
         value = adapter.weights[key]
         if tuple(variable.shape) != value.shape:
             raise AdapterError(f"{adapter.path}: {key} has shape {value.shape}, expected {variable.shape}")
-        variable.assign(value)
+    for key, variable in variables.items():
+        variable.assign(adapter.weights[key])
+
+
+def clear_adapter(model) -> None:
+    """Zero every LoRA weight: the model scores as its base model again (zero-shot)."""
+    for variable in _lora_variables(model.backbone).values():
+        variable.assign(np.zeros(tuple(variable.shape), dtype="float32"))

@@ -66,7 +66,7 @@ class QueueSettings:
         unknown = sorted(k for k in env if k.startswith("AGILE_") and k not in known and k not in OTHER_KEYS)
         if unknown:
             raise SettingsError(
-                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known | OTHER_KEYS))}"
+                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(set(known) | OTHER_KEYS))}"
             )
         values = {}
         for key, f in known.items():

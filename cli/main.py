@@ -6,6 +6,9 @@ import argparse
 import sys
 
 import agile.cli
+import producer.cli
+import trainer.cli
+import worker.cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
         "in-process or by Celery workers on Redis.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (agile.cli,):
+    for module in (agile.cli, trainer.cli, worker.cli, producer.cli):
         module.register(sub)
     return parser
 

@@ -96,20 +96,23 @@ class RedisServer:
 class Worker:
     """One `celery -A worker worker` process (solo pool) on the tiny model."""
 
-    def __init__(self, name: str, env: dict[str, str], logdir: Path):
+    def __init__(self, name: str, env: dict[str, str], logdir: Path, via_agile: bool = False):
+        self.via_agile = via_agile  # start it as `agile worker` instead of `celery -A worker worker`
         self.name = name
         self.env = env
         self.log = logdir / f"{name}-{uuid.uuid4().hex[:6]}.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Worker:
+        if self.via_agile:
+            args = ["-m", "cli.main", "worker", "--hostname", f"{self.name}@%h", "--", "--include", "queue_fixtures"]
+        else:
+            args = ["-m", "celery", "-A", "worker", "worker", "--pool", "solo", "--hostname", f"{self.name}@%h",
+                    "--queues", self.env["AGILE_QUEUE"], "--without-mingle", "--without-gossip",
+                    "--include", "queue_fixtures", "--loglevel", "INFO"]
         with self.log.open("w") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "solo",
-                 "--hostname", f"{self.name}@%h", "--queues", self.env["AGILE_QUEUE"],
-                 "--without-mingle", "--without-gossip", "--include", "queue_fixtures", "--loglevel", "INFO"],
-                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-            )
+            self.proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT)
         return self
 
     def wait_ready(self, timeout: float = 60) -> Worker:
@@ -184,7 +187,7 @@ def adapter_dir(tmp_path_factory, tiny_model) -> Path:
         name="tiny-toxic", base_model=str(tiny_model), base_checksum=model.agile_info.checksum,
         labels=["Toxic", "Safe"], instructions="Classify the following text into one of the following classes",
         separator="<separator>", eos="<eos>", rank=2, target_layers=["query", "value"], objective="label",
-        max_length=64, positive_label="Toxic", threshold=0.5,
+        max_length=128, positive_label="Toxic", threshold=0.5,
     )
     root = tmp_path_factory.mktemp("queue-adapters")
     save_adapter(model, meta, root / "tiny-toxic")
@@ -194,7 +197,6 @@ def adapter_dir(tmp_path_factory, tiny_model) -> Path:
 def queue_env(redis_url: str, model: Path, adapters: Path | None = None, **settings) -> dict[str, str]:
     """The environment of a test worker or producer: own queue and key prefix, short timeouts."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AGILE_", "QUEUE_TEST_"))}
-    env["AGILE_HOME"] = os.environ.get("AGILE_HOME", str(Path.home() / ".cache" / "agile"))
     env.update({
         "AGILE_REDIS_URL": redis_url, "AGILE_MODEL": str(model), "AGILE_METRICS_PORT": "0",
         "AGILE_QUEUE": f"test-{uuid.uuid4().hex[:8]}", "AGILE_KEY_PREFIX": f"test-{uuid.uuid4().hex[:8]}",
@@ -213,33 +215,46 @@ def settings_of(env: dict[str, str]):
     return QueueSettings.from_env({k: v for k, v in env.items() if k.startswith("AGILE_")})
 
 
+class Processes:
+    """Starts workers and Redis servers, and kills every one of them in `close`."""
+
+    def __init__(self, logdir: Path):
+        self.logdir = logdir
+        self.started: list = []
+
+    def redis(self, password: str | None = None) -> RedisServer:
+        server = RedisServer(self.logdir / f"redis-{len(self.started)}", password).start()
+        self.started.append(server)
+        return server
+
+    def worker(self, name: str, env: dict[str, str], via_agile: bool = False) -> Worker:
+        w = Worker(name, env, self.logdir, via_agile).start()
+        self.started.append(w)
+        return w
+
+    def supervise(self, name: str, env: dict[str, str]) -> Supervisor:
+        sup = Supervisor(lambda: Worker(name, env, self.logdir)).start()
+        self.started.append(sup)
+        return sup
+
+    def close(self) -> None:
+        for thing in reversed(self.started):
+            with contextlib.suppress(Exception):
+                (thing.kill if isinstance(thing, RedisServer) else thing.stop)()
+
+
 @pytest.fixture
 def processes(tmp_path):
-    """Start workers and Redis servers through this; all are killed at teardown."""
-    started: list = []
+    p = Processes(tmp_path)
+    yield p
+    p.close()
 
-    class Starter:
-        logdir = tmp_path
 
-        def redis(self, password: str | None = None) -> RedisServer:
-            server = RedisServer(tmp_path / f"redis-{len(started)}", password).start()
-            started.append(server)
-            return server
-
-        def worker(self, name: str, env: dict[str, str]) -> Worker:
-            w = Worker(name, env, tmp_path).start()
-            started.append(w)
-            return w
-
-        def supervise(self, name: str, env: dict[str, str]) -> Supervisor:
-            sup = Supervisor(lambda: Worker(name, env, tmp_path)).start()
-            started.append(sup)
-            return sup
-
-    yield Starter()
-    for thing in reversed(started):
-        with contextlib.suppress(Exception):
-            (thing.kill if isinstance(thing, RedisServer) else thing.stop)()
+@pytest.fixture(scope="module")
+def module_processes(tmp_path_factory):
+    p = Processes(tmp_path_factory.mktemp("queue-procs"))
+    yield p
+    p.close()
 
 
 def write_csv(path: Path, n: int, id_prefix: str = "c", extra: dict[int, str] | None = None) -> Path:
@@ -290,11 +305,8 @@ def install_hooks() -> None:
 
     @task_prerun.connect(weak=False)
     def before(kwargs=None, **_):
-        texts = [item.get("text") for item in (kwargs or {}).get("items", []) if isinstance(item, dict)]
         if client is not None:
-            client.rpush(trace, json.dumps({"pid": os.getpid(), "batch": kwargs.get("batch_id")}))
-        if POISON_KILL in texts:
-            os.kill(os.getpid(), signal.SIGKILL)
+            client.rpush(trace, json.dumps({"pid": os.getpid(), "batch": (kwargs or {}).get("batch_id")}))
         time.sleep(delay)
 
     @task_postrun.connect(weak=False)
@@ -308,7 +320,9 @@ def install_hooks() -> None:
 
     score = Runtime.score
 
-    def failing_score(self, policy, texts):
+    def failing_score(self, policy, texts):  # poison, as a CUDA crash or an OOM kill would be
+        if POISON_KILL in texts:
+            os.kill(os.getpid(), signal.SIGKILL)
         if POISON_RAISE in texts:
             raise RuntimeError("queue test: this batch always fails")
         return score(self, policy, texts)

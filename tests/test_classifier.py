@@ -105,3 +105,22 @@ def test_failed_save_leaves_nothing_half_written(tiny_model, tmp_path):
     with pytest.raises(AdapterError, match="no LoRA weights"):
         save_adapter(load_model(str(tiny_model.agile_info.spec)), _meta(tiny_model), target)
     assert not target.exists()
+
+
+def test_a_scorer_follows_adapter_swaps(saved_adapter, tiny_preset):
+    """The worker keeps one scorer per policy and swaps LoRA weights under it."""
+    from agile.adapters import clear_adapter
+    from agile.prompt import PromptTemplate
+    from agile.scoring import LabelScorer
+
+    path, _ = saved_adapter
+    model = load_model(str(tiny_preset))
+    scorer = LabelScorer(model, PromptTemplate(), SETTINGS)
+    texts = ["you look nice", "go away"]
+    base = scorer.score(texts).probs
+    apply_adapter(model, load_adapter(path))
+    adapted = scorer.score(texts).probs
+    assert np.abs(adapted - base).max() > 1e-4
+    np.testing.assert_allclose(adapted, LabelScorer(model, PromptTemplate(), SETTINGS).score(texts).probs, atol=1e-6)
+    clear_adapter(model)
+    np.testing.assert_allclose(scorer.score(texts).probs, base, atol=1e-6)

@@ -48,7 +48,7 @@ def test_train_then_evaluate_a_generic_table(tiny, table, tmp_path, capsys):
 
 
 def test_sweep_writes_csv_and_png(tiny, tmp_path, capsys):
-    code = main(["sweep", "--model", tiny, "--sizes", "4,8", "--epochs", "1,2", "--max-length", "64",
+    code = main(["sweep", "--model", tiny, "--sizes", "4,8", "--epochs", "1,2",
                  "--out", str(tmp_path / "sweep")])
     assert code == 0, capsys.readouterr().err
     with (tmp_path / "sweep" / "sweep.csv").open() as f:

@@ -28,13 +28,13 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def examples():
     train_rows, _ = ethos_split()
-    return train_rows.head(16)
+    return train_rows.head(8)
 
 
 def mean_loss(model, examples, settings) -> float:
     """The objective's loss over all rows, without gradients."""
     tokenizer = PromptTokenizer.from_model(model)
-    rows = encode_rows(tokenizer, TEMPLATE, examples, settings)
+    rows = encode_rows(model, TEMPLATE, examples, settings)
     label_ids = tokenizer.label_ids(TEMPLATE.labels)
     ids, mask = pad_batch(rows, tokenizer.pad_id)
     with torch.no_grad():
@@ -45,17 +45,18 @@ def mean_loss(model, examples, settings) -> float:
 
 @pytest.mark.parametrize("objective", ["label", "causal-lm"])
 def test_a_few_steps_lower_the_loss(tiny, examples, objective):
-    settings = TrainSettings(objective=objective, learning_rate=1e-2, epochs=3, batch_size=4, rank=4)
+    settings = TrainSettings(objective=objective, learning_rate=3e-2, epochs=5, batch_size=4, rank=4)
     model = load_model(tiny)
     result = train(model, TEMPLATE, examples, settings)
     after = mean_loss(model, examples, settings)
     reference = load_model(tiny)
     reference.backbone.enable_lora(4, target_layer_names=["query", "value"])  # LoRA B starts at zero
     before = mean_loss(reference, examples, settings)
-    assert after < before * 0.9, (before, after)
-    assert [r.epoch for r in result.history] == [1, 2, 3]
-    assert all(r.steps == 4 for r in result.history)
-    assert result.history[-1].loss < result.history[0].loss
+    assert after < before - 0.05, (before, after)
+    assert [r.epoch for r in result.history] == [1, 2, 3, 4, 5]
+    assert all(r.steps == 2 for r in result.history)
+    losses = [r.loss for r in result.history]
+    assert losses == sorted(losses, reverse=True)  # falls every epoch
 
 
 def test_best_validation_epoch_is_the_one_kept(tiny, examples):

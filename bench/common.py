@@ -1,0 +1,199 @@
+"""Shared by the bench scripts: device setup, ETHOS comments, warm-up timing, peak FLOP/s, result files.
+
+Every script calls `setup()` before anything imports torch (it pins threads and
+hides GPUs for --device cpu), prints a table, and writes bench/results/NAME.json
+holding the numbers, the command line and a description of the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+ETHOS_CSV = ROOT / "data" / "ethos" / "Ethos_Dataset_Binary.csv"
+_LOAD_AT_START = os.getloadavg()[0]  # other work on the CPU makes every timing here slower
+
+
+def add_common_args(parser: argparse.ArgumentParser, n: int = 256, batch_size: int = 16, dtype: bool = True) -> None:
+    parser.add_argument("--n", type=int, default=n, help="ETHOS comments (the file's first N rows)")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="rows per forward pass")
+    if dtype:
+        parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    parser.add_argument("--repeats", type=int, default=1, help="timed passes per method (median reported)")
+    parser.add_argument("--name", help="result file name (default: derived from the script and flags)")
+
+
+def setup(device: str, threads: int) -> None:
+    """Select the torch backend, pin CPU threads, and make `device` the only one torch sees."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    os.environ.setdefault("USE_TF", "0")  # transformers would otherwise import TensorFlow-flavoured keras
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    import torch
+
+    torch.set_num_threads(threads)
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"--device cuda: torch {torch.__version__} sees no GPU (a CPU build, or no driver)")
+
+
+def ethos_comments(n: int) -> list[str]:
+    import pandas as pd
+
+    comments = pd.read_csv(ETHOS_CSV, sep=";")["comment"].tolist()
+    if not 1 <= n <= len(comments):
+        sys.exit(f"--n must be between 1 and {len(comments)} (ETHOS rows), got {n}")
+    return comments[:n]
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], repeats: int = 1, warmup: Callable[[], object] | None = None):
+    """(median seconds, last result): warm-up once, then `repeats` timed calls."""
+    (warmup or fn)()
+    seconds, result = [], None
+    for _ in range(repeats):
+        _sync()
+        start = time.perf_counter()
+        result = fn()
+        _sync()
+        seconds.append(time.perf_counter() - start)
+    return sorted(seconds)[len(seconds) // 2], result
+
+
+def matmul_gflops(dtype: str, device: str, m: int = 2048, k: int = 2048, n: int = 2048,
+                  seconds: float = 1.0) -> float:
+    """Dense [m,k] @ [k,n] GFLOP/s, best of a timed loop after warm-up: the hardware ceiling."""
+    import torch
+
+    kind = getattr(torch, dtype)
+    a = torch.randn(m, k, dtype=kind, device=device)
+    b = torch.randn(k, n, dtype=kind, device=device)
+    for _ in range(3):
+        a @ b
+    best, spent = float("inf"), 0.0
+    while spent < seconds:
+        _sync()
+        start = time.perf_counter()
+        a @ b
+        _sync()
+        took = time.perf_counter() - start
+        best, spent = min(best, took), spent + took
+    return 2 * m * k * n / best / 1e9
+
+
+def peak_size(device: str) -> int:
+    """A square matmul big enough to fill the device (a GPU needs far more work than 2 CPU cores)."""
+    return 8192 if device == "cuda" else 2048
+
+
+def peak_gflops(device: str) -> dict[str, float]:
+    """Square matmul GFLOP/s in float32 and bfloat16, measured now, in this process."""
+    size = peak_size(device)
+    return {dtype: matmul_gflops(dtype, device, size, size, size) for dtype in ("float32", "bfloat16")}
+
+
+def non_embedding_params(model) -> int:
+    """Parameters every token passes through (the embedding lookup costs no FLOPs)."""
+    backbone = model.backbone
+    return backbone.count_params() - int(backbone.token_embedding.embeddings.numpy().size)
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def rss_mb() -> float | None:
+    """Resident memory now (Linux), or None."""
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (since the last reset_peak_rss(), where Linux allows)."""
+    return _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> None:
+    """Start the peak over from the current RSS, so the next phase's peak is its own (Linux 4.0+)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def machine(device: str) -> dict:
+    """What the numbers were measured on, including how busy the CPU was when the run began."""
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        flags = Path("/proc/cpuinfo").read_text()
+        isa = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
+    except OSError:
+        isa = []
+    info = {
+        "cpu": cpu, "cores": os.cpu_count(), "isa": isa, "threads": torch.get_num_threads(),
+        "load_average_at_start": _LOAD_AT_START, "load_average_at_end": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "torch": torch.__version__, "device": device,
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                        capture_output=True, text=True, check=True).stdout.strip()
+    return info
+
+
+def write_result(name: str, payload: dict, device: str, command: str | None = None) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    record = {
+        "command": command or " ".join(["python", *sys.argv]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(device),
+        **payload,
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nwrote {path.relative_to(ROOT)}")
+    return path
+
+
+def print_table(headers: list[str], rows: list[list]) -> None:
+    """A markdown table (pastes straight into BENCHMARKS.md)."""
+
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
+        return str(v)
+
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "|".join(" --- " for _ in headers) + "|")
+    for row in rows:
+        print("| " + " | ".join(cell(v) for v in row) + " |")

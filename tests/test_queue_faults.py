@@ -1,0 +1,133 @@
+"""Crashes on purpose, with real processes: workers killed, Redis killed and restarted, poison batches.
+
+Each test has its own redis-server (append-only file on, as in production) and
+its own workers, visibility timeout 3 s. A worker hook (queue_fixtures) records
+every batch a worker starts in a Redis list, so the tests can see redeliveries.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+from queue_fixtures import (  # noqa: F401  (fixtures)
+    POISON_KILL,
+    POISON_RAISE,
+    processes,
+    queue_env,
+    read_output,
+    settings_of,
+    tiny_model,
+    wait_for,
+    write_csv,
+)
+
+from producer.batches import FileSource
+from producer.pipeline import moderate
+
+TRACE = "queue-test-trace"
+
+
+def started(client) -> list[dict]:
+    return [json.loads(x) for x in client.lrange(TRACE, 0, -1)]
+
+
+def run_job(env, source, out):
+    """`moderate` in a thread, as a user's shell would run it while things break."""
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(moderate, settings_of(env), FileSource.of(source), out, progress=False, timeout=120)
+    pool.shutdown(wait=False)
+    return future
+
+
+def assert_exactly_once(out, n: int, summary) -> None:
+    ids = [r["id"] for r in read_output(out)]
+    assert len(ids) == n and set(ids) == {f"c{i}" for i in range(n)}
+    assert (summary.status.scored, summary.status.failed) == (n, 0)  # counters never double count
+
+
+def test_kill_9_mid_batch_then_every_comment_is_scored_exactly_once(processes, tiny_model, tmp_path):  # noqa: F811
+    redis = processes.redis()
+    env = queue_env(redis.url, tiny_model, batch_size=8, QUEUE_TEST_TRACE=TRACE)
+    slow = processes.worker("slow", {**env, "QUEUE_TEST_DELAY": "0.5"}).wait_ready()
+    out = tmp_path / "scores.csv"
+    job = run_job(env, write_csv(tmp_path / "dump.csv", 96), out)
+    r = redis.client()
+    wait_for(lambda: len(started(r)) >= 3, 60, "three batches started")
+    held = started(r)[-1]["batch"]
+    slow.signal(signal.SIGKILL)  # mid-batch: inside the batch's 0.5 s, before its write-back
+    slow.proc.wait(10)
+    processes.worker("fresh", env, via_agile=True).wait_ready()  # `agile worker`, the wrapper
+    summary = job.result(timeout=120)
+    assert_exactly_once(out, 96, summary)
+    batches = [s["batch"] for s in started(r)]
+    assert batches.count(held) == 2, "the killed worker's batch is delivered again"
+    assert all(batches.count(f"b{i}") == 1 for i in range(12) if f"b{i}" != held)
+
+
+def test_a_worker_killed_after_writing_back_does_not_double_count(processes, tiny_model, tmp_path):  # noqa: F811
+    redis = processes.redis()
+    once = tmp_path / "killed-once.json"
+    env = queue_env(redis.url, tiny_model, batch_size=8, QUEUE_TEST_TRACE=TRACE,
+                    QUEUE_TEST_KILL_AFTER_WRITE_ONCE=str(once))
+    supervisor = processes.supervise("w", env)
+    out = tmp_path / "scores.csv"
+    summary = run_job(env, write_csv(tmp_path / "dump.csv", 48), out).result(timeout=120)
+    assert_exactly_once(out, 48, summary)
+    written = json.loads(once.read_text())["batch_id"]
+    assert [s["batch"] for s in started(redis.client())].count(written) == 2  # delivered twice, counted once
+    assert len(supervisor.workers) == 2
+
+
+def test_poison_batches_are_marked_failed_and_the_job_completes(processes, tiny_model, tmp_path):  # noqa: F811
+    redis = processes.redis()
+    env = queue_env(redis.url, tiny_model, batch_size=8, max_deliveries=2, QUEUE_TEST_TRACE=TRACE)
+    supervisor = processes.supervise("w", env)
+    source = write_csv(tmp_path / "dump.csv", 40, extra={9: POISON_KILL, 25: POISON_RAISE})
+    out = tmp_path / "scores.csv"
+    summary = run_job(env, source, out).result(timeout=150)
+    rows = {r["id"]: r for r in read_output(out)}
+    assert len(rows) == 40
+    killed = [rows[f"c{i}"]["error"] for i in range(8, 16)]  # batch b1
+    raised = [rows[f"c{i}"]["error"] for i in range(24, 32)]  # batch b3
+    assert all(e == "gave up after 2 deliveries: the worker died while scoring this batch" for e in killed)
+    assert all(e.startswith("gave up after 2 deliveries: RuntimeError: queue test") for e in raised)
+    assert all(rows[f"c{i}"]["error"] == "" for i in [*range(8), *range(16, 24), *range(32, 40)])
+    assert (summary.status.scored, summary.status.failed) == (24, 16)
+    assert len(supervisor.workers) == 3  # killed twice by b1, then b1 was given up without running it
+    batches = [s["batch"] for s in started(redis.client())]
+    assert batches.count("b1") == 3  # killed, killed, given up
+    assert batches.count("b3") == 2  # raised, raised and given up
+
+
+def test_redis_killed_and_restarted_mid_job_loses_nothing(processes, tiny_model, tmp_path):  # noqa: F811
+    redis = processes.redis()
+    env = queue_env(redis.url, tiny_model, batch_size=8, QUEUE_TEST_TRACE=TRACE, QUEUE_TEST_DELAY="0.1")
+    worker = processes.worker("w", env).wait_ready()
+    out = tmp_path / "scores.csv"
+    job = run_job(env, write_csv(tmp_path / "dump.csv", 240), out)
+    wait_for(lambda: len(started(redis.client())) >= 6, 60, "six batches started")
+    redis.kill()  # SIGKILL: whatever the append-only file had not synced is gone
+    redis.start()  # same port, same directory: replays the append-only file
+    summary = job.result(timeout=150)
+    assert_exactly_once(out, 240, summary)
+    assert worker.proc.poll() is None, "the worker reconnected instead of dying"
+
+
+def test_warm_shutdown_finishes_the_batch_in_hand(processes, tiny_model, tmp_path):  # noqa: F811
+    redis = processes.redis()
+    env = queue_env(redis.url, tiny_model, batch_size=8, QUEUE_TEST_TRACE=TRACE)
+    first = processes.worker("first", {**env, "QUEUE_TEST_DELAY": "2"}).wait_ready()
+    out = tmp_path / "scores.csv"
+    job = run_job(env, write_csv(tmp_path / "dump.csv", 32), out)
+    r = redis.client()
+    wait_for(lambda: started(r), 60, "a batch started")
+    held = started(r)[0]["batch"]
+    first.signal(signal.SIGTERM)  # what systemd, docker stop and Kubernetes send first
+    assert first.proc.wait(30) == 0
+    assert any(f"/{held}: 8 scored" in line for line in first.text().splitlines())  # finished, not dropped
+    processes.worker("second", env).wait_ready()
+    summary = job.result(timeout=120)
+    assert_exactly_once(out, 32, summary)
+    assert [s["batch"] for s in started(r)].count(held) == 1

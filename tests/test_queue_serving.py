@@ -1,0 +1,177 @@
+"""Two real workers on a private, password-protected Redis: the job path, foreign clients, bad input.
+
+The workers live for the whole module; each test uses the same queue. One logs
+text, the other JSON with its metrics port open.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+import uuid
+
+import pytest
+from celery import Celery
+from kombu import Connection
+from queue_fixtures import (  # noqa: F401  (fixtures)
+    adapter_dir,
+    free_port,
+    module_processes,
+    queue_env,
+    read_output,
+    run_cli,
+    settings_of,
+    tiny_model,
+    write_csv,
+)
+
+from agile.wire import TASK_NAME
+from producer.client import ScoringClient
+
+PASSWORD = "s3cret-" + uuid.uuid4().hex[:6]
+BATCH_LINE = re.compile(r"batch ([0-9a-f]+)/(b\d+): \d+ scored")
+
+
+@pytest.fixture(scope="module")
+def fleet(module_processes, tiny_model, adapter_dir):  # noqa: F811
+    redis = module_processes.redis(password=PASSWORD)
+    env = queue_env(redis.url, tiny_model, adapter_dir, QUEUE_TEST_DELAY="0.02")
+    port = free_port()
+    workers = [module_processes.worker("w1", env),
+               module_processes.worker("w2", {**env, "AGILE_LOG_FORMAT": "json", "AGILE_METRICS_PORT": str(port)})]
+    for w in workers:
+        w.wait_ready()
+    return {"env": env, "workers": workers, "redis": redis, "metrics": port}
+
+
+@pytest.fixture
+def producer_env(fleet, monkeypatch):
+    for key, value in fleet["env"].items():
+        if key.startswith("AGILE_"):
+            monkeypatch.setenv(key, value)
+    return settings_of(fleet["env"])
+
+
+def batches_by_worker(fleet, job_id: str) -> list[list[str]]:
+    found = []
+    for w in fleet["workers"]:
+        found.append([b for j, b in BATCH_LINE.findall(w.text()) if j == job_id])
+    return found
+
+
+def test_moderate_spreads_one_job_over_two_workers_with_no_duplicate(fleet, producer_env, tmp_path, capsys):
+    source = write_csv(tmp_path / "dump.csv", 400)
+    out = tmp_path / "scores.csv"
+    assert run_cli(["moderate", str(source), "-o", str(out), "--adapter", "tiny-toxic", "--batch-size", "8"]) == 0
+    job_id = re.search(r"job ([0-9a-f]+):", capsys.readouterr().out).group(1)
+    rows = read_output(out)
+    assert sorted(r["id"] for r in rows) == sorted(f"c{i}" for i in range(400))
+    assert {r["prediction"] for r in rows} <= {"Toxic", "Safe"}
+    assert all(r["error"] == "" and abs(r["p_Toxic"] + r["p_Safe"] - 1) < 1e-4 for r in rows)
+    first, second = batches_by_worker(fleet, job_id)
+    assert first and second, "both workers should have scored batches of the job"
+    assert sorted(first + second) == sorted(f"b{i}" for i in range(50))  # each batch once, none twice
+    # drained: nothing of the job is left in Redis but its delivered marker
+    keys = fleet["redis"].client().keys(f"{producer_env.key_prefix}:job:{{{job_id}}}:*")
+    assert keys == [f"{producer_env.key_prefix}:job:{{{job_id}}}:meta"]
+
+
+def test_rows_without_ids_get_row_numbers_and_bad_rows_get_reasons(fleet, producer_env, tmp_path, capsys):
+    source = tmp_path / "dump.jsonl"
+    texts = ["a normal comment", "", "x" * 250_000, "x" * 20_000, "another comment"]
+    source.write_text("".join(json.dumps({"body": t}) + "\n" for t in texts))
+    out = tmp_path / "scores.jsonl"
+    assert run_cli(["moderate", str(source), "-o", str(out), "--text-column", "body"]) == 0
+    rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(rows) == {"0", "1", "2", "3", "4"}
+    assert rows["1"]["error"] == "text is empty"
+    assert "250,000 characters" in rows["2"]["error"]
+    assert rows["3"]["truncated"] is True and rows["3"]["error"] == ""  # long, but scored: cut to fit
+    assert rows["0"]["prediction"] in ("Positive", "Negative") and rows["4"]["error"] == ""
+    assert rows["0"]["truncated"] is False
+
+
+def test_a_file_with_invalid_utf8_is_refused_naming_the_row(fleet, producer_env, tmp_path, capsys):
+    source = tmp_path / "dump.csv"
+    source.write_bytes(b"id,text\na,fine\nb,bro\xffken\n")
+    assert run_cli(["moderate", str(source), "-o", str(tmp_path / "out.csv")]) == 2
+    assert "invalid UTF-8" in capsys.readouterr().err
+
+
+def test_a_missing_column_and_an_unknown_adapter_say_what_is_wrong(fleet, producer_env, tmp_path, capsys):
+    source = write_csv(tmp_path / "dump.csv", 20)
+    assert run_cli(["submit", str(source), "--text-column", "comment"]) == 2
+    assert "no column 'comment'" in capsys.readouterr().err
+    out = tmp_path / "scores.csv"
+    assert run_cli(["moderate", str(source), "-o", str(out), "--adapter", "no-such-adapter"]) == 0
+    rows = read_output(out)
+    assert len(rows) == 20 and all("unknown adapter 'no-such-adapter'" in r["error"] for r in rows)
+    assert "failed: 20" in capsys.readouterr().out
+
+
+def foreign_client(fleet) -> Celery:
+    """What a service with only Celery (or any Celery-protocol client) configures: nothing of ours."""
+    app = Celery("foreign", broker=fleet["redis"].url, backend=fleet["redis"].url)
+    app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    return app
+
+
+def test_a_foreign_celery_client_gets_scores_or_clear_errors(fleet):
+    app = foreign_client(fleet)
+    queue = fleet["env"]["AGILE_QUEUE"]
+    ok = app.send_task(TASK_NAME, kwargs={"items": [{"id": 1, "text": "hello"}, {"id": "2", "text": ""}],
+                                          "labels": ["Toxic", "Safe"]}, queue=queue)
+    result = ok.get(timeout=30)
+    assert result["labels"] == ["Toxic", "Safe"] and result["adapter"] is None
+    assert set(result["results"]["1"]) == {"p_Toxic", "p_Safe", "prediction", "truncated"}
+    assert result["results"]["2"] == {"error": "text is empty"}
+    bad = [({"items": {"id": "a"}}, "items must be a non-empty list"),
+           ({"items": [{"id": "a", "text": "x"}], "model": "gemma3_1b"}, "serves model"),
+           ({"items": [{"id": "a", "text": "x"}], "adapter": "../../etc"}, "not a plain name"),
+           ({"itmes": []}, "unknown payload key")]
+    for kwargs, says in bad:
+        with pytest.raises(Exception, match=re.escape(says)):
+            app.send_task(TASK_NAME, kwargs=kwargs, queue=queue).get(timeout=30)
+    # A body that is not JSON, and a pickled one: refused, and the worker keeps serving.
+    with Connection(fleet["redis"].url) as conn:
+        producer = conn.Producer()
+        refused = ((b"{not json", "application/json"), (b"\x80\x04K\x01.", "application/x-python-serialize"))
+        for body, content_type in refused:
+            producer.publish(body, routing_key=queue, content_type=content_type, content_encoding="binary",
+                             headers={"lang": "py", "task": TASK_NAME, "id": str(uuid.uuid4())})
+    again = app.send_task(TASK_NAME, kwargs={"items": [{"id": "z", "text": "still there?"}]}, queue=queue)
+    assert "z" in again.get(timeout=30)["results"]
+
+
+def test_the_service_client_streams_and_waits(fleet, producer_env):
+    client = ScoringClient(producer_env, adapter="tiny-toxic")
+    items = [(f"s{i}", f"comment number {i}") for i in range(70)] + [("bad", "broken \udc80 text")]
+    scores = client.score(items, timeout=60)
+    assert sorted(scores) == sorted(i for i, _ in items)
+    assert "not valid UTF-8 (unpaired surrogate at character 7)" in scores.pop("bad")["error"]
+    assert all(s["prediction"] in ("Toxic", "Safe") and "flagged" in s for s in scores.values())
+    now = client.score_now([("n1", "quick one")])
+    assert now["adapter"] == "tiny-toxic" and len(now["adapter_version"]) == 12
+    assert set(now["results"]) == {"n1"}
+
+
+def test_metrics_json_logs_and_no_password_in_logs(fleet):
+    deadline = time.monotonic() + 10
+    while True:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{fleet['metrics']}/metrics", timeout=5).read().decode()
+        if "agile_comments_scored_total{" in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    scored = [float(v) for v in re.findall(r'^agile_comments_scored_total\{adapter="[^"]+"\} (\S+)$', text, re.M)]
+    assert sum(scored) > 0
+    assert re.search(r'^agile_queue_depth\{state="in_flight"\} \d', text, re.M)
+    assert re.search(r'^agile_model_loaded\{checksum="[0-9a-f]{12}",model="[^"]+"\} 1\.0$', text, re.M)
+    assert "agile_batch_seconds_bucket" in text and "agile_tokens_total" in text
+    assert re.search(r'^agile_errors_total\{kind="payload"\} [1-9]', text, re.M) or "kind=" in text
+    lines = [json.loads(line) for line in fleet["workers"][1].text().splitlines() if line.startswith("{")]
+    batch_lines = [x for x in lines if x.get("batch_id")]
+    assert batch_lines and all(x["job_id"] and x["task_id"] for x in batch_lines)
+    for w in fleet["workers"]:
+        assert PASSWORD not in w.text()

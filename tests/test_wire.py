@@ -1,0 +1,113 @@
+"""The queue contract: payload validation, result shape, key layout, settings; no Redis needed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from agile.settings import QueueSettings, SettingsError, mask_url
+from agile.wire import MAX_ITEMS, MAX_TEXT_CHARS, BatchRequest, JobKeys, PayloadError, score_fields
+
+
+def request(**kwargs) -> BatchRequest:
+    return BatchRequest.from_task((), kwargs)
+
+
+def test_a_good_payload_round_trips():
+    req = request(items=[{"id": "a", "text": "hi"}, {"id": 7, "text": "there"}], job_id="j1", batch_id="b0",
+                  adapter="ethos-hate")
+    assert [i.id for i in req.items] == ["a", "7"]
+    assert req.problems == {}
+    assert BatchRequest.from_task((), req.to_kwargs()).to_kwargs() == req.to_kwargs()
+    assert req.batch_key == "j1/b0"
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({}, "no 'items'"),
+    ({"items": "text"}, "items must be a non-empty list"),
+    ({"items": []}, "items must be a non-empty list"),
+    ({"items": [{"text": "no id"}]}, "items[0] must be an object with 'id'"),
+    ({"items": [{"id": None, "text": "x"}]}, "items[0].id must be"),
+    ({"items": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]}, "'a' appears twice"),
+    ({"items": [{"id": "a", "text": "x"}], "itemz": 1}, "unknown payload key(s) ['itemz']"),
+    ({"items": [{"id": "a", "text": "x"}], "job_id": "j"}, "job_id and batch_id must be given together"),
+    ({"items": [{"id": "a", "text": "x"}], "job_id": "../x", "batch_id": "b"}, "job_id must be"),
+    ({"items": [{"id": "a", "text": "x"}], "adapter": "ethos-hate", "labels": ["A", "B"]}, "zero-shot"),
+    ({"items": [{"id": "a", "text": "x"}], "labels": ["A"]}, "at least two strings"),
+    ({"items": [{"id": str(i), "text": "x"} for i in range(MAX_ITEMS + 1)]}, "limit is 1024"),
+])
+def test_a_malformed_payload_names_what_is_wrong(kwargs, says):
+    with pytest.raises(PayloadError) as err:
+        request(**kwargs)
+    assert says in str(err.value)
+
+
+def test_positional_arguments_are_refused_with_the_right_call():
+    with pytest.raises(PayloadError, match="keyword arguments only"):
+        BatchRequest.from_task(([{"id": "a", "text": "x"}],), {})
+
+
+def test_bad_texts_become_per_item_problems():
+    req = request(items=[
+        {"id": "ok", "text": "fine"}, {"id": "empty", "text": "  "}, {"id": "huge", "text": "x" * (MAX_TEXT_CHARS + 1)},
+        {"id": "surrogate", "text": "bad \udc80 byte"}, {"id": "number", "text": 5}, {"id": "none"},
+    ])
+    assert set(req.problems) == {"empty", "huge", "surrogate", "number", "none"}
+    assert req.problems["empty"] == "text is empty"
+    assert "200,001 characters" in req.problems["huge"]
+    assert "not valid UTF-8" in req.problems["surrogate"] and "character 4" in req.problems["surrogate"]
+    assert "got int" in req.problems["number"]
+    assert req.problems["none"] == "item has no 'text'"
+
+
+def test_prediction_follows_the_adapter_threshold_or_the_most_probable_label():
+    flagged = score_fields(["Hate", "Fine"], [0.4, 0.6], False, "Hate", 0.3)
+    assert flagged == {"p_Hate": 0.4, "p_Fine": 0.6, "prediction": "Hate", "flagged": True, "truncated": False}
+    assert score_fields(["Hate", "Fine"], [0.4, 0.6], True, "Hate", 0.5)["prediction"] == "Fine"
+    assert score_fields(["A", "B", "C"], [0.2, 0.5, 0.3], False, None, 0.5)["prediction"] == "B"
+
+
+def test_job_keys_share_one_cluster_slot_and_prefix():
+    keys = JobKeys("agile", "j1")
+    assert all(k.startswith("agile:job:{j1}:") for k in keys.all())
+    assert len(set(keys.all())) == len(keys.all())
+
+
+def test_settings_come_from_the_environment_and_unknown_keys_fail():
+    s = QueueSettings.from_env({"AGILE_QUEUE": "q", "AGILE_VISIBILITY_TIMEOUT": "30", "AGILE_HOME": "/x"})
+    assert (s.queue, s.visibility_timeout) == ("q", 30)
+    assert QueueSettings.from_env({"AGILE_QUEUE": "q"}, queue="flag").queue == "flag"
+    with pytest.raises(SettingsError, match="AGILE_VISIBLITY_TIMEOUT"):
+        QueueSettings.from_env({"AGILE_VISIBLITY_TIMEOUT": "30"})
+    with pytest.raises(SettingsError, match="AGILE_MAX_DELIVERIES='three' is not a valid int"):
+        QueueSettings.from_env({"AGILE_MAX_DELIVERIES": "three"})
+    with pytest.raises(SettingsError, match="must be redis://"):
+        QueueSettings.from_env({"AGILE_REDIS_URL": "http://x"})
+
+
+def test_passwords_are_masked_and_tls_verifies_certificates():
+    assert mask_url("redis://:s3cret@host:6380/1") == "redis://:***@host:6380/1"
+    assert mask_url("rediss://user:s3cret@host/0") == "rediss://user:***@host/0"
+    assert mask_url("redis://host:6379/0") == "redis://host:6379/0"
+    config = QueueSettings(redis_url="rediss://:pw@host:6380/0").celery_config()
+    import ssl
+
+    assert config["broker_use_ssl"]["ssl_cert_reqs"] == ssl.CERT_REQUIRED
+    assert config["redis_backend_use_ssl"]["ssl_cert_reqs"] == ssl.CERT_REQUIRED
+
+
+def test_celery_settings_are_the_reliable_ones():
+    config = QueueSettings(visibility_timeout=120).celery_config()
+    assert config["accept_content"] == ["json"] and config["task_serializer"] == "json"
+    assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
+    assert config["worker_prefetch_multiplier"] == 1 and config["worker_pool"] == "solo"
+    assert config["broker_transport_options"]["visibility_timeout"] == 120
+    assert config["broker_transport_options"]["unacked_restore_interval"] <= 120 / 4
+
+
+def test_the_producer_side_imports_neither_torch_nor_keras():
+    code = ("import sys, agile.wire, agile.settings, producer.client, producer.cli, producer.pipeline, worker.cli;"
+            "bad = [m for m in ('torch', 'keras') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,59 @@
+"""A worker's loaded state, in-process on the tiny model: policies, adapter swaps, refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from queue_fixtures import adapter_dir, tiny_model  # noqa: F401  (fixtures)
+
+from agile.adapters import AdapterError
+from agile.settings import QueueSettings
+from agile.wire import PayloadError
+from worker.runtime import Runtime
+
+TEXTS = ["you are lovely", "I will hurt you", "the weather is fine today, thanks for asking"]
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_model, adapter_dir):  # noqa: F811
+    return Runtime(QueueSettings(model=str(tiny_model), adapter_path=str(adapter_dir), adapter_cache=2))
+
+
+def test_swapping_policies_gives_each_its_own_scores(runtime):
+    zero = runtime.policy(None, None, None)
+    base = runtime.score(zero, TEXTS).probs
+    tuned = runtime.policy("tiny-toxic", None, None)
+    assert tuned.labels == ["Toxic", "Safe"] and tuned.positive_label == "Toxic"
+    assert len(tuned.version) == 12
+    adapted = runtime.score(tuned, TEXTS).probs
+    back = runtime.score(zero, TEXTS).probs  # LoRA weights zeroed: the base model again
+    np.testing.assert_allclose(back, base, rtol=0, atol=1e-6)
+    again = runtime.score(tuned, TEXTS).probs
+    np.testing.assert_allclose(again, adapted, rtol=0, atol=1e-6)
+    assert np.allclose(adapted.sum(axis=1), 1, atol=1e-5)
+
+
+def test_policies_are_cached_least_recently_used_first_out(runtime):
+    first = runtime.policy(None, ["Toxic", "Safe"], None)
+    assert runtime.policy(None, ["Toxic", "Safe"], None) is first
+    runtime.policy("tiny-toxic", None, None)
+    runtime.policy(None, ["Positive", "Negative"], "other instructions")
+    assert len(runtime._policies) == 2
+    assert runtime.policy(None, ["Toxic", "Safe"], None) is not first
+
+
+@pytest.mark.parametrize("name, says", [
+    ("../tiny-toxic", "not a plain name"),
+    ("/etc", "not a plain name"),
+    ("no-such-adapter", "unknown adapter 'no-such-adapter'"),
+])
+def test_a_task_cannot_reach_outside_the_adapter_directories(runtime, name, says):
+    with pytest.raises(AdapterError, match=says):
+        runtime.policy(name, None, None)
+
+
+def test_another_model_is_refused_clearly(runtime):
+    runtime.check_model(None)
+    runtime.check_model(runtime.settings.model)
+    with pytest.raises(PayloadError, match=r"this worker serves model .* the task asks for 'gemma3_1b'"):
+        runtime.check_model("gemma3_1b")

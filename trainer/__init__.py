@@ -1,0 +1,1 @@
+"""Training, evaluating and sweeping LoRA adapters (agile classifiers) on labelled examples."""

@@ -1,0 +1,191 @@
+"""Labelled examples for training and evaluation: the codelab's ETHOS split, or any table of text + label.
+
+Training sets are small (hundreds to thousands of rows), so a file is read whole.
+Every problem becomes one `DataError` naming the file, and the row or column when
+there is one, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from agile.prompt import DEFAULT_LABELS
+from agile.tables import TableError, sniff_delimiter, table_format
+
+ETHOS_CSV = Path(__file__).resolve().parent.parent / "data" / "ethos" / "Ethos_Dataset_Binary.csv"
+ETHOS_TRAIN_ROWS = 800  # the codelab: first 800 shuffled rows train, the other 198 test
+ETHOS_SHUFFLE_SEED = 32
+ETHOS_NAME = "ethos"  # `--data ethos` means the codelab's split of the file above
+
+
+class DataError(ValueError):
+    """A training or evaluation table cannot be used as given."""
+
+
+@dataclass
+class Examples:
+    """Texts with their label index into `labels`; `source` says where they came from."""
+
+    texts: list[str]
+    labels: np.ndarray  # int64 [n], each in range(len(label_names))
+    label_names: tuple[str, ...]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, index, source: str) -> Examples:
+        index = np.asarray(index, dtype=np.int64)
+        return Examples([self.texts[i] for i in index], self.labels[index], self.label_names, source)
+
+    def head(self, n: int) -> Examples:
+        if n > len(self):
+            raise DataError(f"{self.source}: asked for the first {n} rows, but it has only {len(self)}")
+        return self.take(np.arange(n), f"{self.source}[:{n}]")
+
+    def checksum(self) -> str:
+        """sha256 over labels and texts, in order: records exactly what an adapter was trained on."""
+        digest = hashlib.sha256()
+        digest.update("\x1f".join(self.label_names).encode())
+        for text, label in zip(self.texts, self.labels, strict=True):
+            digest.update(f"\x1e{int(label)}\x1f{text}".encode())
+        return digest.hexdigest()
+
+    def check_trainable(self, batch_size: int) -> None:
+        """Refuse sets that cannot train a classifier: too few rows, or a label with no example."""
+        if len(self) < batch_size:
+            raise DataError(f"{self.source}: {len(self)} rows is fewer than the batch size {batch_size}")
+        counts = np.bincount(self.labels, minlength=len(self.label_names))
+        empty = [name for name, c in zip(self.label_names, counts, strict=True) if c == 0]
+        if empty:
+            raise DataError(f"{self.source}: no examples of label(s) {empty}; every label needs some")
+
+
+def ethos_split(path: str | Path = ETHOS_CSV, labels: tuple[str, ...] = DEFAULT_LABELS) -> tuple[
+    Examples, Examples
+]:
+    """The codelab's split: hateful = isHate >= median, shuffled with seed 32, 800 train / 198 test.
+
+    Label index 1 (the second label word, 'Negative' by default) is hateful, as in the codelab.
+    """
+    if len(labels) != 2:
+        raise DataError(f"ETHOS is binary: give two label words, got {list(labels)}")
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, delimiter=";", encoding="utf-8")
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: cannot read the ETHOS file: {exc}") from exc
+    df["hateful"] = (df["isHate"] >= df["isHate"].median()).astype(int)
+    df = df.sample(frac=1, random_state=ETHOS_SHUFFLE_SEED)
+    full = Examples(df["comment"].astype(str).tolist(), df["hateful"].to_numpy(np.int64), labels, "ethos")
+    n = len(full)
+    train = full.take(np.arange(ETHOS_TRAIN_ROWS), "ethos-train")
+    test = full.take(np.arange(ETHOS_TRAIN_ROWS, n), "ethos-test")
+    return train, test
+
+
+def validation_split(examples: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]:
+    """(train, validation): a seeded, per-label share of the rows held out to pick epoch and threshold."""
+    if not 0 < fraction < 1:
+        raise DataError(f"validation fraction must be between 0 and 1, got {fraction}")
+    rng = np.random.default_rng(seed)
+    held = []
+    for label in range(len(examples.label_names)):
+        rows = np.flatnonzero(examples.labels == label)
+        rng.shuffle(rows)
+        held.extend(rows[: round(len(rows) * fraction)].tolist())
+    held_set = set(held)
+    kept = [i for i in range(len(examples)) if i not in held_set]
+    return (
+        examples.take(kept, f"{examples.source} minus validation"),
+        examples.take(sorted(held), f"{examples.source} validation ({fraction:.0%}, seed {seed})"),
+    )
+
+
+def _read_frame(path: Path, fmt: str | None, delimiter: str | None) -> pd.DataFrame:
+    fmt = table_format(path, fmt)
+    if fmt == "csv":
+        return pd.read_csv(
+            path, sep=delimiter or sniff_delimiter(path), dtype=str, keep_default_na=False,
+            encoding="utf-8", encoding_errors="strict",
+        )
+    if fmt == "jsonl":
+        return pd.read_json(path, lines=True, dtype=False, encoding="utf-8", encoding_errors="strict")
+    return pd.read_parquet(path)
+
+
+def _label_index(value, names: tuple[str, ...]) -> int | None:
+    """A label value as an index: a label word, or an integer 0..len(names)-1 (1.0 counts as 1)."""
+    text = str(value).strip()
+    if text in names:
+        return names.index(text)
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    if number.is_integer() and 0 <= number < len(names):
+        return int(number)
+    return None
+
+
+def load_table(
+    path: str | Path,
+    text_column: str = "text",
+    label_column: str = "label",
+    labels: tuple[str, ...] = DEFAULT_LABELS,
+    fmt: str | None = None,
+    delimiter: str | None = None,
+) -> Examples:
+    """Read a CSV / JSONL / Parquet file whose label column holds label words or integers."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
+    try:
+        df = _read_frame(path, fmt, delimiter)
+    except TableError as exc:
+        raise DataError(str(exc)) from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: invalid UTF-8 at byte {exc.start} ({exc.reason})") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException, ValueError) as exc:
+        raise DataError(f"{path}: cannot read it: {exc}") from exc
+    for column in (text_column, label_column):
+        if column not in df.columns:
+            raise DataError(
+                f"{path}: no column {column!r} (columns: {', '.join(map(str, df.columns))}); "
+                "name it with --text-column / --label-column"
+            )
+    if df.empty:
+        raise DataError(f"{path}: no rows")
+    index = []
+    for row, value in enumerate(df[label_column].tolist()):
+        found = _label_index(value, labels)
+        if found is None:
+            raise DataError(
+                f"{path}: row {row}, column {label_column!r}: label {value!r} is not one of "
+                f"{list(labels)} nor an integer 0..{len(labels) - 1} (set the label words with --labels)"
+            )
+        index.append(found)
+    texts = []
+    for row, value in enumerate(df[text_column].tolist()):
+        if not isinstance(value, str):
+            raise DataError(f"{path}: row {row}, column {text_column!r}: expected text, got {value!r:.60}")
+        texts.append(value)
+    return Examples(texts, np.asarray(index, dtype=np.int64), tuple(labels), str(path))
+
+
+def load_examples(
+    spec: str, labels: tuple[str, ...] = DEFAULT_LABELS, part: str = "train", **table_args
+) -> Examples:
+    """`ethos` -> the codelab split's `part` ('train' or 'test'); anything else -> a table file."""
+    if spec == ETHOS_NAME:
+        train, test = ethos_split(labels=labels)
+        return train if part == "train" else test
+    return load_table(spec, labels=labels, **table_args)

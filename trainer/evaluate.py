@@ -1,0 +1,143 @@
+"""How good an adapter is: scores on labelled rows, metrics, plots, and a report directory.
+
+The flag score of a row is p(positive_label); a row is flagged when that score
+reaches the adapter's threshold (chosen on validation rows, never on the test
+split). Metrics come from scikit-learn; plots use matplotlib's Agg backend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from sklearn import metrics as skm
+from tqdm import tqdm
+
+from agile.adapters import META_FILE
+from agile.tables import TableWriter
+from trainer.data import Examples
+
+EVAL_CHUNK = 64  # rows per progress-bar tick
+
+
+def score_examples(scorer, examples: Examples, desc: str = "scoring") -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities [n, n_labels], truncated [n]) from a `LabelScorer`, with a progress bar."""
+    probs, truncated = [], []
+    for start in tqdm(range(0, len(examples), EVAL_CHUNK), desc=desc, unit="chunk", leave=False):
+        scores = scorer.score(examples.texts[start : start + EVAL_CHUNK])
+        probs.append(scores.probs)
+        truncated.append(scores.truncated)
+    return np.concatenate(probs), np.concatenate(truncated)
+
+
+def binary_truth(examples: Examples, positive_label: str) -> np.ndarray:
+    return (examples.labels == examples.label_names.index(positive_label)).astype(np.int64)
+
+
+def binary_metrics(y_true: np.ndarray, y_score: np.ndarray, threshold: float) -> dict:
+    """F1, ROC-AUC, precision, recall, accuracy and the confusion matrix at `threshold`."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = (np.asarray(y_score) >= threshold).astype(np.int64)
+    both = len(np.unique(y_true)) == 2
+    return {
+        "n": len(y_true),
+        "threshold": float(threshold),
+        "f1": float(skm.f1_score(y_true, y_pred, zero_division=0)),
+        "roc_auc": float(skm.roc_auc_score(y_true, y_score)) if both else None,
+        "precision": float(skm.precision_score(y_true, y_pred, zero_division=0)),
+        "recall": float(skm.recall_score(y_true, y_pred, zero_division=0)),
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=[0, 1]).tolist(),
+        "share_flagged": float(y_pred.mean()),
+        "share_positive": float(y_true.mean()),
+    }
+
+
+def choose_threshold(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """The cut-off that maximizes F1 on these (validation) rows: midway between adjacent scores."""
+    scores = np.unique(np.asarray(y_score, dtype=np.float64))
+    cuts = np.concatenate([[scores[0]], (scores[:-1] + scores[1:]) / 2])
+    f1s = [skm.f1_score(y_true, (y_score >= c).astype(int), zero_division=0) for c in cuts]
+    return float(cuts[int(np.argmax(f1s))])
+
+
+def save_plots(out: Path, y_true: np.ndarray, y_score: np.ndarray, threshold: float,
+               names: tuple[str, str]) -> None:
+    """confusion_matrix.png and roc.png, as the codelab draws them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y_pred = (y_score >= threshold).astype(int)
+    cm = skm.confusion_matrix(y_true, y_pred, labels=[0, 1])
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    skm.ConfusionMatrixDisplay(cm, display_labels=list(names)).plot(ax=ax, colorbar=False)
+    ax.set_title(f"flag = p({names[1]}) >= {threshold:.3f}")
+    fig.tight_layout()
+    fig.savefig(out / "confusion_matrix.png", dpi=100)
+    plt.close(fig)
+
+    fpr, tpr, _ = skm.roc_curve(y_true, y_score, pos_label=1)
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    skm.RocCurveDisplay(fpr=fpr, tpr=tpr, roc_auc=skm.auc(fpr, tpr), name=f"p({names[1]})").plot(ax=ax)
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    fig.tight_layout()
+    fig.savefig(out / "roc.png", dpi=100)
+    plt.close(fig)
+
+
+def check_writable(path: Path) -> None:
+    """Fail before hours of work when `path`'s parent cannot take a new directory."""
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(prefix=f".{path.name}-probe-", dir=parent))
+        probe.rmdir()
+    except OSError as exc:
+        raise OSError(f"{path}: cannot write there ({exc.strerror})") from exc
+
+
+def write_report(
+    report: Path, examples: Examples, probs: np.ndarray, truncated: np.ndarray,
+    positive_label: str, threshold: float, extra: dict,
+) -> dict:
+    """metrics.json, confusion_matrix.png, roc.png and scores.csv in `report`, written atomically."""
+    report = Path(report)
+    if (report / META_FILE).exists():
+        raise OSError(f"{report}: is an adapter directory; write the report to a directory of its own")
+    check_writable(report)
+    positive = examples.label_names.index(positive_label)
+    y_true = binary_truth(examples, positive_label)
+    y_score = probs[:, positive]
+    result = binary_metrics(y_true, y_score, threshold)
+    result["f1_at_0.5"] = binary_metrics(y_true, y_score, 0.5)["f1"]
+    result.update(data=examples.source, positive_label=positive_label, **extra)
+    other = " / ".join(n for n in examples.label_names if n != positive_label)
+
+    work = Path(tempfile.mkdtemp(prefix=f".{report.name}-", dir=report.parent))
+    try:
+        (work / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        save_plots(work, y_true, y_score, threshold, (other, positive_label))
+        with TableWriter(work / "scores.csv") as writer:
+            writer.write([
+                {
+                    "row": i,
+                    "label": examples.label_names[examples.labels[i]],
+                    f"p_{positive_label}": round(float(y_score[i]), 6),
+                    "flagged": int(y_score[i] >= threshold),
+                    "truncated": int(truncated[i]),
+                    "text": examples.texts[i],
+                }
+                for i in range(len(examples))
+            ])
+        if report.exists():
+            shutil.rmtree(report)
+        os.replace(work, report)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result

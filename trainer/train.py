@@ -1,0 +1,224 @@
+"""The training loop: LoRA on a Gemma backbone, one of two objectives, read top to bottom.
+
+- `label` (default): the loss is a softmax over the label tokens' logits at each
+  row's next-token position (`agile.scoring.label_logits`), exactly what scoring
+  computes later; no 262k-word vocabulary head, so a step costs a fraction.
+- `causal-lm`: the codelab's objective. The training text is prompt + label +
+  <eos>, and the loss is next-token cross-entropy over the whole sequence, as
+  keras-hub's `CausalLM.fit` computes it.
+
+Only the LoRA matrices train (float32, updated by torch's Adam); the forward pass
+may run under bfloat16 autocast. Batches are shuffled with a fixed seed and padded
+to their longest row. With a validation set, every epoch is scored on it and the
+epoch with the best validation ROC-AUC is the one kept (early stopping).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agile.backend import use_torch
+
+use_torch()
+
+import keras  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from agile.prompt import PromptTemplate  # noqa: E402
+from agile.scoring import label_logits, pad_batch  # noqa: E402
+from agile.tokens import PromptTokenizer  # noqa: E402
+from trainer.data import Examples  # noqa: E402
+
+OBJECTIVES = ("label", "causal-lm")
+CODELAB_TARGETS = ("query", "value")  # keras-hub's default LoRA layers for Gemma 3
+ALL_TARGETS = ("query", "key", "value", "attention_output", "ffw_gating", "ffw_gating_2", "ffw_linear")
+COMPUTE_DTYPES = ("bfloat16", "float32")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The codelab's settings are the defaults; each is a flag of `agile train`."""
+
+    objective: str = "label"
+    rank: int = 4
+    learning_rate: float = 5e-4
+    batch_size: int = 2
+    max_length: int = 128
+    epochs: int = 4
+    seed: int = 1234  # the codelab's keras.utils.set_random_seed(1234)
+    target_layers: tuple[str, ...] = CODELAB_TARGETS
+    compute_dtype: str = "bfloat16"  # forward pass under autocast; LoRA weights stay float32 (measured faster)
+    patience: int = 0  # with validation: stop after this many epochs without a better ROC-AUC (0 = off)
+    max_steps: int = 0  # stop after this many steps in all (0 = no limit); for timing runs
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target_layers", tuple(self.target_layers))
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
+        for name in ("rank", "batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning rate must be positive, got {self.learning_rate}")
+        if not self.target_layers:
+            raise ValueError("name at least one LoRA target layer")
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float  # mean training loss over the epoch's steps
+    seconds: float
+    steps: int
+    validation_roc_auc: float | None = None
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0  # the epoch whose weights the model holds now
+    seconds_per_step: float = 0.0
+
+
+def enable_lora(model, rank: int, target_layers: tuple[str, ...]) -> list[torch.nn.Parameter]:
+    """Freeze the backbone, add LoRA to the named layers, return the trainable tensors."""
+    backbone = model.backbone
+    present = {layer.name for layer in backbone._flatten_layers(include_self=False)}
+    unknown = sorted(set(target_layers) - present)
+    if unknown:
+        raise ValueError(f"no layers named {unknown} in this backbone; LoRA targets: {sorted(present)}")
+    backbone.enable_lora(rank, target_layer_names=list(target_layers))
+    params = [v.value for v in backbone.trainable_weights]
+    assert params and all("lora_kernel" in v.path for v in backbone.trainable_weights)
+    return params
+
+
+def lora_state(model) -> list[np.ndarray]:
+    return [np.array(v.numpy()) for v in model.backbone.trainable_weights]
+
+
+def set_lora_state(model, state: list[np.ndarray]) -> None:
+    for variable, value in zip(model.backbone.trainable_weights, state, strict=True):
+        variable.assign(value)
+
+
+# --- the two objectives: token rows in, scalar loss out ------------------------------------------
+
+
+def encode_rows(model, template: PromptTemplate, examples: Examples, settings: TrainSettings) -> list[list[int]]:
+    """Token rows that fit `max_length`: prompts (label objective) or prompt+label+<eos> (causal-lm).
+
+    For causal-lm the comment is cut to leave room for the label and the end token
+    (keras-hub's packer would cut the label off instead).
+    """
+    tokenizer = PromptTokenizer.from_model(model)
+    if settings.objective == "label":
+        rows, _ = tokenizer.encode_prompts(template, examples.texts, settings.max_length)
+        return rows
+    label_ids = tokenizer.label_ids(template.labels)
+    eos_id = model.preprocessor.tokenizer.end_token_id
+    rows, _ = tokenizer.encode_prompts(template, examples.texts, settings.max_length - 2)
+    return [[*r, label_ids[y], eos_id] for r, y in zip(rows, examples.labels, strict=True)]
+
+
+def label_loss(model, ids, mask, targets, label_ids) -> torch.Tensor:
+    logits = label_logits(model, ids, mask, label_ids)
+    return torch.nn.functional.cross_entropy(logits.float(), targets)
+
+
+def causal_lm_loss(model, ids, mask) -> torch.Tensor:
+    """Mean next-token cross-entropy over every real (non-padding) position."""
+    logits = model.score(token_ids=ids[:, :-1], padding_mask=mask[:, :-1])
+    targets = torch.as_tensor(ids[:, 1:], dtype=torch.long, device=logits.device)
+    weights = torch.as_tensor(mask[:, 1:], device=logits.device)
+    losses = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+    )
+    return (losses * weights.reshape(-1)).sum() / weights.sum()
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+
+def train(
+    model,
+    template: PromptTemplate,
+    examples: Examples,
+    settings: TrainSettings,
+    validate: Callable[[object], float] | None = None,
+    on_epoch: Callable[[int, object], None] | None = None,
+) -> TrainResult:
+    """Train LoRA weights on `examples`; returns the per-epoch history.
+
+    `validate(model) -> ROC-AUC` runs after each epoch; with it, the model ends up
+    holding the weights of the best epoch. `on_epoch(epoch, model)` runs after each
+    epoch too (the sweep evaluates there instead of retraining per epoch count).
+    """
+    examples.check_trainable(settings.batch_size)
+    keras.utils.set_random_seed(settings.seed)  # seeds python, numpy, torch: LoRA init + shuffling
+    params = enable_lora(model, settings.rank, settings.target_layers)
+    optimizer = torch.optim.Adam(params, lr=settings.learning_rate)
+    tokenizer = PromptTokenizer.from_model(model)
+    label_ids = tokenizer.label_ids(template.labels)
+    rows = encode_rows(model, template, examples, settings)
+    rng = np.random.default_rng(settings.seed)
+    autocast = settings.compute_dtype == "bfloat16"
+
+    result = TrainResult()
+    best_auc, best_state, steps_done, step_seconds = -1.0, None, 0, []
+    for epoch in range(1, settings.epochs + 1):
+        order = rng.permutation(len(rows))
+        batches = [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
+        started, losses = time.perf_counter(), []
+        bar = tqdm(batches, desc=f"epoch {epoch}/{settings.epochs}", unit="step", leave=False)
+        for batch in bar:
+            t0 = time.perf_counter()
+            ids, mask = pad_batch([rows[i] for i in batch], tokenizer.pad_id)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                if settings.objective == "label":
+                    targets = torch.as_tensor(examples.labels[batch], dtype=torch.long)
+                    loss = label_loss(model, ids, mask, targets, label_ids)
+                else:
+                    loss = causal_lm_loss(model, ids, mask)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            step_seconds.append(time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+            steps_done += 1
+            if settings.max_steps and steps_done >= settings.max_steps:
+                break
+        bar.close()
+        record = EpochRecord(epoch, float(np.mean(losses)), time.perf_counter() - started, len(losses))
+        if validate is not None:
+            record.validation_roc_auc = float(validate(model))
+            if record.validation_roc_auc > best_auc:
+                best_auc, best_state, result.best_epoch = record.validation_roc_auc, lora_state(model), epoch
+        else:
+            result.best_epoch = epoch
+        result.history.append(record)
+        shown = "" if validate is None else f", validation ROC-AUC {record.validation_roc_auc:.4f}"
+        print(f"epoch {epoch}: loss {record.loss:.4f}, {record.seconds:.0f} s ({record.steps} steps){shown}")
+        if on_epoch is not None:
+            on_epoch(epoch, model)
+        if settings.max_steps and steps_done >= settings.max_steps:
+            break
+        if validate is not None and settings.patience and epoch - result.best_epoch >= settings.patience:
+            print(f"stopping: no better validation ROC-AUC for {settings.patience} epoch(s)")
+            break
+
+    # Skip the first steps (warm-up: first-call compilation and allocation) when timing.
+    warm = step_seconds[min(5, len(step_seconds) - 1) :]
+    result.seconds_per_step = float(np.mean(warm))
+    if best_state is not None and result.best_epoch != result.history[-1].epoch:
+        set_lora_state(model, best_state)
+        print(f"kept epoch {result.best_epoch} (best validation ROC-AUC {best_auc:.4f})")
+    return result

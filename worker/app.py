@@ -1,0 +1,61 @@
+"""The Celery app: settings from the environment, and the worker's start-up (metrics, model).
+
+`celery -A worker worker` gives a solo-pool worker on AGILE_QUEUE that loads its
+model before it takes the first batch; a model that does not load stops the
+worker at once with the reason, instead of failing every batch. Settings are read
+when Celery first needs them, so `agile worker` flags (set as AGILE_* variables
+just before) take effect and importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_ready
+
+from agile.settings import QueueSettings
+
+log = logging.getLogger("agile.worker")
+
+
+
+@functools.cache
+def settings() -> QueueSettings:
+    return QueueSettings.from_env()
+
+
+app = Celery("agile", include=["worker.tasks"])
+app.add_defaults(lambda: settings().celery_config())
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_format(logger: logging.Logger, **_) -> None:
+    if settings().log_format == "json":
+        from worker.logs import use_json
+
+        use_json(logger)
+
+
+@worker_init.connect
+def _start(**_) -> None:
+    from agile.models import ModelLoadError
+    from worker import metrics
+    from worker.runtime import get_runtime
+
+    config = settings()
+    log.info("worker on queue %r at %s", config.queue, config.masked_url)
+    try:
+        runtime = get_runtime(config)
+    except ModelLoadError as exc:
+        log.critical("cannot load model %r: %s", config.model, exc)
+        raise SystemExit(2) from exc
+    metrics.MODEL.labels(runtime.info.spec, runtime.info.checksum[:12]).set(1)
+    metrics.serve(config)
+
+
+@worker_ready.connect
+def _ready(**_) -> None:
+    log.info("ready: model %s, visibility timeout %d s", settings().model, settings().visibility_timeout)

@@ -1,0 +1,121 @@
+"""`agile.score_batch`: unpack, score with the foundation's batched scorer, write back.
+
+Errors are sorted by what a retry could change. A bad payload, an unknown adapter
+or another model can never succeed: the task fails at once, with the reason, and
+a job's items are marked failed. Anything else is retried until the batch has
+been delivered AGILE_MAX_DELIVERIES times; a batch that kills its worker is
+counted the same way, on its next delivery, so a poison batch cannot loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from celery.exceptions import Reject
+
+from agile.adapters import AdapterError
+from agile.tokens import LabelError
+from agile.wire import TASK_NAME, BatchFailed, BatchRequest, PayloadError, score_fields
+from worker import metrics
+from worker.app import app, settings
+from worker.store import Store
+
+log = logging.getLogger("agile.worker")
+PERMANENT = (PayloadError, AdapterError, LabelError, BatchFailed)
+_store: Store | None = None
+
+
+def store() -> Store:
+    global _store
+    if _store is None:
+        _store = Store(settings())
+    return _store
+
+
+@app.task(name=TASK_NAME, bind=True, throws=PERMANENT)
+def score_batch(self, *args, **kwargs) -> dict:
+    try:
+        req = BatchRequest.from_task(args, kwargs)
+    except PayloadError:
+        metrics.ERRORS.labels("payload").inc()
+        raise
+    ids = ids_of(req)
+    delivery = store().begin(req, self.request.id)
+    if delivery.already_done:
+        log.info("batch %s already written back; delivery %d ignored", req.batch_key, delivery.count,
+                 extra={**ids, "delivery": delivery.count})
+        return {**ids, "duplicate": True}
+    if delivery.count > settings().max_deliveries:
+        reason = (f"gave up after {delivery.count - 1} deliveries: "
+                  f"{delivery.last_error or 'the worker died while scoring this batch'}")
+        metrics.ERRORS.labels("poison").inc()
+        fail_all(req, self.request.id, reason)
+        raise BatchFailed(reason)
+    try:
+        return score(req, self.request.id)
+    except PERMANENT as exc:
+        metrics.ERRORS.labels("adapter" if isinstance(exc, AdapterError) else "payload").inc()
+        fail_all(req, self.request.id, str(exc))
+        raise
+    except Exception as exc:
+        metrics.ERRORS.labels("worker").inc()
+        reason = f"{type(exc).__name__}: {exc}"
+        log.exception("batch %s failed on delivery %d", req.batch_key or "(no job)", delivery.count,
+                      extra={**ids, "delivery": delivery.count, "kind": "worker"})
+        store().record_error(req, self.request.id, reason[:1000])
+        if delivery.count >= settings().max_deliveries:
+            fail_all(req, self.request.id, f"gave up after {delivery.count} deliveries: {reason}")
+            raise BatchFailed(reason) from exc
+        raise Reject(reason, requeue=True) from exc  # back on the queue as it is: no ETA message on Redis
+
+
+def score(req: BatchRequest, task_id: str) -> dict:
+    from worker.runtime import get_runtime
+
+    runtime = get_runtime(settings())
+    runtime.check_model(req.model)
+    try:
+        policy = runtime.policy(req.adapter, req.labels, req.instructions)
+    except ValueError as exc:  # PromptTemplate's own checks on zero-shot labels
+        if isinstance(exc, PERMANENT):
+            raise
+        raise PayloadError(str(exc)) from exc
+    metrics.ADAPTERS.labels(policy.name, policy.version).set(1)
+    todo = [item for item in req.items if item.id not in req.problems]
+    start = time.perf_counter()
+    scores = runtime.score(policy, [item.text for item in todo]) if todo else None
+    seconds = time.perf_counter() - start
+    results = {item_id: {"error": reason} for item_id, reason in req.problems.items()}
+    for n, item in enumerate(todo):
+        results[item.id] = score_fields(
+            policy.labels, scores.probs[n], scores.truncated[n], policy.positive_label, policy.threshold
+        )
+    version = {"model": runtime.info.spec, "model_checksum": runtime.info.checksum,
+               "adapter": req.adapter, "adapter_version": policy.version}
+    store().finish(req, task_id, results, version)
+    tokens = int(scores.n_tokens.sum()) if scores is not None else 0
+    metrics.batch_done(policy.name, len(todo), len(req.problems), tokens, seconds)
+    log.info("batch %s: %d scored, %d failed in %.3f s", req.batch_key or "(no job)", len(todo),
+             len(req.problems), seconds,
+             extra={**ids_of(req), "scored": len(todo), "failed": len(req.problems),
+                    "seconds": round(seconds, 4), "adapter": policy.name})
+    if seconds > settings().visibility_timeout / 2:
+        log.warning("a batch took %.0f s, over half the visibility timeout (%d s): raise "
+                    "AGILE_VISIBILITY_TIMEOUT or lower AGILE_BATCH_SIZE, or batches will be delivered twice",
+                    seconds, settings().visibility_timeout)
+    if req.job_id:
+        return {**ids_of(req), "scored": len(todo), "failed": len(req.problems)}
+    return {**version, "labels": policy.labels, "results": results}
+
+
+def fail_all(req: BatchRequest, task_id: str, reason: str) -> None:
+    """Mark every item of the batch failed with `reason` (the job still completes)."""
+    store().finish(req, task_id, {item.id: {"error": reason} for item in req.items}, None)
+    metrics.FAILED.labels(req.adapter or "zero-shot").inc(len(req.items))
+    log.warning("batch %s: %d items failed: %s", req.batch_key or "(no job)", len(req.items), reason,
+                extra={**ids_of(req), "failed": len(req.items)})
+
+
+def ids_of(req: BatchRequest) -> dict:
+    return {"job_id": req.job_id, "batch_id": req.batch_id}
