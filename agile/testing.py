@@ -36,7 +36,7 @@ TINY_CONFIG = dict(
 )
 
 
-def tiny_proto(vocab_size: int = 400) -> bytes:
+def tiny_proto(vocab_size: int = 4000) -> bytes:
     """A BPE SentencePiece model with Gemma's special-token ids and normalizer settings."""
     lines = ETHOS_CSV.read_text(encoding="utf-8").splitlines()[1:]
     lines += [DEFAULT_INSTRUCTIONS, "Text:Prediction:", "Toxic Safe Spam Ham"]
