@@ -1,8 +1,9 @@
 """A moderation policy: a prompt template plus the rule that turns probabilities into a decision.
 
-Shared by `agile score` and the worker so a comment gets the same output row
-however it was scored. Zero-shot policies take the most likely label; an
-adapter's policy flags its positive label at the threshold chosen on validation rows.
+`agile score` writes the same fields the worker returns (the rule itself lives in
+the wire contract, `agile.wire.score_fields`): zero-shot policies take the most
+likely label; an adapter's policy flags its positive label at the threshold chosen
+on validation rows.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agile.prompt import PromptTemplate
+from agile.wire import score_fields
 
 
 @dataclass(frozen=True)
@@ -35,22 +37,11 @@ class Policy:
     def from_adapter_meta(cls, meta) -> Policy:
         return cls(meta.template, meta.name, meta.positive_label, meta.threshold, meta.max_length)
 
-    def predictions(self, probs: np.ndarray) -> list[str]:
-        labels = self.template.labels
-        if self.positive_label is None or len(labels) != 2:
-            return [labels[i] for i in np.argmax(probs, axis=1)]
-        pos = labels.index(self.positive_label)
-        neg = labels[1 - pos]
-        return [self.positive_label if p >= self.threshold else neg for p in probs[:, pos]]
-
     def rows(self, ids: Sequence[str], probs: np.ndarray, truncated: np.ndarray, model: str) -> list[dict]:
-        """One output row per comment: id, p_<label>..., prediction, truncated, model, policy."""
-        preds = self.predictions(probs)
-        labels = self.template.labels
-        out = []
-        for i, cid in enumerate(ids):
-            row: dict = {"id": cid}
-            row.update({f"p_{lab}": round(float(probs[i, j]), 6) for j, lab in enumerate(labels)})
-            row.update(prediction=preds[i], truncated=bool(truncated[i]), model=model, policy=self.name)
-            out.append(row)
-        return out
+        """One output row per comment: the queue's result fields (`agile.wire.score_fields`) plus id, model, policy."""
+        labels = list(self.template.labels)
+        return [
+            {"id": cid, **score_fields(labels, probs[i], truncated[i], self.positive_label, self.threshold),
+             "model": model, "policy": self.name}
+            for i, cid in enumerate(ids)
+        ]

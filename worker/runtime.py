@@ -27,7 +27,7 @@ ZERO_SHOT_MAX_LENGTH = 128
 
 
 @dataclass
-class Policy:
+class LoadedPolicy:
     """A scorer ready to run: the template, its adapter (None for zero-shot), the flag rule."""
 
     name: str  # adapter name, or "zero-shot"
@@ -63,7 +63,7 @@ class Runtime:
         log.info("loading model %s", settings.model)
         self.model = load_model(settings.model)
         self.info = model_info(self.model)
-        self._policies: OrderedDict[tuple, Policy] = OrderedDict()
+        self._policies: OrderedDict[tuple, LoadedPolicy] = OrderedDict()
         self._applied: str | None = None  # name of the policy whose LoRA weights are in the model
 
     def check_model(self, requested: str | None) -> None:
@@ -73,7 +73,7 @@ class Runtime:
                 "send it to a queue whose workers run that model"
             )
 
-    def policy(self, adapter: str | None, labels: list[str] | None, instructions: str | None) -> Policy:
+    def policy(self, adapter: str | None, labels: list[str] | None, instructions: str | None) -> LoadedPolicy:
         key = (adapter,) if adapter else ("zero-shot", tuple(labels or DEFAULT_LABELS), instructions)
         policy = self._policies.get(key)
         if policy is None:
@@ -84,7 +84,7 @@ class Runtime:
         self._policies.move_to_end(key)
         return policy
 
-    def _build(self, adapter: str | None, labels: list[str] | None, instructions: str | None) -> Policy:
+    def _build(self, adapter: str | None, labels: list[str] | None, instructions: str | None) -> LoadedPolicy:
         if adapter:
             found = load_adapter(resolve_adapter(adapter, self.dirs))
             scorer = LabelScorer(
@@ -92,12 +92,12 @@ class Runtime:
                 ScoringSettings(max_length=found.meta.max_length, batch_size=self.settings.scoring_batch),
             )
             log.info("loaded adapter %s from %s", adapter, found.path)
-            return Policy(adapter, scorer, found, adapter_version(found.path))
+            return LoadedPolicy(adapter, scorer, found, adapter_version(found.path))
         template = PromptTemplate(tuple(labels or DEFAULT_LABELS), instructions or DEFAULT_INSTRUCTIONS)
         settings = ScoringSettings(max_length=ZERO_SHOT_MAX_LENGTH, batch_size=self.settings.scoring_batch)
-        return Policy("zero-shot", LabelScorer(self.model, template, settings), None, "none")
+        return LoadedPolicy("zero-shot", LabelScorer(self.model, template, settings), None, "none")
 
-    def score(self, policy: Policy, texts: list[str]) -> Scores:
+    def score(self, policy: LoadedPolicy, texts: list[str]) -> Scores:
         """Score with `policy`'s weights in the model (swapping them in when another policy was last)."""
         if self._applied != policy.name:
             self._applied = None  # a swap that fails half-way leaves no policy in place
