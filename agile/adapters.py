@@ -96,6 +96,9 @@ def save_adapter(model, meta: AdapterMeta, path: str | Path) -> Path:
     except OSError as exc:
         raise AdapterError(f"{path}: cannot write the adapter there ({exc.strerror})") from exc
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        work.chmod(0o777 & ~umask)  # mkdtemp makes it private; an adapter is shared like any directory
         arrays = {k: np.asarray(v.numpy(), dtype=np.float32) for k, v in variables.items()}
         save_file(arrays, str(work / WEIGHTS_FILE))
         (work / META_FILE).write_text(json.dumps(asdict(meta), indent=2) + "\n")

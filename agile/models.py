@@ -26,6 +26,8 @@ import keras_hub  # noqa: E402
 
 DEFAULT_MODEL = "gemma3_270m"
 CHECKSUM_FILE = "agile_checksum.json"
+# keras-hub's metadata.json records the save date; everything else is content.
+UNHASHED = {CHECKSUM_FILE, "metadata.json"}
 
 
 class ModelLoadError(RuntimeError):
@@ -53,10 +55,10 @@ def _sha256(path: Path) -> str:
 
 
 def preset_checksum(preset_dir: Path) -> str:
-    """sha256 over the preset's config and weight files, in name order."""
+    """sha256 over the preset's config, weights and assets, in name order: equal for equal conversions."""
     digest = hashlib.sha256()
     for path in sorted(preset_dir.rglob("*")):
-        if path.is_file() and path.name != CHECKSUM_FILE:
+        if path.is_file() and path.name not in UNHASHED:
             digest.update(path.relative_to(preset_dir).as_posix().encode())
             digest.update(_sha256(path).encode())
     return digest.hexdigest()

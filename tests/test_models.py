@@ -75,3 +75,15 @@ def test_nothing_imports_tensorflow(tiny_preset):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_checksum_ignores_the_save_date(tiny_preset, tmp_path):
+    """Adapters name their base by checksum: two conversions of the same GGUF must agree."""
+    from agile.models import preset_checksum
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_preset, copy)
+    meta = json.loads((copy / "metadata.json").read_text())
+    meta["date_saved"] = "1999-01-01@00:00:00"
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    assert preset_checksum(copy) == preset_checksum(tiny_preset)

@@ -135,6 +135,7 @@ def write_report(
                 }
                 for i in range(len(examples))
             ])
+        os.chmod(work, 0o755)  # mkdtemp makes it private; a report is for reading
         if report.exists():
             shutil.rmtree(report)
         os.replace(work, report)
