@@ -97,7 +97,7 @@ def test_pad_batch_right_pads_with_mask():
 
 
 def test_shared_prefix_reuse_gives_the_same_scores(tiny_model, ethos_comments):
-    texts = mixed_texts(ethos_comments) + [":)", "Text: again", ""]
+    texts = [*mixed_texts(ethos_comments), ":)", "Text: again", ""]
     reuse = LabelScorer(tiny_model, TEMPLATE, ScoringSettings(TINY_MAX_LENGTH, 4, reuse_prefix=True))
     full = LabelScorer(tiny_model, TEMPLATE, ScoringSettings(TINY_MAX_LENGTH, 4, reuse_prefix=False))
     prefix = reuse._shared_prefix()

@@ -15,7 +15,8 @@ from agile.scoring import LabelScorer, pad_batch
 from agile.testing import make_tiny_preset
 from agile.tokens import PromptTokenizer
 from trainer.data import ethos_split
-from trainer.train import TrainSettings, causal_lm_loss, encode_rows, label_loss, train
+from trainer.settings import TrainSettings
+from trainer.train import causal_lm_loss, encode_rows, label_loss, train
 
 TEMPLATE = PromptTemplate()
 

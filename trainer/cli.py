@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from agile.prompt import DEFAULT_EOS, DEFAULT_INSTRUCTIONS, DEFAULT_LABELS, DEFAULT_SEPARATOR, PromptTemplate
+from trainer.settings import ALL_TARGETS, COMPUTE_DTYPES, OBJECTIVES, TrainSettings
 
 DEFAULT_MODEL = "gemma3_270m"
 
@@ -44,7 +45,6 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_settings_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
-    from trainer.train import ALL_TARGETS, COMPUTE_DTYPES, OBJECTIVES, TrainSettings
 
     d = TrainSettings()
     p.add_argument("--model", default=DEFAULT_MODEL, help="model spec (default: the embedded Gemma 3 270M)")
@@ -69,8 +69,6 @@ def _add_settings_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
 
 
 def _settings(args):
-    from trainer.train import ALL_TARGETS, TrainSettings
-
     targets = ALL_TARGETS if args.lora_targets == "all" else tuple(_csv(str)(args.lora_targets))
     return TrainSettings(
         objective=args.objective, rank=args.rank, learning_rate=args.learning_rate,
@@ -233,13 +231,14 @@ def cmd_sweep(args) -> int:
 
 def _run(func):
     """Turn the errors bad input causes into one line and exit code 2."""
-    from agile.adapters import AdapterError
-    from agile.models import ModelLoadError
-    from agile.tables import TableError
-    from agile.tokens import LabelError
-    from trainer.data import DataError
 
     def run(args) -> int:
+        from agile.adapters import AdapterError
+        from agile.models import ModelLoadError
+        from agile.tables import TableError
+        from agile.tokens import LabelError
+        from trainer.data import DataError
+
         try:
             return func(args)
         except (DataError, AdapterError, ModelLoadError, TableError, LabelError, OSError, ValueError) as exc:

@@ -17,7 +17,7 @@ from pathlib import Path
 from agile.prompt import PromptTemplate
 from trainer.data import Examples
 from trainer.evaluate import binary_metrics, binary_truth, check_writable
-from trainer.train import TrainSettings
+from trainer.settings import TrainSettings
 
 # The codelab's appendix (gemma_instruct_2b_en): (size, epoch) -> (F1, ROC-AUC).
 CODELAB_SWEEP = {

@@ -1,0 +1,44 @@
+"""Training settings: the codelab's values are the defaults, each one a flag of `agile train`.
+
+Light on purpose (no torch or keras), so building the `agile` command line costs nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OBJECTIVES = ("label", "causal-lm")
+CODELAB_TARGETS = ("query", "value")  # keras-hub's default LoRA layers for Gemma 3
+ALL_TARGETS = ("query", "key", "value", "attention_output", "ffw_gating", "ffw_gating_2", "ffw_linear")
+COMPUTE_DTYPES = ("bfloat16", "float32")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The codelab's settings are the defaults; each is a flag of `agile train`."""
+
+    objective: str = "label"
+    rank: int = 4
+    learning_rate: float = 5e-4
+    batch_size: int = 2
+    max_length: int = 128
+    epochs: int = 4
+    seed: int = 1234  # the codelab's keras.utils.set_random_seed(1234)
+    target_layers: tuple[str, ...] = CODELAB_TARGETS
+    compute_dtype: str = "bfloat16"  # forward pass under autocast; LoRA weights stay float32 (measured faster)
+    patience: int = 0  # with validation: stop after this many epochs without a better ROC-AUC (0 = off)
+    max_steps: int = 0  # stop after this many steps in all (0 = no limit); for timing runs
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target_layers", tuple(self.target_layers))
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
+        for name in ("rank", "batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning rate must be positive, got {self.learning_rate}")
+        if not self.target_layers:
+            raise ValueError("name at least one LoRA target layer")
