@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample_comments.csv"
 OUT = ROOT / "out" / "demo_scores.csv"
+WORKER_LOG = ROOT / "out" / "demo_worker.log"
 ADAPTER = "ethos-hate"
 
 
@@ -58,10 +59,13 @@ def start_private_redis(stack: ExitStack) -> str:
 
 
 def start_worker(stack: ExitStack, env: dict[str, str]) -> subprocess.Popen:
+    """One worker, its banner and logs kept out of the demo's output (see WORKER_LOG)."""
+    WORKER_LOG.parent.mkdir(exist_ok=True)
+    log = stack.enter_context(WORKER_LOG.open("w"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "solo", "--queues",
          env["AGILE_QUEUE"], "--hostname", "agile-demo@%h", "--without-mingle", "--without-gossip",
-         "--loglevel", "WARNING"], cwd=ROOT, env=env,
+         "--loglevel", "WARNING"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     stack.callback(_stop, proc, "worker")
     return proc
@@ -115,7 +119,7 @@ def main() -> int:
     print(f"demo: {summary.rows} comments in {summary.seconds:.1f} s ({summary.rate:.1f} comments/s, "
           "model loading included)")
     print(f"demo: per label: {counts}")
-    print(f"demo: output: {summary.out}")
+    print(f"demo: output: {summary.out} (worker log: {WORKER_LOG})")
     return 0
 
 
