@@ -137,7 +137,7 @@ class LabelScorer:
     def encode(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
         return self.tokenizer.encode_prompts(self.template, texts, self.settings.max_length)
 
-    def _shared_prefix(self) -> list[int]:
+    def shared_prefix(self) -> list[int]:
         """Tokens every prompt starts with: the head minus its last token, which may merge with the text."""
         head = self.tokenizer.bos + self.tokenizer.encode([self.template.head])[0]
         return head[:-1]
@@ -148,7 +148,7 @@ class LabelScorer:
         probs = np.zeros((n, len(self.label_ids)), dtype=np.float32)
         lengths = np.array([len(r) for r in rows], dtype=np.int64)
         order = np.argsort(lengths, kind="stable")
-        prefix = self._shared_prefix() if self.settings.reuse_prefix else []
+        prefix = self.shared_prefix() if self.settings.reuse_prefix else []
         bs = self.settings.batch_size
         caches = None
         with torch.inference_mode():

@@ -100,7 +100,7 @@ def test_shared_prefix_reuse_gives_the_same_scores(tiny_model, ethos_comments):
     texts = [*mixed_texts(ethos_comments), ":)", "Text: again", ""]
     reuse = LabelScorer(tiny_model, TEMPLATE, ScoringSettings(TINY_MAX_LENGTH, 4, reuse_prefix=True))
     full = LabelScorer(tiny_model, TEMPLATE, ScoringSettings(TINY_MAX_LENGTH, 4, reuse_prefix=False))
-    prefix = reuse._shared_prefix()
+    prefix = reuse.shared_prefix()
     rows, _ = reuse.encode(texts)
     assert len(prefix) > 10 and sum(r[: len(prefix)] == prefix for r in rows) == len(rows)
     np.testing.assert_allclose(reuse.score(texts).probs, full.score(texts).probs, atol=1e-6)
