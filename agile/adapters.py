@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from agile.files import atomic_directory
 from agile.prompt import PromptTemplate
 
 META_FILE = "adapter.json"
@@ -89,24 +88,13 @@ def save_adapter(model, meta: AdapterMeta, path: str | Path) -> Path:
     variables = _lora_variables(model.backbone)
     if not variables:
         raise AdapterError("the model has no LoRA weights to save (call enable_lora first)")
-    parent = path.parent if str(path.parent) else Path(".")
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=parent))
+        with atomic_directory(path) as work:
+            arrays = {k: np.asarray(v.numpy(), dtype=np.float32) for k, v in variables.items()}
+            save_file(arrays, str(work / WEIGHTS_FILE))
+            (work / META_FILE).write_text(json.dumps(asdict(meta), indent=2) + "\n")
     except OSError as exc:
-        raise AdapterError(f"{path}: cannot write the adapter there ({exc.strerror})") from exc
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        work.chmod(0o777 & ~umask)  # mkdtemp makes it private; an adapter is shared like any directory
-        arrays = {k: np.asarray(v.numpy(), dtype=np.float32) for k, v in variables.items()}
-        save_file(arrays, str(work / WEIGHTS_FILE))
-        (work / META_FILE).write_text(json.dumps(asdict(meta), indent=2) + "\n")
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(work, path)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        raise AdapterError(f"cannot write the adapter: {exc}") from exc
     return path
 
 

@@ -8,8 +8,6 @@ split). Metrics come from scikit-learn; plots use matplotlib's Agg backend.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from sklearn import metrics as skm
 from tqdm import tqdm
 
 from agile.adapters import META_FILE
+from agile.files import atomic_directory
 from agile.tables import TableWriter
 from trainer.data import Examples
 
@@ -119,8 +118,7 @@ def write_report(
     result.update(data=examples.source, positive_label=positive_label, **extra)
     other = " / ".join(n for n in examples.label_names if n != positive_label)
 
-    work = Path(tempfile.mkdtemp(prefix=f".{report.name}-", dir=report.parent))
-    try:
+    with atomic_directory(report) as work:
         (work / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         save_plots(work, y_true, y_score, threshold, (other, positive_label))
         with TableWriter(work / "scores.csv") as writer:
@@ -135,10 +133,4 @@ def write_report(
                 }
                 for i in range(len(examples))
             ])
-        os.chmod(work, 0o755)  # mkdtemp makes it private; a report is for reading
-        if report.exists():
-            shutil.rmtree(report)
-        os.replace(work, report)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return result
