@@ -25,7 +25,6 @@ import csv
 import gc
 import itertools
 import os
-import resource
 import signal
 import socket
 import subprocess
@@ -167,6 +166,14 @@ def capacity(args: argparse.Namespace, settings: QueueSettings, tmp: Path) -> di
     return {"runs": rows}
 
 
+def vm_hwm_mb(pid: int) -> float:
+    """Peak resident memory of a running process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def write_dump(path: Path, rows: int, chars: int | None) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -185,19 +192,24 @@ def memory(args: argparse.Namespace, settings: QueueSettings, tmp: Path) -> dict
         start = time.perf_counter()
         producer = cluster.spawn("producer", [sys.executable, "-m", "cli.main", "moderate", str(dump),
                                               "-o", str(tmp / "scores.csv")], cluster.env())
-        proc = psutil.Process(producer.pid)
-        while producer.poll() is None:
+        proc, producer_peak = psutil.Process(producer.pid), 0.0
+        while True:
+            pid, status, _ = os.wait4(producer.pid, os.WNOHANG)
+            if pid:
+                break
             try:
                 rss = sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
-            except psutil.NoSuchProcess:
-                break
+                # The kernel's high-water mark since exec (ru_maxrss would count the pages the
+                # child shared with this process, torch and all, between fork and exec).
+                producer_peak = max(producer_peak, vm_hwm_mb(producer.pid))
+            except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+                continue
             samples.append((job_progress(cluster, args.rows), rss, cluster.redis.info("memory")["used_memory"] / 2**20))
             time.sleep(0.5)
         seconds = time.perf_counter() - start
-        if producer.wait() != 0:
+        producer.returncode = os.waitstatus_to_exitcode(status)
+        if producer.returncode != 0:
             sys.exit(f"agile moderate failed:\n{(tmp / 'producer.log').read_text()[-3000:]}")
-        # The producer is the only child reaped so far: the kernel's record of its peak, not a sample.
-        producer_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         redis_peak = cluster.redis.info("memory")["used_memory_peak"] / 2**20
     at = {f"{q:.0%}": next((s for s in samples if s[0] >= q), samples[-1]) for q in (0.1, 0.5, 0.9)}
     common.print_table(["progress", "producer RSS MB", "Redis used_memory MB"],
