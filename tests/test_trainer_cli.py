@@ -58,6 +58,27 @@ def test_sweep_writes_csv_and_png(tiny, tmp_path, capsys):
     assert (tmp_path / "sweep" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_sweeps_run_apart_merge_into_one_table(tiny, tmp_path, capsys):
+    """One size per process (as on a GPU), then `--merge`: one table and plot, duplicates refused."""
+    for size in (4, 8):
+        code = main(["sweep", "--model", tiny, "--sizes", str(size), "--epochs", "1",
+                     "--out", str(tmp_path / f"s{size}")])
+        assert code == 0, capsys.readouterr().err
+    parts = f"{tmp_path / 's8' / 'sweep.csv'},{tmp_path / 's4' / 'sweep.csv'}"
+    assert main(["sweep", "--merge", parts, "--out", str(tmp_path / "all")]) == 0
+    with (tmp_path / "all" / "sweep.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["size"], r["epoch"]) for r in rows] == [("4", "1"), ("8", "1")]
+    assert (tmp_path / "all" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+    capsys.readouterr()
+    twice = f"{tmp_path / 's4' / 'sweep.csv'},{tmp_path / 's4' / 'sweep.csv'}"
+    assert main(["sweep", "--merge", twice, "--out", str(tmp_path / "dup")]) == 2
+    assert "size 4, epoch 1 appears twice" in capsys.readouterr().err
+    assert main(["sweep", "--merge", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x")]) == 2
+    assert "cannot read sweep table" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("content", "extra", "message"),
     [

@@ -98,6 +98,17 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _peak_memory() -> dict:
+    """Peak host RSS, and peak GPU memory where training ran on a GPU."""
+    import torch
+
+    found = {"peak_rss_mb": round(_peak_rss_mb())}
+    if torch.cuda.is_available():
+        found["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+        found["gpu"] = torch.cuda.get_device_name(0)
+    return found
+
+
 def cmd_train(args) -> int:
     from agile.adapters import AdapterMeta, save_adapter
     from agile.models import load_model
@@ -162,7 +173,7 @@ def cmd_train(args) -> int:
         metrics["test"]["data"] = test.source
         print(f"test ({test.source}, {len(test)} rows): F1 {metrics['test']['f1']:.4f} "
               f"(at 0.5: {metrics['test']['f1_at_0.5']:.4f}), ROC-AUC {metrics['test']['roc_auc']:.4f}")
-    metrics["peak_rss_mb"] = round(_peak_rss_mb())
+    metrics.update(_peak_memory())
 
     out = Path(args.out)
     meta = AdapterMeta(
@@ -209,6 +220,15 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    if args.merge:
+        from trainer.sweep import merge_sweeps
+
+        out = Path(args.out)
+        points = merge_sweeps([Path(p) for p in args.merge], out)
+        print(f"{len(points)} points from {len(args.merge)} sweeps written to {out / 'sweep.csv'} "
+              f"and {out / 'sweep.png'}")
+        return 0
+
     from agile.models import load_model
     from trainer.data import ETHOS_NAME
     from trainer.sweep import run_sweep
@@ -277,6 +297,9 @@ def register(subparsers) -> None:
     _add_prompt_args(p)
     _add_settings_args(p, sweep=True)
     p.add_argument("--out", required=True, help="directory for sweep.csv and sweep.png")
+    p.add_argument("--merge", type=_csv(str), default=None, metavar="CSV,CSV",
+                   help="train nothing: join sweep.csv files (e.g. one size per GPU process) into one "
+                   "table and plot")
     p.set_defaults(func=_run(cmd_sweep), command="sweep")
 
 

@@ -13,11 +13,15 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agile.prompt import PromptTemplate
 from trainer.data import Examples
 from trainer.evaluate import binary_metrics, binary_truth, check_writable
 from trainer.settings import TrainSettings
+
+if TYPE_CHECKING:
+    from trainer.train import EpochRecord  # torch-heavy: imported when the sweep runs
 
 # The codelab's appendix (gemma_instruct_2b_en): (size, epoch) -> (F1, ROC-AUC).
 CODELAB_SWEEP = {
@@ -57,30 +61,49 @@ def run_sweep(
         subset = train_examples.head(size)
         model = load_model()
         scorer = LabelScorer(model, template, ScoringSettings(max_length=settings.max_length))
-        history = []
 
-        def record(epoch: int, model, size=size, scorer=scorer, history=history) -> None:
-            if epoch not in epochs:
+        def record(epoch: EpochRecord, model, size=size, scorer=scorer) -> None:
+            if epoch.epoch not in epochs:
                 return
-            probs, _ = score_examples(scorer, test_examples, desc=f"size {size} epoch {epoch}: test")
+            probs, _ = score_examples(scorer, test_examples, desc=f"size {size} epoch {epoch.epoch}: test")
             found = binary_metrics(y_true, probs[:, positive], 0.5)
             points.append({
-                "size": size, "epoch": epoch, "f1": round(found["f1"], 4),
-                "roc_auc": round(found["roc_auc"], 4), "train_loss": None, "epoch_seconds": None,
+                "size": size, "epoch": epoch.epoch, "f1": round(found["f1"], 4),
+                "roc_auc": round(found["roc_auc"], 4), "train_loss": round(epoch.loss, 4),
+                "epoch_seconds": round(epoch.seconds, 1),
             })
-            print(f"size {size}, epoch {epoch}: test F1 {found['f1']:.4f}, ROC-AUC {found['roc_auc']:.4f}")
+            print(f"size {size}, epoch {epoch.epoch}: test F1 {found['f1']:.4f}, ROC-AUC {found['roc_auc']:.4f}")
+            write_csv(out / "sweep.csv", points)
+            plot_sweep(out / "sweep.png", points)
 
-        result = train(model, template, subset, replace(settings, epochs=max(epochs)), on_epoch=record)
-        by_epoch = {r.epoch: r for r in result.history}
-        for point in points:
-            if point["size"] == size:
-                point["train_loss"] = round(by_epoch[point["epoch"]].loss, 4)
-                point["epoch_seconds"] = round(by_epoch[point["epoch"]].seconds, 1)
-        write_csv(out / "sweep.csv", points)
-        plot_sweep(out / "sweep.png", points)
+        train(model, template, subset, replace(settings, epochs=max(epochs)), on_epoch=record)
         del model, scorer
         clear()
     return points
+
+
+def merge_sweeps(paths: list[Path], out: Path) -> list[dict]:
+    """Join sweep.csv files run separately (one size per process, say) into one table and plot."""
+    points: dict[tuple[int, int], dict] = {}
+    for path in paths:
+        try:
+            with path.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+        except OSError as exc:
+            raise ValueError(f"cannot read sweep table {path}: {exc.strerror}") from exc
+        if not rows or set(rows[0]) != set(COLUMNS):
+            raise ValueError(f"{path} is not a sweep table (columns {', '.join(COLUMNS)})")
+        for row in rows:
+            key = (int(row["size"]), int(row["epoch"]))
+            if key in points:
+                raise ValueError(f"size {key[0]}, epoch {key[1]} appears twice (again in {path})")
+            points[key] = {"size": key[0], "epoch": key[1],
+                           **{c: float(row[c]) if row[c] else None for c in COLUMNS[2:]}}
+    merged = [points[k] for k in sorted(points)]
+    check_writable(out / "sweep.csv")
+    write_csv(out / "sweep.csv", merged)
+    plot_sweep(out / "sweep.png", merged)
+    return merged
 
 
 def write_csv(path: Path, points: list[dict]) -> None:

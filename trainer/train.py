@@ -95,7 +95,7 @@ def encode_rows(model, template: PromptTemplate, examples: Examples, settings: T
 
 def label_loss(model, ids, mask, targets, label_ids) -> torch.Tensor:
     logits = label_logits(model, ids, mask, label_ids)
-    return torch.nn.functional.cross_entropy(logits.float(), targets)
+    return torch.nn.functional.cross_entropy(logits.float(), torch.as_tensor(targets, device=logits.device))
 
 
 def causal_lm_loss(model, ids, mask) -> torch.Tensor:
@@ -118,13 +118,14 @@ def train(
     examples: Examples,
     settings: TrainSettings,
     validate: Callable[[object], float] | None = None,
-    on_epoch: Callable[[int, object], None] | None = None,
+    on_epoch: Callable[[EpochRecord, object], None] | None = None,
 ) -> TrainResult:
     """Train LoRA weights on `examples`; returns the per-epoch history.
 
     `validate(model) -> ROC-AUC` runs after each epoch; with it, the model ends up
-    holding the weights of the best epoch. `on_epoch(epoch, model)` runs after each
+    holding the weights of the best epoch. `on_epoch(record, model)` runs after each
     epoch too (the sweep evaluates there instead of retraining per epoch count).
+    Runs on whatever device Keras placed the model on (a GPU when torch sees one).
     """
     examples.check_trainable(settings.batch_size)
     keras.utils.set_random_seed(settings.seed)  # seeds python, numpy, torch: LoRA init + shuffling
@@ -135,6 +136,7 @@ def train(
     rows = encode_rows(model, template, examples, settings)
     rng = np.random.default_rng(settings.seed)
     autocast = settings.compute_dtype == "bfloat16"
+    device = params[0].device  # cpu, or cuda where Keras put the model
 
     result = TrainResult()
     best_auc, best_state, steps_done, step_seconds = -1.0, None, 0, []
@@ -146,9 +148,9 @@ def train(
         for batch in bar:
             t0 = time.perf_counter()
             ids, mask = pad_batch([rows[i] for i in batch], tokenizer.pad_id)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 if settings.objective == "label":
-                    targets = torch.as_tensor(examples.labels[batch], dtype=torch.long)
+                    targets = torch.as_tensor(examples.labels[batch], dtype=torch.long, device=device)
                     loss = label_loss(model, ids, mask, targets, label_ids)
                 else:
                     loss = causal_lm_loss(model, ids, mask)
@@ -173,7 +175,7 @@ def train(
         shown = "" if validate is None else f", validation ROC-AUC {record.validation_roc_auc:.4f}"
         print(f"epoch {epoch}: loss {record.loss:.4f}, {record.seconds:.0f} s ({record.steps} steps){shown}")
         if on_epoch is not None:
-            on_epoch(epoch, model)
+            on_epoch(record, model)
         if settings.max_steps and steps_done >= settings.max_steps:
             break
         if validate is not None and settings.patience and epoch - result.best_epoch >= settings.patience:
