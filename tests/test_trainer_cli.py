@@ -47,6 +47,19 @@ def test_train_then_evaluate_a_generic_table(tiny, table, tmp_path, capsys):
     assert (tmp_path / "report" / "confusion_matrix.png").stat().st_size > 1000
 
 
+def test_a_fixed_threshold_is_kept_and_checked(tiny, table, tmp_path, capsys):
+    common = ["train", "--data", str(table), "--text-column", "comment", "--label-column", "verdict",
+              "--labels", "Safe,Toxic", "--model", tiny, "--epochs", "1", "--validation-fraction", "0.4"]
+    assert main([*common, "--threshold", "0.35", "--out", str(tmp_path / "fixed")]) == 0
+    meta = json.loads((tmp_path / "fixed" / "adapter.json").read_text())
+    assert meta["threshold"] == 0.35 and meta["metrics"]["validation"]["threshold"] == 0.35
+    assert "fixed by --threshold" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*common, "--threshold", "1.5", "--out", str(tmp_path / "bad")])
+    assert "strictly between 0 and 1" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_sweep_writes_csv_and_png(tiny, tmp_path, capsys):
     code = main(["sweep", "--model", tiny, "--sizes", "4,8", "--epochs", "1,2",
                  "--out", str(tmp_path / "sweep")])

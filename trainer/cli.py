@@ -79,6 +79,13 @@ def _settings(args):
     )
 
 
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"a threshold lies strictly between 0 and 1, got {text}")
+    return value
+
+
 def _template(args) -> tuple[PromptTemplate, str]:
     template = PromptTemplate(tuple(args.labels), args.instructions, args.separator, DEFAULT_EOS)
     positive = args.positive_label or template.labels[1]
@@ -156,13 +163,15 @@ def cmd_train(args) -> int:
     metrics: dict = {"history": [asdict(r) for r in result.history], "best_epoch": result.best_epoch,
                      "seconds_per_step": round(result.seconds_per_step, 4),
                      "train_seconds": round(train_seconds, 1)}
-    threshold = 0.5
+    threshold = 0.5 if args.threshold is None else args.threshold
     if validation is not None:
         probs, _ = score_examples(scorer, validation, desc="validation")
         y_val = binary_truth(validation, positive_label)
-        threshold = choose_threshold(y_val, probs[:, positive])
+        how = "fixed by --threshold"
+        if args.threshold is None:
+            threshold, how = choose_threshold(y_val, probs[:, positive]), "best F1 on validation"
         metrics["validation"] = binary_metrics(y_val, probs[:, positive], threshold)
-        print(f"threshold {threshold:.4f} (best F1 on validation); validation: "
+        print(f"threshold {threshold:.4f} ({how}); validation: "
               f"F1 {metrics['validation']['f1']:.4f}, ROC-AUC {metrics['validation']['roc_auc']:.4f}")
     test_scores = None
     if test is not None:  # scored once, with the epoch and threshold already fixed
@@ -275,9 +284,12 @@ def register(subparsers) -> None:
                    "test split)")
     p.add_argument("--validation-fraction", type=float, default=0.2,
                    help="share of the training rows held out to pick the epoch and threshold (0 = none)")
+    p.add_argument("--threshold", type=_probability, default=None,
+                   help="flag when p(positive label) >= this (default: the best F1 on the validation "
+                   "rows; 0.5 without them, the codelab's argmax)")
     _add_prompt_args(p)
     _add_settings_args(p)
-    p.add_argument("--out", required=True, help="adapter directory to write")
+    p.add_argument("-o", "--out", required=True, help="adapter directory to write")
     p.add_argument("--name", default=None, help="adapter name (default: the --out directory's name)")
     p.add_argument("--report", default=None, help="also write the test report (metrics, plots) here")
     p.set_defaults(func=_run(cmd_train), command="train")
@@ -296,7 +308,7 @@ def register(subparsers) -> None:
     p.add_argument("--sizes", type=_csv(int), default=[200, 400, 800])
     _add_prompt_args(p)
     _add_settings_args(p, sweep=True)
-    p.add_argument("--out", required=True, help="directory for sweep.csv and sweep.png")
+    p.add_argument("-o", "--out", required=True, help="directory for sweep.csv and sweep.png")
     p.add_argument("--merge", type=_csv(str), default=None, metavar="CSV,CSV",
                    help="train nothing: join sweep.csv files (e.g. one size per GPU process) into one "
                    "table and plot")
