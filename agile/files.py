@@ -29,6 +29,9 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         os.umask(umask)
         work.chmod(0o777 & ~umask)  # mkdtemp makes it private; these are shared like any directory
         yield work
+        for written in work.rglob("*"):  # some writers (safetensors) create files 0600
+            if written.is_file():
+                written.chmod(0o666 & ~umask)
         if path.exists():
             shutil.rmtree(path)
         os.replace(work, path)

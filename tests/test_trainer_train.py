@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -101,6 +102,11 @@ def test_save_then_load_gives_identical_scores(tiny, examples, tmp_path):
     np.testing.assert_array_equal(before, after)
     assert not np.allclose(untrained, after)  # the weights did change something
     assert adapter.meta.threshold == 0.42 and adapter.meta.positive_label == "Negative"
+    # readable by a worker running as another user (safetensors alone writes 0600)
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "adapter").iterdir()}
+    assert modes and all(mode == 0o666 & ~umask for mode in modes.values()), modes
 
 
 def test_adapter_metadata_is_validated(tiny, examples, tmp_path):
