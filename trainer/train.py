@@ -95,7 +95,8 @@ def encode_rows(model, template: PromptTemplate, examples: Examples, settings: T
 
 def label_loss(model, ids, mask, targets, label_ids) -> torch.Tensor:
     logits = label_logits(model, ids, mask, label_ids)
-    return torch.nn.functional.cross_entropy(logits.float(), torch.as_tensor(targets, device=logits.device))
+    targets = torch.as_tensor(targets, device=logits.device)  # callers need not know where the model runs
+    return torch.nn.functional.cross_entropy(logits.float(), targets)
 
 
 def causal_lm_loss(model, ids, mask) -> torch.Tensor:
@@ -150,7 +151,7 @@ def train(
             ids, mask = pad_batch([rows[i] for i in batch], tokenizer.pad_id)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 if settings.objective == "label":
-                    targets = torch.as_tensor(examples.labels[batch], dtype=torch.long, device=device)
+                    targets = torch.as_tensor(examples.labels[batch], dtype=torch.long)
                     loss = label_loss(model, ids, mask, targets, label_ids)
                 else:
                     loss = causal_lm_loss(model, ids, mask)
