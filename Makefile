@@ -20,7 +20,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt pyprojec
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m cli.demo
+	$(BIN)/python -m agile.cli.demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -7,6 +7,7 @@ inside the adapter directories the operator configured.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import MISSING, asdict, dataclass, field
@@ -73,6 +74,15 @@ class Adapter:
     path: Path
     meta: AdapterMeta
     weights: dict[str, np.ndarray]
+    version: str = ""  # content hash of its files (12 hex): changes when it is retrained
+
+
+def adapter_version(path: Path) -> str:
+    """A short content hash of the adapter's files: which exact policy scored a comment."""
+    digest = hashlib.sha256()
+    for name in (META_FILE, WEIGHTS_FILE):
+        digest.update((path / name).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _lora_variables(backbone) -> dict[str, object]:
@@ -108,9 +118,10 @@ def load_adapter(path: str | Path) -> Adapter:
     try:
         meta = AdapterMeta.from_json(json.loads((path / META_FILE).read_text()), str(path))
         weights = load_file(str(path / WEIGHTS_FILE))
+        version = adapter_version(path)
     except (json.JSONDecodeError, TypeError, SafetensorError, OSError) as exc:
         raise AdapterError(f"{path}: unreadable adapter: {exc}") from exc
-    return Adapter(path=path, meta=meta, weights=weights)
+    return Adapter(path=path, meta=meta, weights=weights, version=version)
 
 
 def adapter_dirs(extra: str | None = None) -> list[Path]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agile.policy import Policy
 from agile.prompt import DEFAULT_EOS, DEFAULT_INSTRUCTIONS, DEFAULT_SEPARATOR, PromptTemplate
 from agile.scoring import LabelScorer, ScoringSettings
 
@@ -41,18 +42,19 @@ class AgileClassifier:
         from agile.models import load_model
 
         adapter = load_adapter(path)
-        meta = adapter.meta
+        policy = Policy.from_adapter(adapter)
         if model is None:
-            model = load_model(meta.base_model, sequence_length=meta.max_length)
+            model = load_model(adapter.meta.base_model, sequence_length=policy.max_length)
         apply_adapter(model, adapter)
-        return cls(
-            labels=tuple(meta.labels),
-            instructions=meta.instructions,
-            separator_token=meta.separator,
-            end_of_text_token=meta.eos,
-            settings=ScoringSettings(max_length=meta.max_length),
-            model=model,
-        )
+        return cls.from_policy(policy, model)
+
+    @classmethod
+    def from_policy(cls, policy: Policy, model=None) -> AgileClassifier:
+        """The codelab's interface over a policy's prompt and length (its adapter already applied)."""
+        t = policy.template
+        return cls(labels=t.labels, instructions=t.instructions, separator_token=t.separator,
+                   end_of_text_token=t.eos, settings=ScoringSettings(max_length=policy.max_length),
+                   model=model)
 
     def encode_for_prediction(self, x_text: str) -> str:
         return self.template.prompt(x_text)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -18,12 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agile.backend import use_torch
+from agile.prompt import DEFAULT_MAX_LENGTH
 
 use_torch()
 
 import keras  # noqa: E402
 import keras_hub  # noqa: E402
 
+log = logging.getLogger("agile.models")
 DEFAULT_MODEL = "gemma3_270m"
 CHECKSUM_FILE = "agile_checksum.json"
 # keras-hub's metadata.json records the save date; everything else is content.
@@ -81,7 +84,7 @@ def embedded_preset(home: Path | None = None) -> Path:
             return preset
         from agile.gguf_convert import convert
 
-        print(f"agile: converting the embedded Gemma 3 270M into {preset} (once, ~30 s)")
+        log.warning("converting the embedded Gemma 3 270M into %s (once, ~30 s)", preset)
         work = Path(tempfile.mkdtemp(prefix=".convert-", dir=home))
         try:
             gguf_path = pkg.assemble(work / pkg.MODEL_NAME)
@@ -104,7 +107,7 @@ def _verified(preset: Path) -> bool:
     if not record.is_file():
         return False
     if json.loads(record.read_text())["sha256"] != preset_checksum(preset):
-        print(f"agile: cached preset {preset} fails its checksum; converting again")
+        log.warning("cached preset %s fails its checksum; converting again", preset)
         return False
     return True
 
@@ -142,7 +145,7 @@ def _load_preset(location: str, dtype: str | None, sequence_length: int):
     return model
 
 
-def load_model(spec: str = DEFAULT_MODEL, *, dtype: str | None = None, sequence_length: int = 128):
+def load_model(spec: str = DEFAULT_MODEL, *, dtype: str | None = None, sequence_length: int = DEFAULT_MAX_LENGTH):
     """A keras-hub CausalLM with `.backbone`, `.preprocessor` and `.score()`.
 
     `dtype` is the keras dtype policy ('float32', 'bfloat16', 'mixed_bfloat16');

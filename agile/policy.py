@@ -1,29 +1,37 @@
 """A moderation policy: a prompt template plus the rule that turns probabilities into a decision.
 
-`agile score` writes the same fields the worker returns (the rule itself lives in
-the wire contract, `agile.wire.score_fields`): zero-shot policies take the most
-likely label; an adapter's policy flags its positive label at the threshold chosen
-on validation rows.
+One type for every place that scores: `agile score`, the classifier and the
+worker. Zero-shot policies take the most likely label; an adapter's policy flags
+its positive label at the threshold chosen on validation rows (the rule itself is
+`agile.decision.score_fields`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agile.prompt import PromptTemplate
-from agile.wire import score_fields
+from agile.decision import score_fields
+from agile.prompt import DEFAULT_MAX_LENGTH, PromptTemplate
+
+if TYPE_CHECKING:
+    from agile.adapters import Adapter
+
+ZERO_SHOT = "zero-shot"
 
 
 @dataclass(frozen=True)
 class Policy:
     template: PromptTemplate
-    name: str = "zero-shot"
+    name: str = ZERO_SHOT  # the adapter's name, or "zero-shot"
     positive_label: str | None = None
     threshold: float = 0.5
-    max_length: int = 128
+    max_length: int = DEFAULT_MAX_LENGTH
+    version: str = "none"  # the adapter's content hash (12 hex): which exact policy scored a comment
+    adapter: Adapter | None = field(default=None, compare=False, repr=False)  # its LoRA weights
 
     def __post_init__(self) -> None:
         if self.positive_label is not None and self.positive_label not in self.template.labels:
@@ -34,14 +42,23 @@ class Policy:
             raise ValueError(f"threshold must be within [0, 1], got {self.threshold}")
 
     @classmethod
-    def from_adapter_meta(cls, meta) -> Policy:
-        return cls(meta.template, meta.name, meta.positive_label, meta.threshold, meta.max_length)
+    def from_adapter(cls, adapter: Adapter) -> Policy:
+        meta = adapter.meta
+        return cls(meta.template, meta.name, meta.positive_label, meta.threshold, meta.max_length,
+                   adapter.version, adapter)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.template.labels)
+
+    def with_max_length(self, max_length: int | None) -> Policy:
+        return replace(self, max_length=max_length) if max_length else self
+
+    def fields(self, probs, truncated: bool) -> dict:
+        """One comment's result fields (`p_<label>`, prediction, flagged, truncated)."""
+        return score_fields(self.labels, probs, truncated, self.positive_label, self.threshold)
 
     def rows(self, ids: Sequence[str], probs: np.ndarray, truncated: np.ndarray, model: str) -> list[dict]:
-        """One output row per comment: the queue's result fields (`agile.wire.score_fields`) plus id, model, policy."""
-        labels = list(self.template.labels)
-        return [
-            {"id": cid, **score_fields(labels, probs[i], truncated[i], self.positive_label, self.threshold),
-             "model": model, "policy": self.name}
-            for i, cid in enumerate(ids)
-        ]
+        """One output row per comment: the queue's result fields plus id, model, policy."""
+        return [{"id": cid, **self.fields(probs[i], truncated[i]), "model": model, "policy": self.name}
+                for i, cid in enumerate(ids)]

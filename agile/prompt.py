@@ -10,6 +10,8 @@ DEFAULT_LABELS = ("Positive", "Negative")
 # (which produced its published results) joins with the bare token: we keep that.
 DEFAULT_SEPARATOR = "<separator>"
 DEFAULT_EOS = "<eos>"
+# Tokens per prompt, BOS included: the codelab's sequence length, and every default here.
+DEFAULT_MAX_LENGTH = 128
 
 
 @dataclass(frozen=True)

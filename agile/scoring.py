@@ -21,7 +21,7 @@ use_torch()
 import torch  # noqa: E402
 from keras import ops  # noqa: E402
 
-from agile.prompt import PromptTemplate  # noqa: E402
+from agile.prompt import DEFAULT_MAX_LENGTH, PromptTemplate  # noqa: E402
 from agile.tokens import PromptTokenizer  # noqa: E402
 
 # keras-hub's Gemma 3 diverges from the reference implementation inside the
@@ -31,7 +31,7 @@ MAX_SUPPORTED_LENGTH = 512
 
 @dataclass(frozen=True)
 class ScoringSettings:
-    max_length: int = 128  # tokens per prompt, BOS included (the codelab's sequence length)
+    max_length: int = DEFAULT_MAX_LENGTH  # tokens per prompt, BOS included
     batch_size: int = 16  # rows per forward pass
     # Run the prompt head shared by every row (instructions, labels, "Text:") once and
     # reuse its keys/values: a quarter to a third fewer positions per row.

@@ -1,4 +1,4 @@
-"""The queue contract both sides share: task name, payload, result shape, Redis key layout.
+"""The queue contract both sides share: task name, payload, Redis key layout.
 
 Light on purpose (standard library only): the producer, the service client and
 clients in other languages follow it without the model stack. docs/QUEUE.md is
@@ -7,8 +7,6 @@ the same contract in prose.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -137,28 +135,6 @@ def text_problem(text) -> str | None:
     return None
 
 
-def score_fields(labels: list[str], probs, truncated: bool, positive_label: str | None,
-                 threshold: float) -> dict:
-    """One item's result: p_<label> for every label, the prediction, and whether the text was cut.
-
-    With a positive label (adapters have one) the prediction follows the adapter's
-    threshold on its probability; otherwise it is the most probable label.
-    """
-    if any(math.isnan(float(p)) for p in probs):
-        raise ValueError("the model returned NaN probabilities")
-    out = {f"p_{label}": round(float(p), 6) for label, p in zip(labels, probs, strict=True)}
-    if positive_label in labels:
-        k = labels.index(positive_label)
-        flagged = float(probs[k]) >= threshold
-        others = [(float(p), label) for i, (label, p) in enumerate(zip(labels, probs, strict=True)) if i != k]
-        out["prediction"] = positive_label if flagged else max(others)[1]
-        out["flagged"] = flagged
-    else:
-        out["prediction"] = labels[max(range(len(labels)), key=lambda i: probs[i])]
-    out["truncated"] = bool(truncated)
-    return out
-
-
 @dataclass(frozen=True)
 class JobKeys:
     """Where a job lives in Redis. Every write is keyed, so repeating one changes nothing."""
@@ -202,20 +178,3 @@ class JobKeys:
 def task_deliveries_key(prefix: str) -> str:
     """Delivery counts of tasks sent without a job (field = Celery task id)."""
     return f"{prefix}:tasks:deliveries"
-
-
-def queue_depth(client, queue: str) -> tuple[int, int]:
-    """(messages waiting, messages delivered but not yet acknowledged) for `queue`.
-
-    Reads kombu's Redis layout: the queue is a list named after it, and messages in
-    flight sit in the `unacked` hash as JSON [message, exchange, routing_key].
-    """
-    waiting = int(client.llen(queue))
-    in_flight = 0
-    for raw in client.hvals("unacked"):
-        try:
-            _, exchange, routing_key = json.loads(raw)
-        except (ValueError, TypeError):
-            continue
-        in_flight += queue in (exchange, routing_key)
-    return waiting, in_flight

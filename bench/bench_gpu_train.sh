@@ -51,7 +51,7 @@ fi
 run() {  # run NAME ARGS...: one background job with its own log
     local name=$1
     shift
-    timeout "$DEADLINE" "$PY" -m trainer.cli "$@" --model "$MODEL" $EXTRA > "$RESULTS/$name.log" 2>&1 &
+    timeout "$DEADLINE" "$PY" -m agile.trainer.cli "$@" --model "$MODEL" $EXTRA > "$RESULTS/$name.log" 2>&1 &
 }
 
 for job in $JOBS; do
@@ -83,7 +83,7 @@ done
 wait
 
 csvs=$(ls "$RESULTS"/sweep-*/sweep.csv 2> /dev/null | paste -sd, -)
-[ -n "$csvs" ] && "$PY" -m trainer.cli sweep --merge "$csvs" --out "$RESULTS/sweep"
+[ -n "$csvs" ] && "$PY" -m agile.trainer.cli sweep --merge "$csvs" --out "$RESULTS/sweep"
 "$PY" - "$RESULTS" <<'EOF' | tee "$RESULTS/summary.txt"
 import csv, json, sys
 from pathlib import Path

@@ -69,7 +69,7 @@ class Cluster:
     def workers(self, n: int, threads: int) -> None:
         """Start n workers and wait until each has loaded its model and is consuming."""
         for i in range(n):
-            self.spawn(f"worker{i}", [sys.executable, "-m", "cli.main", "worker", "--hostname", f"bench{i}@%h"],
+            self.spawn(f"worker{i}", [sys.executable, "-m", "agile.cli.main", "worker", "--hostname", f"bench{i}@%h"],
                        self.env(threads))
         for i, proc in enumerate(self.procs[-n:]):
             log, deadline = self.tmp / f"worker{i}.log", time.monotonic() + 600
@@ -106,8 +106,8 @@ def comments(n: int, chars: int | None = None) -> list[str]:
 
 
 def in_process(settings: QueueSettings, texts: list[str], batch: int, repeats: int) -> tuple[float, list]:
-    """The worker's own scoring (worker.runtime), in this process, task by task."""
-    from worker.runtime import Runtime
+    """The worker's own scoring (agile.worker.runtime), in this process, task by task."""
+    from agile.worker.runtime import Runtime
 
     runtime = Runtime(settings)
     policy = runtime.policy(None, None, None)
@@ -120,7 +120,7 @@ def in_process(settings: QueueSettings, texts: list[str], batch: int, repeats: i
 
 def through_queue(settings: QueueSettings, texts: list[str], repeats: int) -> tuple[float, dict]:
     """Submit every comment as one job, then drain all results: timed after one warm-up task."""
-    from producer.client import ScoringClient
+    from agile.producer.client import ScoringClient
 
     client = ScoringClient(settings)
     items = [(f"c{i}", t) for i, t in enumerate(texts)]
@@ -141,7 +141,7 @@ def inproc_vs_queue(args: argparse.Namespace, settings: QueueSettings, tmp: Path
     dp = float(np.max(np.abs(np.array([results[f"c{i}"][label] for i in range(args.n)]) - np.array(probs)[:, 0])))
     ratio = seconds_in / seconds_q
     common.print_table(["path", "comments/s", "seconds", "vs in-process"], [
-        ["in-process (worker.runtime)", args.n / seconds_in, seconds_in, 1.0],
+        ["in-process (agile.worker.runtime)", args.n / seconds_in, seconds_in, 1.0],
         ["Redis + Celery, 1 worker", args.n / seconds_q, seconds_q, ratio]])
     print(f"\ngoal: queue / in-process = {ratio:.1%} (>= {GOAL_RATIO:.0%}); max |p(queue) - p(in-process)| = "
           f"{dp:.1e}")
@@ -190,7 +190,7 @@ def memory(args: argparse.Namespace, settings: QueueSettings, tmp: Path) -> dict
     with Cluster(tmp, settings.with_(batch_size=args.batch[0])) as cluster:
         cluster.workers(args.workers, args.threads)
         start = time.perf_counter()
-        producer = cluster.spawn("producer", [sys.executable, "-m", "cli.main", "moderate", str(dump),
+        producer = cluster.spawn("producer", [sys.executable, "-m", "agile.cli.main", "moderate", str(dump),
                                               "-o", str(tmp / "scores.csv")], cluster.env())
         proc, producer_peak = psutil.Process(producer.pid), 0.0
         while True:

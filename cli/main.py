@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
-import agile.cli
-import producer.cli
-import trainer.cli
-import worker.cli
+import agile.cli.score
+import agile.producer.cli
+import agile.trainer.cli
+import agile.worker.cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,13 +19,15 @@ def build_parser() -> argparse.ArgumentParser:
         "in-process or by Celery workers on Redis.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (agile.cli, trainer.cli, worker.cli, producer.cli):
+    for module in (agile.cli.score, agile.trainer.cli, agile.worker.cli, agile.producer.cli):
         module.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Library modules log (never print); the command line shows their warnings as one-liners.
+    logging.basicConfig(level=logging.WARNING, format="agile: %(message)s")
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

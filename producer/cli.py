@@ -1,4 +1,4 @@
-"""`agile submit`, `agile status`, `agile results` and `agile moderate` (registered by cli.main)."""
+"""`agile submit`, `agile status`, `agile results` and `agile moderate` (registered by agile.cli.main)."""
 
 from __future__ import annotations
 
@@ -85,14 +85,14 @@ def _template(args) -> dict:
 
 
 def _source(args):
-    from producer.batches import FileSource
+    from agile.producer.batches import FileSource
 
     return FileSource.of(args.file, args.text_column, args.id_column or None, args.fmt)
 
 
 @_fails_clearly
 def _cmd_submit(args) -> int:
-    from producer.pipeline import submit
+    from agile.producer.pipeline import submit
 
     job = submit(_settings(args), _source(args), **_template(args))
     print(job.job_id)
@@ -101,8 +101,8 @@ def _cmd_submit(args) -> int:
 
 @_fails_clearly
 def _cmd_status(args) -> int:
-    from producer.jobs import Job
-    from producer.pipeline import Progress
+    from agile.producer.jobs import Job
+    from agile.producer.pipeline import Progress
 
     job = Job.open(_settings(args), args.job)
     if args.once:
@@ -119,8 +119,8 @@ def _cmd_status(args) -> int:
 
 @_fails_clearly
 def _cmd_results(args) -> int:
-    from producer.jobs import Job
-    from producer.pipeline import results
+    from agile.producer.jobs import Job
+    from agile.producer.pipeline import results
 
     settings = _settings(args)
     job = Job.open(settings, args.job)
@@ -131,7 +131,7 @@ def _cmd_results(args) -> int:
 
 @_fails_clearly
 def _cmd_moderate(args) -> int:
-    from producer.pipeline import moderate
+    from agile.producer.pipeline import moderate
 
     summary = moderate(_settings(args), _source(args), args.out, fmt=args.out_format, **_template(args))
     print(f"job {summary.job_id}: {summary.rows} comments in {summary.seconds:.1f} s "

@@ -16,11 +16,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 
+from agile.producer.batches import make_batches
+from agile.producer.jobs import POLL_SECONDS, Job, celery_app
+from agile.producer.results import drain_pages
 from agile.settings import QueueSettings
 from agile.wire import TASK_NAME, BatchRequest, Item
-from producer.batches import make_batches
-from producer.jobs import POLL_SECONDS, Job, celery_app
-from producer.results import drain_pages
 
 
 class ScoringClient:

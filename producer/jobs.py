@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 
+from agile.broker import queue_depth
+from agile.producer.batches import Batch
 from agile.settings import QueueSettings
-from agile.wire import TASK_NAME, BatchRequest, Item, JobKeys, queue_depth
-from producer.batches import Batch
+from agile.wire import TASK_NAME, BatchRequest, Item, JobKeys
 
 POLL_SECONDS = 0.2
 IDLE_STALL_SECONDS = 5.0  # queue empty, nothing in flight, no progress: batches were lost

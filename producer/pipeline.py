@@ -15,10 +15,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from agile.producer.batches import FileSource, make_batches
+from agile.producer.jobs import Job, JobStatus
+from agile.producer.results import Drain
 from agile.settings import QueueSettings
-from producer.batches import FileSource, make_batches
-from producer.jobs import Job, JobStatus
-from producer.results import Drain
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Real Redis servers, real Celery worker processes and a tiny model for the queue tests.
 
-Nothing here mocks Celery or Redis. Workers are `celery -A worker worker`
+Nothing here mocks Celery or Redis. Workers are `celery -A agile.worker worker`
 subprocesses on the tiny random model; every process a fixture starts is killed
 in its teardown. Imported inside workers too (`--include queue_fixtures`), where
 `install_hooks` adds test-only behaviour switched on by QUEUE_TEST_* variables:
@@ -94,10 +94,10 @@ class RedisServer:
 
 
 class Worker:
-    """One `celery -A worker worker` process (solo pool) on the tiny model."""
+    """One `celery -A agile.worker worker` process (solo pool) on the tiny model."""
 
     def __init__(self, name: str, env: dict[str, str], logdir: Path, via_agile: bool = False):
-        self.via_agile = via_agile  # start it as `agile worker` instead of `celery -A worker worker`
+        self.via_agile = via_agile  # start it as `agile worker` instead of `celery -A agile.worker worker`
         self.name = name
         self.env = env
         self.log = logdir / f"{name}-{uuid.uuid4().hex[:6]}.log"
@@ -105,9 +105,10 @@ class Worker:
 
     def start(self) -> Worker:
         if self.via_agile:
-            args = ["-m", "cli.main", "worker", "--hostname", f"{self.name}@%h", "--", "--include", "queue_fixtures"]
+            args = ["-m", "agile.cli.main", "worker", "--hostname", f"{self.name}@%h",
+                    "--", "--include", "queue_fixtures"]
         else:
-            args = ["-m", "celery", "-A", "worker", "worker", "--pool", "solo", "--hostname", f"{self.name}@%h",
+            args = ["-m", "celery", "-A", "agile.worker", "worker", "--pool", "solo", "--hostname", f"{self.name}@%h",
                     "--queues", self.env["AGILE_QUEUE"], "--without-mingle", "--without-gossip",
                     "--include", "queue_fixtures", "--loglevel", "INFO"]
         with self.log.open("w") as out:
@@ -163,28 +164,21 @@ class Supervisor:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    from agile.testing import make_tiny_preset
-
-    return make_tiny_preset(tmp_path_factory.mktemp("queue-model") / "tiny")
-
-
-@pytest.fixture(scope="session")
-def adapter_dir(tmp_path_factory, tiny_model) -> Path:
+def adapter_dir(tmp_path_factory, tiny_preset) -> Path:
     """A directory holding the adapter `tiny-toxic`: random LoRA weights on the tiny model."""
     import numpy as np
 
     from agile.adapters import AdapterMeta, save_adapter
     from agile.models import load_model
 
-    model = load_model(str(tiny_model))
+    model = load_model(str(tiny_preset))
     model.backbone.enable_lora(2, target_layer_names=["query", "value"])
     rng = np.random.default_rng(0)
     for v in model.backbone.weights:
         if "lora_kernel" in v.path:
             v.assign(rng.normal(0, 0.5, v.shape).astype("float32"))
     meta = AdapterMeta(
-        name="tiny-toxic", base_model=str(tiny_model), base_checksum=model.agile_info.checksum,
+        name="tiny-toxic", base_model=str(tiny_preset), base_checksum=model.agile_info.checksum,
         labels=["Toxic", "Safe"], instructions="Classify the following text into one of the following classes",
         separator="<separator>", eos="<eos>", rank=2, target_layers=["query", "value"], objective="label",
         max_length=128, positive_label="Toxic", threshold=0.5,
@@ -278,9 +272,9 @@ def read_output(path: Path) -> list[dict]:
 
 
 def run_cli(argv: list[str]) -> int:
-    """What `agile ...` does for the queue commands (cli.main registers the same parsers)."""
-    from producer.cli import register as register_producer
-    from worker.cli import register as register_worker
+    """What `agile ...` does for the queue commands (agile.cli.main registers the same parsers)."""
+    from agile.producer.cli import register as register_producer
+    from agile.worker.cli import register as register_worker
 
     parser = argparse.ArgumentParser(prog="agile")
     sub = parser.add_subparsers(required=True)
@@ -316,7 +310,7 @@ def install_hooks() -> None:
             Path(once_file).write_text(json.dumps(retval))
             os.kill(os.getpid(), signal.SIGKILL)  # written back, not yet acknowledged
 
-    from worker.runtime import Runtime
+    from agile.worker.runtime import Runtime
 
     score = Runtime.score
 

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from cli.main import main
+from agile.cli.main import main
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import uuid
 import pandas as pd
 import pytest
 
+from agile.producer.results import PAGE_END, Drain
 from agile.settings import QueueSettings
 from agile.wire import BatchRequest, JobKeys
-from producer.results import PAGE_END, Drain
-from worker.store import Store
+from agile.worker.store import Store
 
 
 @pytest.fixture

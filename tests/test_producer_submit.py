@@ -10,11 +10,11 @@ import uuid
 import pytest
 from queue_fixtures import wait_for, write_csv
 
+from agile.producer.batches import FileSource, make_batches
+from agile.producer.jobs import Job
 from agile.settings import QueueSettings
 from agile.wire import BatchRequest
-from producer.batches import FileSource, make_batches
-from producer.jobs import Job
-from worker.store import Store
+from agile.worker.store import Store
 
 
 def test_batches_are_the_same_on_every_read_and_ids_default_to_row_numbers(tmp_path):

@@ -18,13 +18,12 @@ from queue_fixtures import (  # noqa: F401  (fixtures)
     queue_env,
     read_output,
     settings_of,
-    tiny_model,
     wait_for,
     write_csv,
 )
 
-from producer.batches import FileSource
-from producer.pipeline import moderate
+from agile.producer.batches import FileSource
+from agile.producer.pipeline import moderate
 
 TRACE = "queue-test-trace"
 
@@ -47,9 +46,9 @@ def assert_exactly_once(out, n: int, summary) -> None:
     assert (summary.status.scored, summary.status.failed) == (n, 0)  # counters never double count
 
 
-def test_kill_9_mid_batch_then_every_comment_is_scored_exactly_once(processes, tiny_model, tmp_path):  # noqa: F811
+def test_kill_9_mid_batch_then_every_comment_is_scored_exactly_once(processes, tiny_preset, tmp_path):  # noqa: F811
     redis = processes.redis()
-    env = queue_env(redis.url, tiny_model, batch_size=8, QUEUE_TEST_TRACE=TRACE)
+    env = queue_env(redis.url, tiny_preset, batch_size=8, QUEUE_TEST_TRACE=TRACE)
     slow = processes.worker("slow", {**env, "QUEUE_TEST_DELAY": "0.5"}).wait_ready()
     out = tmp_path / "scores.csv"
     job = run_job(env, write_csv(tmp_path / "dump.csv", 96), out)
@@ -66,10 +65,10 @@ def test_kill_9_mid_batch_then_every_comment_is_scored_exactly_once(processes, t
     assert all(batches.count(f"b{i}") == 1 for i in range(12) if f"b{i}" != held)
 
 
-def test_a_worker_killed_after_writing_back_does_not_double_count(processes, tiny_model, tmp_path):  # noqa: F811
+def test_a_worker_killed_after_writing_back_does_not_double_count(processes, tiny_preset, tmp_path):  # noqa: F811
     redis = processes.redis()
     once = tmp_path / "killed-once.json"
-    env = queue_env(redis.url, tiny_model, batch_size=8, QUEUE_TEST_TRACE=TRACE,
+    env = queue_env(redis.url, tiny_preset, batch_size=8, QUEUE_TEST_TRACE=TRACE,
                     QUEUE_TEST_KILL_AFTER_WRITE_ONCE=str(once))
     supervisor = processes.supervise("w", env)
     out = tmp_path / "scores.csv"
@@ -80,9 +79,9 @@ def test_a_worker_killed_after_writing_back_does_not_double_count(processes, tin
     assert len(supervisor.workers) == 2
 
 
-def test_poison_batches_are_marked_failed_and_the_job_completes(processes, tiny_model, tmp_path):  # noqa: F811
+def test_poison_batches_are_marked_failed_and_the_job_completes(processes, tiny_preset, tmp_path):  # noqa: F811
     redis = processes.redis()
-    env = queue_env(redis.url, tiny_model, batch_size=8, max_deliveries=2, QUEUE_TEST_TRACE=TRACE)
+    env = queue_env(redis.url, tiny_preset, batch_size=8, max_deliveries=2, QUEUE_TEST_TRACE=TRACE)
     supervisor = processes.supervise("w", env)
     source = write_csv(tmp_path / "dump.csv", 40, extra={9: POISON_KILL, 25: POISON_RAISE})
     out = tmp_path / "scores.csv"
@@ -101,9 +100,9 @@ def test_poison_batches_are_marked_failed_and_the_job_completes(processes, tiny_
     assert batches.count("b3") == 2  # raised, raised and given up
 
 
-def test_redis_killed_and_restarted_mid_job_loses_nothing(processes, tiny_model, tmp_path):  # noqa: F811
+def test_redis_killed_and_restarted_mid_job_loses_nothing(processes, tiny_preset, tmp_path):  # noqa: F811
     redis = processes.redis()
-    env = queue_env(redis.url, tiny_model, batch_size=8, QUEUE_TEST_TRACE=TRACE, QUEUE_TEST_DELAY="0.1")
+    env = queue_env(redis.url, tiny_preset, batch_size=8, QUEUE_TEST_TRACE=TRACE, QUEUE_TEST_DELAY="0.1")
     worker = processes.worker("w", env).wait_ready()
     out = tmp_path / "scores.csv"
     job = run_job(env, write_csv(tmp_path / "dump.csv", 240), out)
@@ -115,9 +114,9 @@ def test_redis_killed_and_restarted_mid_job_loses_nothing(processes, tiny_model,
     assert worker.proc.poll() is None, "the worker reconnected instead of dying"
 
 
-def test_warm_shutdown_finishes_the_batch_in_hand(processes, tiny_model, tmp_path):  # noqa: F811
+def test_warm_shutdown_finishes_the_batch_in_hand(processes, tiny_preset, tmp_path):  # noqa: F811
     redis = processes.redis()
-    env = queue_env(redis.url, tiny_model, batch_size=8, QUEUE_TEST_TRACE=TRACE)
+    env = queue_env(redis.url, tiny_preset, batch_size=8, QUEUE_TEST_TRACE=TRACE)
     first = processes.worker("first", {**env, "QUEUE_TEST_DELAY": "2"}).wait_ready()
     out = tmp_path / "scores.csv"
     job = run_job(env, write_csv(tmp_path / "dump.csv", 32), out)

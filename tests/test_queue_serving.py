@@ -23,21 +23,20 @@ from queue_fixtures import (  # noqa: F401  (fixtures)
     read_output,
     run_cli,
     settings_of,
-    tiny_model,
     write_csv,
 )
 
+from agile.producer.client import ScoringClient
 from agile.wire import TASK_NAME
-from producer.client import ScoringClient
 
 PASSWORD = "s3cret-" + uuid.uuid4().hex[:6]
 BATCH_LINE = re.compile(r"batch ([0-9a-f]+)/(b\d+): \d+ scored")
 
 
 @pytest.fixture(scope="module")
-def fleet(module_processes, tiny_model, adapter_dir):  # noqa: F811
+def fleet(module_processes, tiny_preset, adapter_dir):  # noqa: F811
     redis = module_processes.redis(password=PASSWORD)
-    env = queue_env(redis.url, tiny_model, adapter_dir, QUEUE_TEST_DELAY="0.02")
+    env = queue_env(redis.url, tiny_preset, adapter_dir, QUEUE_TEST_DELAY="0.02")
     port = free_port()
     workers = [module_processes.worker("w1", env),
                module_processes.worker("w2", {**env, "AGILE_LOG_FORMAT": "json", "AGILE_METRICS_PORT": str(port)})]

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from agile.testing import make_tiny_preset
-from trainer.cli import main
+from agile.trainer.cli import main
 
 
 @pytest.fixture(scope="module")

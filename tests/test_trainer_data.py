@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainer.data import DataError, ethos_split, load_table, validation_split
+from agile.trainer.data import DataError, ethos_split, load_table, validation_split
 
 
 def test_ethos_split_is_the_codelabs():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from trainer.data import Examples
-from trainer.evaluate import binary_metrics, choose_threshold, write_report
+from agile.trainer.data import Examples
+from agile.trainer.evaluate import binary_metrics, choose_threshold, write_report
 
 Y_TRUE = np.array([0, 0, 1, 1, 1, 0, 1, 0, 1, 1])
 Y_SCORE = np.array([0.1, 0.45, 0.42, 0.8, 0.55, 0.7, 0.9, 0.2, 0.3, 0.65])

@@ -15,9 +15,9 @@ from agile.prompt import PromptTemplate
 from agile.scoring import LabelScorer, pad_batch
 from agile.testing import make_tiny_preset
 from agile.tokens import PromptTokenizer
-from trainer.data import ethos_split
-from trainer.settings import TrainSettings
-from trainer.train import causal_lm_loss, encode_rows, label_loss, train
+from agile.trainer.data import ethos_split
+from agile.trainer.settings import TrainSettings
+from agile.trainer.train import causal_lm_loss, encode_rows, label_loss, train
 
 TEMPLATE = PromptTemplate()
 

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
+from agile.decision import score_fields
 from agile.settings import QueueSettings, SettingsError, mask_url
-from agile.wire import MAX_ITEMS, MAX_TEXT_CHARS, BatchRequest, JobKeys, PayloadError, score_fields
+from agile.wire import MAX_ITEMS, MAX_TEXT_CHARS, BatchRequest, JobKeys, PayloadError
 
 
 def request(**kwargs) -> BatchRequest:
@@ -109,7 +110,8 @@ def test_celery_settings_are_the_reliable_ones():
 
 def test_the_producer_side_imports_neither_torch_nor_keras():
     # `agile moderate` runs through the whole command line: building it must stay light too.
-    code = ("import sys, agile.wire, agile.settings, producer.client, producer.cli, producer.pipeline, worker.cli;"
-            "import cli.main; cli.main.build_parser();"
+    code = ("import sys, agile.wire, agile.settings, agile.broker, agile.decision, agile.producer.client,"
+            "agile.producer.cli, agile.producer.pipeline, agile.worker.cli;"
+            "import agile.cli.main; agile.cli.main.build_parser();"
             "bad = [m for m in ('torch', 'keras') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from queue_fixtures import adapter_dir, tiny_model  # noqa: F401  (fixtures)
+from queue_fixtures import adapter_dir  # noqa: F401  (a fixture)
 
 from agile.adapters import AdapterError
 from agile.settings import QueueSettings
 from agile.wire import PayloadError
-from worker.runtime import Runtime
+from agile.worker.runtime import Runtime
 
 TEXTS = ["you are lovely", "I will hurt you", "the weather is fine today, thanks for asking"]
 
 
 @pytest.fixture(scope="module")
-def runtime(tiny_model, adapter_dir):  # noqa: F811
-    return Runtime(QueueSettings(model=str(tiny_model), adapter_path=str(adapter_dir), adapter_cache=2))
+def runtime(tiny_preset, adapter_dir):  # noqa: F811
+    return Runtime(QueueSettings(model=str(tiny_preset), adapter_path=str(adapter_dir), adapter_cache=2))
 
 
 def test_swapping_policies_gives_each_its_own_scores(runtime):

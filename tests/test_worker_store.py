@@ -9,7 +9,7 @@ import pytest
 
 from agile.settings import QueueSettings
 from agile.wire import BatchRequest, JobKeys
-from worker.store import Store
+from agile.worker.store import Store
 
 
 @pytest.fixture

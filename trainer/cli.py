@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from agile.prompt import DEFAULT_EOS, DEFAULT_INSTRUCTIONS, DEFAULT_LABELS, DEFAULT_SEPARATOR, PromptTemplate
-from trainer.settings import ALL_TARGETS, COMPUTE_DTYPES, OBJECTIVES, TrainSettings
+from agile.trainer.settings import ALL_TARGETS, COMPUTE_DTYPES, OBJECTIVES, TrainSettings
 
 DEFAULT_MODEL = "gemma3_270m"
 
@@ -95,7 +95,7 @@ def _template(args) -> tuple[PromptTemplate, str]:
 
 
 def _examples(spec: str, args, labels, part: str):
-    from trainer.data import load_examples
+    from agile.trainer.data import load_examples
 
     return load_examples(spec, labels, part=part, text_column=args.text_column,
                          label_column=args.label_column)
@@ -120,8 +120,8 @@ def cmd_train(args) -> int:
     from agile.adapters import AdapterMeta, save_adapter
     from agile.models import load_model
     from agile.scoring import LabelScorer, ScoringSettings
-    from trainer.data import ETHOS_NAME, validation_split
-    from trainer.evaluate import (
+    from agile.trainer.data import ETHOS_NAME, validation_split
+    from agile.trainer.evaluate import (
         binary_metrics,
         binary_truth,
         check_writable,
@@ -129,7 +129,7 @@ def cmd_train(args) -> int:
         score_examples,
         write_report,
     )
-    from trainer.train import train
+    from agile.trainer.train import train
 
     settings = _settings(args)
     template, positive_label = _template(args)
@@ -209,7 +209,7 @@ def cmd_evaluate(args) -> int:
     from agile.adapters import apply_adapter, load_adapter
     from agile.models import load_model
     from agile.scoring import LabelScorer, ScoringSettings
-    from trainer.evaluate import check_writable, score_examples, write_report
+    from agile.trainer.evaluate import check_writable, score_examples, write_report
 
     adapter = load_adapter(args.adapter)
     meta = adapter.meta
@@ -230,7 +230,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_sweep(args) -> int:
     if args.merge:
-        from trainer.sweep import merge_sweeps
+        from agile.trainer.sweep import merge_sweeps
 
         out = Path(args.out)
         points = merge_sweeps([Path(p) for p in args.merge], out)
@@ -239,8 +239,8 @@ def cmd_sweep(args) -> int:
         return 0
 
     from agile.models import load_model
-    from trainer.data import ETHOS_NAME
-    from trainer.sweep import run_sweep
+    from agile.trainer.data import ETHOS_NAME
+    from agile.trainer.sweep import run_sweep
 
     settings = _settings(args)
     template, positive_label = _template(args)
@@ -266,7 +266,7 @@ def _run(func):
         from agile.models import ModelLoadError
         from agile.tables import TableError
         from agile.tokens import LabelError
-        from trainer.data import DataError
+        from agile.trainer.data import DataError
 
         try:
             return func(args)
@@ -316,7 +316,7 @@ def register(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (`python -m trainer.cli ...`) until the `agile` console script includes us."""
+    """Stand-alone entry (`python -m agile.trainer.cli ...`) until the `agile` console script includes us."""
     parser = argparse.ArgumentParser(prog="agile")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

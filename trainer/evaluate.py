@@ -18,7 +18,7 @@ from tqdm import tqdm
 from agile.adapters import META_FILE
 from agile.files import atomic_directory
 from agile.tables import TableWriter
-from trainer.data import Examples
+from agile.trainer.data import Examples
 
 EVAL_CHUNK = 64  # rows per progress-bar tick
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agile.prompt import DEFAULT_MAX_LENGTH
+
 OBJECTIVES = ("label", "causal-lm")
 CODELAB_TARGETS = ("query", "value")  # keras-hub's default LoRA layers for Gemma 3
 ALL_TARGETS = ("query", "key", "value", "attention_output", "ffw_gating", "ffw_gating_2", "ffw_linear")
@@ -21,7 +23,7 @@ class TrainSettings:
     rank: int = 4
     learning_rate: float = 5e-4
     batch_size: int = 2
-    max_length: int = 128
+    max_length: int = DEFAULT_MAX_LENGTH
     epochs: int = 4
     seed: int = 1234  # the codelab's keras.utils.set_random_seed(1234)
     target_layers: tuple[str, ...] = CODELAB_TARGETS

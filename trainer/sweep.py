@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agile.prompt import PromptTemplate
-from trainer.data import Examples
-from trainer.evaluate import binary_metrics, binary_truth, check_writable
-from trainer.settings import TrainSettings
+from agile.trainer.data import Examples
+from agile.trainer.evaluate import binary_metrics, binary_truth, check_writable
+from agile.trainer.settings import TrainSettings
 
 if TYPE_CHECKING:
-    from trainer.train import EpochRecord  # torch-heavy: imported when the sweep runs
+    from agile.trainer.train import EpochRecord  # torch-heavy: imported when the sweep runs
 
 # The codelab's appendix (gemma_instruct_2b_en): (size, epoch) -> (F1, ROC-AUC).
 CODELAB_SWEEP = {
@@ -50,8 +50,8 @@ def run_sweep(
     """
     from agile.models import clear
     from agile.scoring import LabelScorer, ScoringSettings
-    from trainer.evaluate import score_examples
-    from trainer.train import train
+    from agile.trainer.evaluate import score_examples
+    from agile.trainer.train import train
 
     check_writable(out / "sweep.csv")
     y_true = binary_truth(test_examples, positive_label)

@@ -32,8 +32,8 @@ from tqdm import tqdm  # noqa: E402
 from agile.prompt import PromptTemplate  # noqa: E402
 from agile.scoring import label_logits, pad_batch  # noqa: E402
 from agile.tokens import PromptTokenizer  # noqa: E402
-from trainer.data import Examples  # noqa: E402
-from trainer.settings import TrainSettings  # noqa: E402
+from agile.trainer.data import Examples  # noqa: E402
+from agile.trainer.settings import TrainSettings  # noqa: E402
 
 
 @dataclass

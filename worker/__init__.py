@@ -1,5 +1,5 @@
-"""Celery workers that score comment batches: `celery -A worker worker`, or `agile worker`."""
+"""Celery workers that score comment batches: `celery -A agile.worker worker`, or `agile worker`."""
 
-from worker.app import app
+from agile.worker.app import app
 
 __all__ = ["app"]

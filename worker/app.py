@@ -1,6 +1,6 @@
 """The Celery app: settings from the environment, and the worker's start-up (metrics, model).
 
-`celery -A worker worker` gives a solo-pool worker on AGILE_QUEUE that loads its
+`celery -A agile.worker worker` gives a solo-pool worker on AGILE_QUEUE that loads its
 model before it takes the first batch; a model that does not load stops the
 worker at once with the reason, instead of failing every batch. Settings are read
 when Celery first needs them, so `agile worker` flags (set as AGILE_* variables
@@ -26,7 +26,7 @@ def settings() -> QueueSettings:
     return QueueSettings.from_env()
 
 
-app = Celery("agile", include=["worker.tasks"])
+app = Celery("agile", include=["agile.worker.tasks"])
 app.add_defaults(lambda: settings().celery_config())
 
 
@@ -34,7 +34,7 @@ app.add_defaults(lambda: settings().celery_config())
 @after_setup_task_logger.connect
 def _log_format(logger: logging.Logger, **_) -> None:
     if settings().log_format == "json":
-        from worker.logs import use_json
+        from agile.worker.logs import use_json
 
         use_json(logger)
 
@@ -42,8 +42,8 @@ def _log_format(logger: logging.Logger, **_) -> None:
 @worker_init.connect
 def _start(**_) -> None:
     from agile.models import ModelLoadError
-    from worker import metrics
-    from worker.runtime import get_runtime
+    from agile.worker import metrics
+    from agile.worker.runtime import get_runtime
 
     config = settings()
     log.info("worker on queue %r at %s", config.queue, config.masked_url)

@@ -13,7 +13,7 @@ import os
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "worker", help="score queued batches (one process per GPU, or one on CPU)",
-        description="Runs `celery -A worker worker --pool solo` with this project's settings. "
+        description="Runs `celery -A agile.worker worker --pool solo` with this project's settings. "
                     "Extra Celery worker options go after `--`.",
     )
     p.add_argument("--redis-url", help="broker and result backend (AGILE_REDIS_URL)")
@@ -51,7 +51,7 @@ def run(args) -> int:
     node = args.hostname or f"agile-{'cpu' if args.gpu is None else f'gpu{args.gpu}'}@%h"
     extra = [a for a in args.celery_args if a != "--"]
 
-    from worker.app import app
+    from agile.worker.app import app
 
     app.worker_main(["worker", "--pool", "solo", "--concurrency", "1", "--prefetch-multiplier", "1",
                      "--queues", settings.queue, "--hostname", node, "--loglevel", args.loglevel,

@@ -10,8 +10,8 @@ import logging
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from agile.broker import queue_depth
 from agile.settings import QueueSettings
-from agile.wire import queue_depth
 
 log = logging.getLogger("agile.worker")
 

@@ -69,7 +69,7 @@ class Store:
         pipe.hget(key, f"{field}:error")
         if req.job_id:
             pipe.sismember(JobKeys(self.settings.key_prefix, req.job_id).done, req.batch_id)
-            pipe.expire(key, self.settings.job_ttl)
+        pipe.expire(key, self.settings.job_ttl)
         out = pipe.execute()
         return Delivery(int(out[0]), out[1], bool(req.job_id and out[2]))
 

@@ -16,10 +16,10 @@ from celery.exceptions import Reject
 
 from agile.adapters import AdapterError
 from agile.tokens import LabelError
-from agile.wire import TASK_NAME, BatchFailed, BatchRequest, PayloadError, score_fields
-from worker import metrics
-from worker.app import app, settings
-from worker.store import Store
+from agile.wire import TASK_NAME, BatchFailed, BatchRequest, PayloadError
+from agile.worker import metrics
+from agile.worker.app import app, settings
+from agile.worker.store import Store
 
 log = logging.getLogger("agile.worker")
 PERMANENT = (PayloadError, AdapterError, LabelError, BatchFailed)
@@ -71,7 +71,7 @@ def score_batch(self, *args, **kwargs) -> dict:
 
 
 def score(req: BatchRequest, task_id: str) -> dict:
-    from worker.runtime import get_runtime
+    from agile.worker.runtime import get_runtime
 
     runtime = get_runtime(settings())
     runtime.check_model(req.model)
@@ -88,9 +88,7 @@ def score(req: BatchRequest, task_id: str) -> dict:
     seconds = time.perf_counter() - start
     results = {item_id: {"error": reason} for item_id, reason in req.problems.items()}
     for n, item in enumerate(todo):
-        results[item.id] = score_fields(
-            policy.labels, scores.probs[n], scores.truncated[n], policy.positive_label, policy.threshold
-        )
+        results[item.id] = policy.fields(scores.probs[n], scores.truncated[n])
     version = {"model": runtime.info.spec, "model_checksum": runtime.info.checksum,
                "adapter": req.adapter, "adapter_version": policy.version}
     store().finish(req, task_id, results, version)

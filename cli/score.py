@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from agile.prompt import DEFAULT_INSTRUCTIONS, DEFAULT_LABELS, DEFAULT_SEPARATOR
+from agile.prompt import DEFAULT_INSTRUCTIONS, DEFAULT_LABELS, DEFAULT_MAX_LENGTH, DEFAULT_SEPARATOR
 
 
 def register(subparsers) -> None:
@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--text-column", default="text")
     p.add_argument("--id-column", default="id", help="id column; rows without one get their row number")
     p.add_argument("--delimiter", help="CSV delimiter (detected when omitted)")
-    p.add_argument("--max-length", type=int, help="tokens per prompt (default: adapter's, else 128)")
+    p.add_argument("--max-length", type=int, help=f"tokens per prompt (default: adapter's, else {DEFAULT_MAX_LENGTH})")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--chunk-rows", type=int, default=2048, help="rows read and scored per step")
     p.add_argument("--dtype", help="float32 | bfloat16 (default: the model's)")
@@ -35,7 +35,7 @@ def register(subparsers) -> None:
 
 
 def _policy(args: argparse.Namespace):
-    """The policy and adapter to score with, from --adapter or the zero-shot flags."""
+    """The policy to score with (its adapter loaded), from --adapter or the zero-shot flags."""
     from agile.adapters import AdapterError, load_adapter, resolve_adapter
     from agile.policy import Policy
     from agile.prompt import PromptTemplate
@@ -46,19 +46,14 @@ def _policy(args: argparse.Namespace):
         path = Path(args.adapter)
         if not path.is_dir():
             path = resolve_adapter(args.adapter)
-        adapter = load_adapter(path)
-        policy = Policy.from_adapter_meta(adapter.meta)
-        if args.max_length:
-            policy = Policy(policy.template, policy.name, policy.positive_label, policy.threshold,
-                            args.max_length)
-        return policy, adapter
+        return Policy.from_adapter(load_adapter(path)).with_max_length(args.max_length)
     labels = tuple(s.strip() for s in args.labels.split(",")) if args.labels else DEFAULT_LABELS
     template = PromptTemplate(
         labels, args.instructions or DEFAULT_INSTRUCTIONS, args.separator or DEFAULT_SEPARATOR
     )
     if args.input is None and not args.texts:
         raise AdapterError("nothing to score: give texts as arguments or --input FILE")
-    return Policy(template, max_length=args.max_length or 128), None
+    return Policy(template).with_max_length(args.max_length)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
     writer = None
     try:
-        policy, adapter = _policy(args)
+        policy = _policy(args)
+        adapter = policy.adapter
         spec = args.model or (adapter.meta.base_model if adapter else DEFAULT_MODEL)
         model = load_model(spec, dtype=args.dtype, sequence_length=policy.max_length)
         if adapter:
