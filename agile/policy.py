@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from agile import output
 from agile.decision import score_fields
 from agile.prompt import DEFAULT_MAX_LENGTH, PromptTemplate
 
@@ -59,6 +60,6 @@ class Policy:
         return score_fields(self.labels, probs, truncated, self.positive_label, self.threshold)
 
     def rows(self, ids: Sequence[str], probs: np.ndarray, truncated: np.ndarray, model: str) -> list[dict]:
-        """One output row per comment: the queue's result fields plus id, model, policy."""
-        return [{"id": cid, **self.fields(probs[i], truncated[i]), "model": model, "policy": self.name}
+        """One output row per comment, in the schema `agile.output` defines for every output file."""
+        return [output.row(self.labels, cid, self.fields(probs[i], truncated[i]), model, self.name)
                 for i, cid in enumerate(ids)]

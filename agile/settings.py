@@ -32,7 +32,8 @@ class QueueSettings:
     key_prefix: str = "agile"  # Redis keys of jobs: <prefix>:job:<id>:...
     max_deliveries: int = 3  # a batch that failed or killed its worker this often is marked failed
     batch_size: int = 64  # comments per queued task
-    max_in_flight: int = 32  # queued-but-unfinished batches per producer (Redis memory bound)
+    max_in_flight: int = 32  # batches of one job sent and not yet written back (Redis memory bound)
+    max_bytes_in_flight: int = 64 << 20  # and their payload bytes (long comments)
     scoring_batch: int = 16  # rows per forward pass inside a worker (raise on GPUs)
     adapter_cache: int = 4  # adapters kept loaded per worker
     metrics_port: int = 9808  # Prometheus; 0 disables
@@ -44,7 +45,7 @@ class QueueSettings:
         scheme = urlsplit(self.redis_url).scheme
         if scheme not in ("redis", "rediss", "unix"):
             raise SettingsError(f"AGILE_REDIS_URL must be redis://, rediss:// or unix://, got {scheme!r}://")
-        positive = ("visibility_timeout", "max_deliveries", "batch_size", "max_in_flight",
+        positive = ("visibility_timeout", "max_deliveries", "batch_size", "max_in_flight", "max_bytes_in_flight",
                     "scoring_batch", "adapter_cache", "job_ttl")
         for name in positive:
             if getattr(self, name) < 1:

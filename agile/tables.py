@@ -1,15 +1,21 @@
 """Comment tables in and out: CSV, JSONL and Parquet, streamed in chunks, never loaded whole.
 
 Light on purpose (pandas and pyarrow, no torch or keras): the producer imports it.
-Every problem with a file becomes one `TableError` that names the file, and the
-row or column when there is one.
+Ids are read as text exactly as written (`0012` stays `0012`, a missing id is an
+empty string, never `nan` or `12.0`). Every problem with a file becomes one
+`TableError` that names the file and the row (0-based, as in the output), line
+or byte offset, or column. Output files appear whole or not at all: rows go to a
+temporary file beside the target, renamed into place by `close()`.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 FORMATS = ("csv", "jsonl", "parquet")
+BLOCK = 1 << 20
 
 
 class TableError(ValueError):
@@ -52,25 +59,135 @@ def sniff_delimiter(path: Path) -> str:
         return ","
 
 
-def _frames(path: Path, fmt: str, chunk_rows: int, delimiter: str | None) -> Iterator[pd.DataFrame]:
-    if fmt == "csv":
-        yield from pd.read_csv(
-            path, sep=delimiter or sniff_delimiter(path), chunksize=chunk_rows, dtype=str,
-            keep_default_na=False, encoding="utf-8", encoding_errors="strict",
-        )
-    elif fmt == "jsonl":
-        yield from pd.read_json(path, lines=True, chunksize=chunk_rows, dtype=False)
-    else:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
-            yield batch.to_pandas()
+class _Number(str):
+    """A JSON number kept as the text it was written as (ids like 0012 or 1e3 stay as written)."""
+
+
+def _id_text(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
 
 
 def _text(value, path: Path, row: int, column: str) -> str:
-    if isinstance(value, str):
+    if isinstance(value, str) and not isinstance(value, _Number):
         return value
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""  # a missing comment is an empty comment: scorable, not an error
+        return ""  # a missing comment is an empty comment: the worker marks it failed, never skipped
     raise TableError(f"{path}: row {row}, column {column!r}: expected text, got {value!r:.60}")
+
+
+def _missing(path: Path, column: str, columns, flag: str) -> TableError:
+    return TableError(f"{path}: no column {column!r} (columns: {', '.join(map(str, columns))}); "
+                      f"name the column with {flag}")
+
+
+def locate_bad_utf8(path: Path, fmt: str) -> str:
+    """Where the first invalid UTF-8 byte is: row (0-based), line (1-based) and byte offset."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines, reason = 0, 0, "invalid byte"
+    with path.open("rb") as f:
+        while block := f.read(BLOCK):
+            pending = len(decoder.getstate()[0])
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                bad = offset - pending + exc.start
+                f.seek(0)
+                prefix = f.read(bad)
+                lines = prefix.count(b"\n")
+                line_start = prefix.rfind(b"\n") + 1
+                reason = exc.reason
+                break
+            offset += len(block)
+        else:
+            return "somewhere (the decoder failed, but no bad byte was found)"
+    text = prefix[:line_start].decode("utf-8")
+    if fmt == "csv":
+        row = max(0, sum(1 for _ in csv.reader(io.StringIO(text, newline=""))) - 1)  # less the header
+    else:
+        row = sum(1 for line in text.splitlines() if line.strip())
+    return f"row {row} (line {lines + 1}, byte offset {bad}): {reason}"
+
+
+def _csv_chunks(path: Path, text_column: str, id_column: str | None, id_required: bool, chunk_rows: int,
+                delimiter: str | None) -> Iterator[Chunk]:
+    start = 0
+    try:
+        for frame in pd.read_csv(path, sep=delimiter or sniff_delimiter(path), chunksize=chunk_rows, dtype=str,
+                                 keep_default_na=False, encoding="utf-8", encoding_errors="strict"):
+            yield _chunk(path, start, frame.columns, lambda c, f=frame: f[c].tolist(), len(frame),
+                         text_column, id_column, id_required)
+            start += len(frame)
+    except UnicodeDecodeError:
+        raise TableError(f"{path}: invalid UTF-8 at {locate_bad_utf8(path, 'csv')}") from None
+    except (pd.errors.ParserError, ValueError) as exc:
+        if isinstance(exc, TableError):
+            raise
+        raise TableError(f"{path}: cannot read as csv after row {start}: {exc}") from exc
+
+
+def _parquet_chunks(path: Path, text_column: str, id_column: str | None, id_required: bool,
+                    chunk_rows: int) -> Iterator[Chunk]:
+    try:
+        file = pq.ParquetFile(path)
+        names = file.schema_arrow.names
+        wanted = [c for c in (text_column, id_column) if c in names]
+        start = 0
+        for batch in file.iter_batches(batch_size=chunk_rows, columns=wanted or None):
+            yield _chunk(path, start, names, lambda c, b=batch: b.column(c).to_pylist(), batch.num_rows,
+                         text_column, id_column, id_required)
+            start += batch.num_rows
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise TableError(f"{path}: cannot read as parquet: {exc}") from exc
+
+
+def _jsonl_chunks(path: Path, text_column: str, id_column: str | None, id_required: bool,
+                  chunk_rows: int) -> Iterator[Chunk]:
+    """Our own line reader: numbers stay as written, and a bad line is named by row, line and byte."""
+    start, records, columns, offset = 0, [], None, 0
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            where = f"row {start + len(records)} (line {line_no}, byte offset {offset})"
+            offset += len(raw)
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"), parse_int=_Number, parse_float=_Number)
+            except UnicodeDecodeError as exc:
+                raise TableError(f"{path}: invalid UTF-8 at {where}: {exc.reason}") from None
+            except json.JSONDecodeError as exc:
+                raise TableError(f"{path}: not a JSON line at {where}: {exc.msg} (column {exc.colno})") from None
+            if not isinstance(record, dict):
+                raise TableError(f"{path}: {where} is not a JSON object")
+            if columns is None:
+                columns = list(record)
+            records.append(record)
+            if len(records) == chunk_rows:
+                yield _chunk(path, start, columns, lambda c, r=records: [x.get(c) for x in r], len(records),
+                             text_column, id_column, id_required)
+                start, records = start + len(records), []
+    if records or columns is None:
+        yield _chunk(path, start, columns or [], lambda c, r=records: [x.get(c) for x in r], len(records),
+                     text_column, id_column, id_required)
+
+
+def _chunk(path: Path, start: int, columns, column, n: int, text_column: str, id_column: str | None,
+           id_required: bool) -> Chunk:
+    if text_column not in columns:
+        raise _missing(path, text_column, columns, "--text-column")
+    if id_column is not None and id_column not in columns and id_required:
+        raise _missing(path, id_column, columns, "--id-column")
+    texts = [_text(v, path, start + i, text_column) for i, v in enumerate(column(text_column))]
+    if id_column is not None and id_column in columns:
+        ids = [_id_text(v) for v in column(id_column)]
+    else:
+        ids = [str(start + i) for i in range(n)]
+    return Chunk(start=start, ids=ids, texts=texts)
 
 
 def read_chunks(
@@ -80,55 +197,50 @@ def read_chunks(
     chunk_rows: int = 10_000,
     fmt: str | None = None,
     delimiter: str | None = None,
+    id_required: bool = False,
 ) -> Iterator[Chunk]:
-    """Yield the file's rows in chunks. Rows without an id column get their row number (from 0)."""
+    """Yield the file's rows in chunks. Without an id column (and not `id_required`) ids are row numbers."""
     path = Path(path)
     if not path.is_file():
         raise TableError(f"{path}: no such file")
     fmt = table_format(path, fmt)
-    start = 0
-    try:
-        for frame in _frames(path, fmt, chunk_rows, delimiter):
-            if text_column not in frame.columns:
-                raise TableError(
-                    f"{path}: no column {text_column!r} (columns: {', '.join(map(str, frame.columns))}); "
-                    "name the text column with --text-column"
-                )
-            use_ids = id_column is not None and id_column in frame.columns
-            texts = [_text(v, path, start + i, text_column) for i, v in enumerate(frame[text_column])]
-            if use_ids:
-                ids = ["" if v is None else str(v) for v in frame[id_column].tolist()]
-            else:
-                ids = [str(start + i) for i in range(len(frame))]
-            yield Chunk(start=start, ids=ids, texts=texts)
-            start += len(frame)
-    except UnicodeDecodeError as exc:
-        raise TableError(f"{path}: invalid UTF-8 after row {start} ({exc.reason})") from exc
-    except (pd.errors.ParserError, pa.ArrowInvalid, ValueError) as exc:
-        if isinstance(exc, TableError):
-            raise
-        raise TableError(f"{path}: cannot read as {fmt} after row {start}: {exc}") from exc
+    if fmt == "csv":
+        yield from _csv_chunks(path, text_column, id_column, id_required, chunk_rows, delimiter)
+    elif fmt == "jsonl":
+        yield from _jsonl_chunks(path, text_column, id_column, id_required, chunk_rows)
+    else:
+        yield from _parquet_chunks(path, text_column, id_column, id_required, chunk_rows)
+
+
+def partial_path(path: Path) -> Path:
+    """Where rows written before an error are kept: `scores.partial.csv` beside `scores.csv`."""
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
 
 
 class TableWriter:
-    """Append rows (dicts with the same keys) to CSV, JSONL or Parquet; `close()` finishes the file."""
+    """Append rows (dicts with the same keys) to CSV, JSONL or Parquet; `close()` puts the file in place.
 
-    def __init__(self, path: str | Path | TextIO, fmt: str | None = None):
-        if not isinstance(path, (str, Path)):  # an open text stream, e.g. stdout
-            self.path, self.fmt, self._file, self._owned = Path("<stream>"), fmt or "csv", path, False
-        else:
-            self.path, self.fmt, self._owned = Path(path), table_format(path, fmt), True
-            if not self.path.parent.is_dir():
-                raise TableError(f"{self.path}: directory {self.path.parent} does not exist")
-            try:
-                self._file = (
-                    None if self.fmt == "parquet" else self.path.open("w", encoding="utf-8", newline="")
-                )
-            except OSError as exc:
-                raise TableError(f"{self.path}: cannot write ({exc.strerror})") from exc
+    Rows go to a hidden temporary file beside `path`; `close()` renames it over
+    `path` in one step, so an existing output is never emptied or half-written.
+    `abort()` drops the temporary file (or keeps it as `partial_path`).
+    """
+
+    def __init__(self, path: str | Path | TextIO, fmt: str | None = None, schema: pa.Schema | None = None):
+        self._schema = schema
         self._csv: csv.DictWriter | None = None
         self._parquet: pq.ParquetWriter | None = None
         self.rows = 0
+        if not isinstance(path, (str, Path)):  # an open text stream, e.g. stdout
+            self.path, self.fmt, self._file, self.work = Path("<stream>"), fmt or "csv", path, None
+            return
+        self.path, self.fmt = Path(path), table_format(path, fmt)
+        if not self.path.parent.is_dir():
+            raise TableError(f"{self.path}: directory {self.path.parent} does not exist")
+        self.work = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self._file = None if self.fmt == "parquet" else self.work.open("w", encoding="utf-8", newline="")
+        except OSError as exc:
+            raise TableError(f"{self.path}: cannot write ({exc.strerror})") from exc
 
     def write(self, rows: list[dict]) -> None:
         if not rows:
@@ -141,22 +253,49 @@ class TableWriter:
         elif self.fmt == "jsonl":
             self._file.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         else:
-            table = pa.Table.from_pylist(rows)
+            table = pa.Table.from_pylist(rows, schema=self._schema)
             if self._parquet is None:
-                self._parquet = pq.ParquetWriter(self.path, table.schema)
+                self._parquet = pq.ParquetWriter(self.work, table.schema)
             self._parquet.write_table(table.cast(self._parquet.schema))
         self.rows += len(rows)
 
-    def close(self) -> None:
-        if self._file is not None and self._owned:
+    def _close_file(self) -> None:
+        if self._file is not None and self.work is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
             self._file.close()
         elif self._file is not None:
             self._file.flush()
         if self._parquet is not None:
             self._parquet.close()
+        self._file = self._parquet = None
+
+    def close(self) -> None:
+        if self.work is None:
+            self._close_file()
+            return
+        if self.fmt == "parquet" and self._parquet is None:  # no rows: still a valid, empty file
+            pq.write_table(pa.Table.from_pylist([], schema=self._schema or pa.schema([])), self.work)
+        self._close_file()
+        if self.work.exists():
+            os.replace(self.work, self.path)
+
+    def abort(self, keep: bool = False) -> Path | None:
+        """Drop what was written (or keep it as `partial_path`, returned); `path` stays as it was."""
+        self._close_file()
+        if self.work is None or not self.work.exists():
+            return None
+        if keep and self.rows:
+            os.replace(self.work, partial_path(self.path))
+            return partial_path(self.path)
+        self.work.unlink()
+        return None
 
     def __enter__(self) -> TableWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -148,20 +148,20 @@ class JobKeys:
         return f"{self.prefix}:job:{{{self.job_id}}}:{name}"
 
     @property
-    def meta(self) -> str:  # hash: adapter, model, created, counters (queued, scored, failed), status
+    def meta(self) -> str:  # hash: the job itself (source, policies, totals, state) and its counters
         return self._key("meta")
 
     @property
-    def scores(self) -> str:  # hash: comment id -> JSON result
-        return self._key("scores")
-
-    @property
-    def failed(self) -> str:  # hash: comment id -> reason
-        return self._key("failed")
+    def results(self) -> str:  # hash: batch id -> JSON record of that batch's rows, in item order
+        return self._key("results")
 
     @property
     def done(self) -> str:  # set: batch ids written back (scored or failed), the exactly-once guard
         return self._key("done")
+
+    @property
+    def inflight(self) -> str:  # hash: batch id -> payload bytes, from send until written back
+        return self._key("inflight")
 
     @property
     def versions(self) -> str:  # set: JSON {model, model_checksum, adapter, adapter_version} seen
@@ -172,7 +172,10 @@ class JobKeys:
         return self._key("deliveries")
 
     def all(self) -> list[str]:
-        return [self.meta, self.scores, self.failed, self.done, self.versions, self.deliveries]
+        return [self.meta, self.results, self.done, self.inflight, self.versions, self.deliveries]
+
+
+GONE_STATES = ("delivered", "cancelled")  # a job in these states takes no more writes
 
 
 def task_deliveries_key(prefix: str) -> str:

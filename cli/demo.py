@@ -85,7 +85,7 @@ def _stop(proc: subprocess.Popen, what: str) -> None:
 
 def main() -> int:
     from agile.adapters import resolve_adapter
-    from agile.producer.batches import FileSource
+    from agile.producer.source import FileSource
     from agile.producer.pipeline import moderate
     from agile.settings import QueueSettings
 
@@ -108,8 +108,8 @@ def main() -> int:
 
         OUT.parent.mkdir(exist_ok=True)
         print(f"demo: moderating {SAMPLE.relative_to(ROOT)} (first run converts the embedded model, ~30 s)")
-        summary = moderate(settings, FileSource.of(SAMPLE), OUT, on_wait=worker_alive, adapter=ADAPTER)
-    counts = ", ".join(f"{label} {n}" for label, n in sorted(summary.predictions.items()))
+        summary = moderate(settings, FileSource.of(SAMPLE), OUT, {"adapter": ADAPTER}, on_wait=worker_alive)
+    counts = ", ".join(f"{label} {n}" for label, n in sorted(summary.totals.predictions.items()))
     print(f"demo: {summary.rows} comments in {summary.seconds:.1f} s ({summary.rate:.1f} comments/s, "
           "model loading included)")
     print(f"demo: per label: {counts}")

@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     from agile.adapters import AdapterError, apply_adapter
     from agile.models import DEFAULT_MODEL, ModelLoadError, load_model, model_info
+    from agile.output import arrow_schema
     from agile.scoring import LabelScorer, ScoringSettings
     from agile.tables import Chunk, TableError, TableWriter, read_chunks
     from agile.tokens import LabelError
@@ -79,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
                                  delimiter=args.delimiter)
         else:
             chunks = iter([Chunk(0, [str(i) for i in range(len(args.texts))], list(args.texts))])
-        writer = TableWriter(args.output) if args.output else TableWriter(sys.stdout, fmt="csv")
+        schema = arrow_schema(policy.labels)
+        writer = TableWriter(args.output, schema=schema) if args.output else TableWriter(sys.stdout, fmt="csv")
         name = model_info(model).spec
         start, n_cut = time.perf_counter(), 0
         with tqdm(unit="comment", disable=args.input is None, file=sys.stderr) as bar:
@@ -96,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except (TableError, AdapterError, ModelLoadError, LabelError, ValueError) as exc:
         if writer is not None:
-            writer.close()
-            print(f"agile score: kept the {writer.rows} rows scored before the error", file=sys.stderr)
+            kept = writer.abort(keep=True)
+            if kept:
+                print(f"agile score: the {writer.rows} rows scored before the error are in {kept}; "
+                      f"{args.output} was not touched", file=sys.stderr)
         print(f"agile score: error: {exc}", file=sys.stderr)
         return 2

@@ -1,10 +1,15 @@
-"""`agile submit`, `agile status`, `agile results` and `agile moderate` (registered by agile.cli.main)."""
+"""`agile submit`, `agile status`, `agile results`, `agile moderate`, `agile cancel` (registered by agile.cli.main).
+
+Exit status: 0 every row scored; 1 some rows failed (the output's `error` column
+says why); 2 the job could not run (one line on stderr says why).
+"""
 
 from __future__ import annotations
 
 import argparse
 import functools
 import sys
+import time
 
 
 def register(subparsers) -> None:
@@ -19,56 +24,69 @@ def register(subparsers) -> None:
     source.add_argument("--instructions", help="zero-shot instructions")
     source.add_argument("--model", help="the model the workers must serve (checked by each worker)")
     source.add_argument("--text-column", default="text")
-    source.add_argument("--id-column", default="id", help="rows without one get their row number")
+    source.add_argument("--id-column", help="id column (default: 'id' if the file has one, else row numbers)")
     source.add_argument("--format", dest="fmt", help="input format when the suffix does not say")
+    source.add_argument("--delimiter", help="CSV delimiter (detected when omitted)")
     source.add_argument("--batch-size", type=int, help="comments per task (AGILE_BATCH_SIZE, default 64)")
-    source.add_argument("--max-in-flight", type=int, help="queued batches at most (AGILE_MAX_IN_FLIGHT)")
+    source.add_argument("--max-in-flight", type=int, help="batches of the job in flight at most "
+                                                          "(AGILE_MAX_IN_FLIGHT)")
 
-    p = subparsers.add_parser("submit", parents=[source], help="queue a comment dump; prints the job id")
+    p = subparsers.add_parser("submit", parents=[source], help="check and queue a comment dump; prints the job id")
     p.set_defaults(func=_cmd_submit)
 
-    p = subparsers.add_parser("status", parents=[common], help="progress of a job (rate, ETA)")
+    p = subparsers.add_parser("status", parents=[common], help="progress of a job (rows, rate, ETA)")
     p.add_argument("job")
     p.add_argument("--once", action="store_true", help="print one line instead of following the job")
     p.set_defaults(func=_cmd_status)
 
-    p = subparsers.add_parser("results", parents=[common], help="stream a job's scores to a file")
+    p = subparsers.add_parser("results", parents=[common],
+                              help="carry a job on (resuming its submission) and write its scores to a file")
     p.add_argument("job")
     p.add_argument("-o", "--out", required=True, help="output .csv, .jsonl or .parquet")
     p.add_argument("--out-format", help="output format when the suffix does not say")
-    p.add_argument("--no-wait", action="store_true", help="write what is ready now instead of waiting")
     p.set_defaults(func=_cmd_results)
 
-    p = subparsers.add_parser("moderate", parents=[source], help="submit, wait and write the scores")
+    p = subparsers.add_parser("moderate", parents=[source], help="check, submit, wait and write the scores")
     p.add_argument("-o", "--out", required=True, help="output .csv, .jsonl or .parquet")
     p.add_argument("--out-format", help="output format when the suffix does not say")
+    p.add_argument("--job", help="carry this interrupted job of the same file on instead of starting one")
     p.set_defaults(func=_cmd_moderate)
+
+    p = subparsers.add_parser("cancel", parents=[common], help="drop a job: its keys and its queued batches")
+    p.add_argument("job")
+    p.set_defaults(func=_cmd_cancel)
 
 
 def _fails_clearly(func):
-    """Known failures become one line on stderr and exit code 2, not a traceback."""
+    """Known failures become one line on stderr (plus what to do next) and exit code 2, not a traceback."""
 
     @functools.wraps(func)
     def run(args) -> int:
         from redis.exceptions import RedisError
 
+        from agile.producer.jobs import JobError
         from agile.settings import SettingsError
         from agile.tables import TableError
+        from agile.wire import PayloadError
 
         try:
             return func(args)
-        except (SettingsError, TableError, KeyError, FileNotFoundError, TimeoutError) as exc:
-            message = exc.args[0] if isinstance(exc, KeyError) else exc
-            print(f"agile: error: {message}", file=sys.stderr)
+        except (SettingsError, TableError, JobError, PayloadError, FileNotFoundError, TimeoutError) as exc:
+            _say(f"agile: error: {exc}", exc)
         except RedisError as exc:
-            print(f"agile: error: Redis: {exc}", file=sys.stderr)
-        except KeyboardInterrupt:
-            print("agile: interrupted; the job stays in Redis (see agile status, agile results)",
-                  file=sys.stderr)
+            _say(f"agile: error: Redis: {exc}", exc)
+        except KeyboardInterrupt as exc:
+            _say("agile: interrupted", exc)
             return 130
         return 2
 
     return run
+
+
+def _say(line: str, exc: BaseException) -> None:
+    print(line, file=sys.stderr)
+    for note in getattr(exc, "__notes__", []):
+        print(f"agile: {note}", file=sys.stderr)
 
 
 def _settings(args):
@@ -79,74 +97,108 @@ def _settings(args):
                                   max_in_flight=getattr(args, "max_in_flight", None))
 
 
-def _template(args) -> dict:
-    labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
+def _policy(args) -> dict:
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels is not None else None
     return dict(adapter=args.adapter, labels=labels, instructions=args.instructions, model=args.model)
 
 
 def _source(args):
-    from agile.producer.batches import FileSource
+    from agile.producer.source import FileSource
 
-    return FileSource.of(args.file, args.text_column, args.id_column or None, args.fmt)
+    id_column = "id" if args.id_column is None else (args.id_column or None)
+    return FileSource.of(args.file, args.text_column, id_column, args.fmt, args.delimiter,
+                         id_required=bool(args.id_column))
+
+
+def _progress():
+    from agile.producer.progress import Progress
+
+    return Progress()
 
 
 @_fails_clearly
 def _cmd_submit(args) -> int:
     from agile.producer.pipeline import submit
 
-    job = submit(_settings(args), _source(args), **_template(args))
+    job = submit(_settings(args), _source(args), _policy(args), progress=_progress())
     print(job.job_id)
     return 0
 
 
 @_fails_clearly
 def _cmd_status(args) -> int:
-    from agile.producer.jobs import Job
-    from agile.producer.pipeline import Progress
+    from agile.producer.jobs import POLL_SECONDS, Job
 
     job = Job.open(_settings(args), args.job)
-    if args.once:
-        print(describe(job.status()))
-        return 0
-    bar = Progress(job.job_id)
-    try:
-        status = job.wait(None, progress=bar)
-    finally:
+    status = job.status()
+    bar = None if args.once else _progress()
+    idle_since = time.monotonic()
+    while bar is not None and status.state in ("submitting", "submitted"):
+        bar(status)
+        if status.in_flight or status.state == "submitted":
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > 10:
+            break  # a submission nobody carries on: say so rather than wait forever
+        time.sleep(POLL_SECONDS * 5)
+        status = job.status()
+    if bar is not None:
         bar.close()
     print(describe(status))
-    return 0
+    return 0 if args.once or status.complete else 1
 
 
 @_fails_clearly
 def _cmd_results(args) -> int:
     from agile.producer.jobs import Job
-    from agile.producer.pipeline import results
+    from agile.producer.pipeline import collect
 
     settings = _settings(args)
-    job = Job.open(settings, args.job)
-    summary = results(settings, job, args.out, args.out_format, wait=not args.no_wait)
-    print(f"{summary.rows} rows written to {summary.out} ({_counts(summary.predictions)})")
-    return 0
+    summary = collect(settings, Job.open(settings, args.job), args.out, args.out_format, progress=_progress())
+    return _report(summary)
 
 
 @_fails_clearly
 def _cmd_moderate(args) -> int:
     from agile.producer.pipeline import moderate
 
-    summary = moderate(_settings(args), _source(args), args.out, fmt=args.out_format, **_template(args))
-    print(f"job {summary.job_id}: {summary.rows} comments in {summary.seconds:.1f} s "
-          f"({summary.rate:.1f}/s): {_counts(summary.predictions)}; output: {summary.out}")
+    summary = moderate(_settings(args), _source(args), args.out, _policy(args), fmt=args.out_format,
+                       job_id=args.job, progress=_progress())
+    return _report(summary)
+
+
+@_fails_clearly
+def _cmd_cancel(args) -> int:
+    from agile.producer.jobs import Job
+
+    removed = Job.open(_settings(args), args.job).cancel()
+    print(f"job {args.job}: cancelled; {removed} queued batch(es) removed, its keys deleted")
     return 0
 
 
+def _report(summary) -> int:
+    t = summary.totals
+    failed = f", {t.failed} FAILED (see the error column)" if t.failed else ""
+    print(f"job {summary.job_id}: {t.rows} rows in {summary.seconds:.1f} s ({summary.rate:.1f}/s): "
+          f"{t.scored} scored{failed}; {_counts(t.predictions)}; output: {summary.out}")
+    return summary.exit_code
+
+
 def describe(status) -> str:
-    """One line: state, counts, rate and ETA."""
+    """One line: state, rows done of total, counts, rate and ETA."""
     if not status.exists:
         return f"job {status.job_id}: unknown (never created, or expired)"
-    done = status.scored + status.failed
-    state = "complete" if status.complete else status.meta.get("status", "?")
-    parts = [f"job {status.job_id}: {state}", f"{done}/{status.queued} comments",
-             f"{status.scored} scored", f"{status.failed} failed"]
+    parts = [f"job {status.job_id}: {status.state}", f"{status.rows_done:,}/{status.total_rows:,} rows",
+             f"{status.scored:,} scored", f"{status.failed:,} failed"]
+    if status.duplicates:
+        parts.append(f"{status.duplicates:,} rows repeat an earlier id")
+    if status.state == "submitting":
+        parts.append(f"batches sent {status.next_batch}/{status.total_batches}")
+        if not status.in_flight:
+            parts.append(f"nothing in flight: if its producer stopped, `agile results {status.job_id} -o OUT` "
+                         "carries it on")
+    if status.state == "delivered":
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(status.meta.get("delivered_at", 0))))
+        parts.append(f"delivered at {when} to {status.meta.get('delivered_to')}")
     if status.rate:
         parts.append(f"{status.rate:.1f}/s")
     if status.eta is not None:

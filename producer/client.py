@@ -6,9 +6,11 @@
         ...
     client.score([("c3", "one more")])                # submit + wait, as a dict
 
-Big inputs go through `submit` (a job with backpressure and repair); a handful of
-comments can also take the plain Celery way, `score_now`, which is what a service
-in another language does (docs/QUEUE.md). No torch or keras is imported here.
+Big inputs go through `submit` (a job with backpressure and repair; rows are
+keyed by position like a file's, so ids are the caller's own business); a
+handful of comments can also take the plain Celery way, `score_now`, which is
+what a service in another language does (docs/QUEUE.md): one task, unique ids.
+No torch or keras is imported here.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 
-from agile.producer.batches import make_batches
-from agile.producer.jobs import POLL_SECONDS, Job, celery_app
-from agile.producer.results import drain_pages
+from agile.producer.jobs import POLL_SECONDS, Job, celery_app, check_policy
+from agile.producer.pipeline import run_job
+from agile.producer.results import drain_pages, record_results
+from agile.producer.source import MemorySource, Plan, batches
 from agile.settings import QueueSettings
 from agile.wire import TASK_NAME, BatchRequest, Item
 
@@ -27,49 +30,62 @@ class ScoringClient:
     def __init__(self, settings: QueueSettings | None = None, adapter: str | None = None,
                  model: str | None = None, labels: list[str] | None = None, instructions: str | None = None):
         self.settings = settings or QueueSettings.from_env()
-        self.template = dict(adapter=adapter, model=model, labels=labels, instructions=instructions)
+        self.policy = {k: v for k, v in dict(adapter=adapter, model=model, labels=labels,
+                                             instructions=instructions).items() if v is not None}
+        check_policy(self.policy)
         self.redis = self.settings.redis_client()
         self.app = celery_app(self.settings)
-        self._items: dict[str, list[tuple[str, str]]] = {}  # job id -> items, to resend lost batches
+        self._sources: dict[str, MemorySource] = {}  # job id -> its rows, to resend lost batches
 
     def submit(self, items: Iterable[tuple[str, str]]) -> Job:
         """Queue (id, text) pairs as one job; returns once every batch is queued."""
-        items = [(str(i), t) for i, t in items]
-        job = Job(self.settings, redis=self.redis, app=self.app)
-        job.create(**self.template, source={"source": "client"})
-        self._items[job.job_id] = items
-        job.submit(make_batches(items, self.settings.batch_size), source=self._source(job.job_id))
+        source = MemorySource(tuple((str(i), t) for i, t in items))
+        size = self.settings.batch_size
+        plan = Plan(len(source.items), -(-len(source.items) // size), 0)
+        job = Job.create(self.settings, self.policy, plan, size, {"source_kind": "client"}, self.redis, self.app)
+        self._sources[job.job_id] = source
+        run_job(self.settings, job, source)
         return job
 
-    def _source(self, job_id: str):
-        return lambda: make_batches(self._items[job_id], self.settings.batch_size)
-
     def results(self, job: Job, timeout: float | None = None) -> Iterator[tuple[str, dict]]:
-        """(id, result) as they are written back, until the job is complete; drains Redis."""
+        """(id, result) as batches are written back, until every batch is in; drains Redis."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        source = self._source(job.job_id) if job.job_id in self._items else None
-        while True:
-            complete = job.poll(source).complete  # read first: all written before it gets drained below
-            for _, rows in drain_pages(self.redis, job.keys):
-                for row in rows:
-                    item_id = row.pop("id")
-                    if not row["error"]:
-                        del row["error"]
-                    yield item_id, row
-            if complete:
+        source = self._sources[job.job_id]
+        size, seen = job.batch_size, set()
+        while len(seen) < job.total_batches:
+            job.restore({})
+            for page in drain_pages(self.redis, job.keys):
+                for batch_id, record in page:
+                    if batch_id in seen:
+                        continue
+                    seen.add(batch_id)
+                    start = int(batch_id[1:]) * size
+                    chunk = source.items[start:start + size]
+                    for (item_id, _), result in zip(chunk, record_results(record, len(chunk)), strict=True):
+                        yield item_id, result
+            if len(seen) >= job.total_batches:
                 break
+            if job.stalled():
+                job.repair(batches(source.rows(), size))
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job.job_id} not complete after {timeout:.0f} s")
             time.sleep(POLL_SECONDS)
-        job.delete()
-        self._items.pop(job.job_id, None)
+        job.delivered("client")
+        self._sources.pop(job.job_id, None)
 
     def score(self, items: Iterable[tuple[str, str]], timeout: float | None = None) -> dict[str, dict]:
-        """Submit and wait: {id: {"p_<label>": ..., "prediction": ...} or {"error": ...}}."""
+        """Submit and wait: {id: {"p_<label>": ..., "prediction": ...} or {"error": ...}}; ids must be unique."""
+        items = list(items)
+        ids = [str(i) for i, _ in items]
+        if len(set(ids)) != len(ids):
+            raise ValueError("score() returns a dict keyed by id: ids must be unique (use submit/results)")
         return dict(self.results(self.submit(items), timeout))
 
     def score_now(self, items: Iterable[tuple[str, str]], timeout: float = 60) -> dict:
-        """One task, the plain Celery way: send_task, then .get() (at most 1024 comments)."""
-        req = BatchRequest([Item(str(i), t) for i, t in items],
-                           **{k: v for k, v in self.template.items() if v is not None})
-        return self.app.send_task(TASK_NAME, kwargs=req.to_kwargs(), queue=self.settings.queue).get(timeout)
+        """One task, the plain Celery way: send_task, then .get() (at most 1024 comments, unique ids)."""
+        req = BatchRequest([Item(str(i), t) for i, t in items], **self.policy)
+        result = self.app.send_task(TASK_NAME, kwargs=req.to_kwargs(), queue=self.settings.queue)
+        try:
+            return result.get(timeout)
+        finally:
+            result.forget()  # read once: nothing of it stays in the result backend

@@ -1,137 +1,178 @@
-"""The producer's commands as functions: submit a dump, follow a job, fetch results, or all three.
+"""The producer's commands as functions: submit a dump, carry a job on, collect its output, or all three.
 
-`moderate` is what most people run: it queues the dump with backpressure,
-drains scores into the output while the workers go, repairs lost batches, and
-cleans the job out of Redis at the end.
+`moderate` is what most people run: it checks the dump and the policy before a
+job exists, queues the dump with backpressure, collects the scores while the
+workers go, repairs lost batches, and writes the output in one rename. Every
+step reads the job's own metadata, so `results` (or `moderate` with the job's
+id) in any process resumes an interrupted submission and finishes the job.
 """
 
 from __future__ import annotations
 
-import sys
+import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
-from agile.producer.batches import FileSource, make_batches
-from agile.producer.jobs import Job, JobStatus
-from agile.producer.results import Drain
+from agile.producer.jobs import POLL_SECONDS, Job, JobError, JobStatus, check_policy
+from agile.producer.results import Drain, Totals
+from agile.producer.source import FileSource, MemorySource, Plan, batches, same_file
+from agile.prompt import DEFAULT_LABELS
 from agile.settings import QueueSettings
+from agile.tables import TableError, table_format
+
+log = logging.getLogger("agile.producer")
 
 
 @dataclass
 class Summary:
     job_id: str
-    out: Path
-    rows: int
-    predictions: dict[str, int]  # label -> comments; "failed" -> comments with an error
+    out: Path | None
+    totals: Totals
     seconds: float
     status: JobStatus
+
+    @property
+    def rows(self) -> int:
+        return self.totals.rows
 
     @property
     def rate(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
-
-class Progress:
-    """A tqdm bar (comments written back of comments queued) with rate and ETA, on stderr."""
-
-    def __init__(self, job_id: str, enabled: bool = True):
-        self.bar = tqdm(total=0, unit=" comments", desc=f"job {job_id}", disable=not enabled,
-                        file=sys.stderr, dynamic_ncols=True)
-
-    def __call__(self, status: JobStatus) -> None:
-        if status.queued != self.bar.total:
-            self.bar.total = status.queued
-        self.bar.update(status.scored + status.failed - self.bar.n)
-
-    def close(self) -> None:
-        self.bar.close()
+    @property
+    def exit_code(self) -> int:
+        """0: every row scored; 1: some rows failed (the output's `error` column says why)."""
+        return 1 if self.totals.failed else 0
 
 
-def _batches(settings: QueueSettings, source: FileSource) -> Callable:
-    return lambda: make_batches(source.rows(), settings.batch_size)
+def prepare(settings: QueueSettings, source: FileSource, policy: dict, out: str | Path | None = None,
+            fmt: str | None = None) -> Plan:
+    """Everything that can be checked before a job exists: policy, output path, every row of the dump."""
+    check_policy({k: v for k, v in policy.items() if v is not None})
+    if out is not None:
+        table_format(out, fmt)
+        if not Path(out).resolve().parent.is_dir():
+            raise TableError(f"{out}: directory {Path(out).resolve().parent} does not exist")
+    plan = source.inspect(settings.batch_size)
+    if plan.rows == 0:
+        raise TableError(f"{source.path}: no rows to score")
+    if plan.duplicates:
+        log.warning("%s: %d row(s) repeat an id an earlier row has (e.g. %s); every row is scored and "
+                    "written on its own", source.path, plan.duplicates, ", ".join(map(repr, plan.examples)))
+    return plan
 
 
-def _submit(settings: QueueSettings, job: Job, source: FileSource,
-            on_wait: Callable[[], None] | None, progress: bool) -> None:
-    bar = Progress(job.job_id, progress)
+def start(settings: QueueSettings, source: FileSource, policy: dict, plan: Plan) -> Job:
+    return Job.create(settings, policy, plan, settings.batch_size,
+                      {"source": source.to_json(), "fingerprint": json.dumps(source.fingerprint())})
 
-    def tick() -> None:
+
+def job_source(job: Job) -> FileSource:
+    """The job's dump, checked to be the bytes it was made from."""
+    if "source" not in job.meta:
+        raise JobError(f"job {job.job_id} was not made from a file; only its own client can finish it")
+    source = FileSource.from_json(job.meta["source"])
+    source.check(json.loads(job.meta["fingerprint"]))
+    return source
+
+
+def _check_open(job: Job) -> None:
+    state = job.meta.get("status")
+    if state == "delivered":
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(job.meta["delivered_at"])))
+        raise JobError(f"job {job.job_id} was delivered at {when} to {job.meta['delivered_to']}; "
+                       "its scores are there, and no longer in Redis")
+    if state == "cancelled":
+        raise JobError(f"job {job.job_id} was cancelled")
+
+
+def run_job(settings: QueueSettings, job: Job, source: FileSource | MemorySource, drain: Drain | None = None,
+            progress: Callable[[JobStatus], None] | None = None, timeout: float | None = None,
+            on_wait: Callable[[], None] | None = None) -> JobStatus:
+    """Send the rest of the job, and with a `drain` collect it to the end, repairing losses on the way.
+
+    Without a drain it returns once every batch is sent (`agile submit`).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending = batches(source.rows(), job.batch_size, first=job.next_batch)
+    collected = drain.counts if drain else {}
+    while True:
+        job.restore(collected)
+        sent_all = job.submit_some(pending)
+        if drain is not None:
+            drain.step()
+        if job.next_batch and job.stalled():
+            resent = job.repair(batches(source.rows(), job.batch_size))
+            log.warning("job %s: no progress and nothing queued; sent %d lost batch(es) again", job.job_id, resent)
+        status = job.status()
+        if progress:
+            progress(status)
+        if drain is None and sent_all:
+            return status
+        if drain is not None and drain.complete(job.total_batches):
+            return status
         if on_wait:
             on_wait()
-        bar(job.status())
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"job {job.job_id} not complete after {timeout:.0f} s: "
+                               f"{status.done_batches}/{job.total_batches} batches written back")
+        time.sleep(POLL_SECONDS)
 
-    batches = _batches(settings, source)
+
+def _labels(job: Job) -> list[str]:
+    policy = job.policy
+    return [] if policy.get("adapter") else list(policy.get("labels") or DEFAULT_LABELS)
+
+
+def collect(settings: QueueSettings, job: Job, out: str | Path, fmt: str | None = None, *,
+            progress: Callable[[JobStatus], None] | None = None, timeout: float | None = None,
+            on_wait: Callable[[], None] | None = None) -> Summary:
+    """Carry the job on (resuming its submission if it was cut short) and write its output."""
+    started = time.monotonic()
+    _check_open(job)
+    source = job_source(job)
+    drain = Drain(job, out, fmt)
     try:
-        job.submit(batches(), on_wait=tick, source=batches)
-    except BaseException:
-        job.redis.hset(job.keys.meta, "status", "abandoned")  # never completes; its keys expire
+        status = run_job(settings, job, source, drain, progress, timeout, on_wait)
+        totals = drain.finish(source.rows(), job.batch_size, job.total_batches, _labels(job))
+    except BaseException as exc:
+        if drain.spool.exists():
+            exc.add_note(f"the scores collected so far are kept in {drain.spool}; "
+                         f"`agile results {job.job_id} -o {out}` carries on from there")
         raise
-    finally:
-        bar.close()
+    job.delivered(str(drain.out))
+    return Summary(job.job_id, drain.out, totals, time.monotonic() - started, status)
 
 
-def submit(settings: QueueSettings, source: FileSource, adapter: str | None = None, *,
-           labels: list[str] | None = None, instructions: str | None = None, model: str | None = None,
-           progress: bool = True) -> Job:
-    """Queue every row of the file as one job (blocks while max_in_flight batches are pending)."""
-    job = Job(settings).create(adapter=adapter, model=model, labels=labels, instructions=instructions,
-                               source=source.to_meta())
-    _submit(settings, job, source, None, progress)
+def submit(settings: QueueSettings, source: FileSource, policy: dict,
+           progress: Callable[[JobStatus], None] | None = None) -> Job:
+    """Check, then queue every row of the file as one job (blocks while the job has no room in flight)."""
+    job = start(settings, source, policy, prepare(settings, source, policy))
+    try:
+        run_job(settings, job, source, progress=progress)
+    except BaseException as exc:
+        exc.add_note(f"job {job.job_id} stays in Redis: `agile results {job.job_id} -o OUT` sends the rest "
+                     f"and collects it, `agile cancel {job.job_id}` drops it")
+        raise
     return job
 
 
-def results(settings: QueueSettings, job: Job, out: str | Path, fmt: str | None = None, *,
-            wait: bool = True, progress: bool = True, drain: Drain | None = None,
-            timeout: float | None = None, on_wait: Callable[[], None] | None = None) -> Summary:
-    """Stream the job's results into `out`, draining Redis; by default until the job is complete.
-
-    `on_wait` runs between polls (the demo checks its worker is still alive there).
-    """
-    started = time.monotonic()
-    drain = drain or Drain(job.redis, job.keys, out, fmt)
-
-    def tick() -> None:
-        drain.step()
-        if on_wait:
-            on_wait()
-
-    status = job.status()
-    if wait:
-        meta_source = FileSource.from_meta(status.meta)
-        source = _batches(settings, meta_source) if meta_source and Path(meta_source.path).is_file() else None
-        bar = Progress(job.job_id, progress)
-        try:
-            status = job.wait(source, on_wait=tick, progress=bar, timeout=timeout)
-        finally:
-            bar.close()
-    drain.step()
-    rows = drain.finish()
-    if status.complete:
-        job.delete()
-    return Summary(job.job_id, drain.out, rows, dict(drain.predictions), time.monotonic() - started, status)
-
-
-def moderate(settings: QueueSettings, source: FileSource, out: str | Path, adapter: str | None = None, *,
-             labels: list[str] | None = None, instructions: str | None = None, model: str | None = None,
-             fmt: str | None = None, progress: bool = True, timeout: float | None = None,
+def moderate(settings: QueueSettings, source: FileSource, out: str | Path, policy: dict, *,
+             fmt: str | None = None, job_id: str | None = None,
+             progress: Callable[[JobStatus], None] | None = None, timeout: float | None = None,
              on_wait: Callable[[], None] | None = None) -> Summary:
-    """Submit, follow and collect in one go; the output holds one row per comment id."""
+    """Check, submit, follow and collect in one go; with `job_id`, carry that job on instead."""
     started = time.monotonic()
-    job = Job(settings)
-    drain = Drain(job.redis, job.keys, out, fmt)  # checks the output path before anything is queued
-    job.create(adapter=adapter, model=model, labels=labels, instructions=instructions,
-               source=source.to_meta())
-
-    def tick() -> None:
-        drain.step()
-        if on_wait:
-            on_wait()
-
-    _submit(settings, job, source, tick, progress)
-    summary = results(settings, job, out, fmt, progress=progress, drain=drain, timeout=timeout, on_wait=on_wait)
+    if job_id:
+        job = Job.open(settings, job_id)
+        made_from = FileSource.from_json(job.meta["source"]).path if "source" in job.meta else ""
+        if not same_file(made_from, source.path):
+            raise JobError(f"job {job_id} was made from {made_from or 'a client'}, not {source.path}")
+    else:
+        job = start(settings, source, policy, prepare(settings, source, policy, out, fmt))
+    summary = collect(settings, job, out, fmt, progress=progress, timeout=timeout, on_wait=on_wait)
     summary.seconds = time.monotonic() - started
     return summary

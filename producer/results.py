@@ -1,128 +1,178 @@
-"""Scores out of Redis into a CSV, JSONL or Parquet file, draining Redis as they come.
+"""A job's scores out of Redis into a CSV, JSONL or Parquet file: one row per input row, in input order.
 
-Each page of results is appended to a spool file next to the output and synced
-to disk before it is deleted from Redis, so a crash loses nothing: run the same
-command again and it carries on from the spool (a page that reached the spool
-but was not yet deleted from Redis is not written twice). When the job is
-complete the spool becomes the output file: scored rows, then failed rows with the reason.
+Workers write one record per batch (its rows' results, in row order). Each page
+of records is appended to a spool beside the output and synced to disk before it
+is deleted from Redis, so a crash loses nothing: run the same command again and
+it carries on from the spool (a record that reached the spool but was not yet
+deleted from Redis is not kept twice). When every batch is in, the output is
+written from the dump (re-read for the ids, exactly as written) and the spool,
+batch by batch, to a temporary file renamed into place; then the spool goes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
-from agile.tables import TableWriter, table_format
+from agile import output
+from agile.producer.jobs import Job, JobError
+from agile.producer.source import SourceChanged
+from agile.tables import TableError, TableWriter, table_format
 from agile.wire import JobKeys
 
-PAGE = 2000
+PAGE = 200  # batch records per HSCAN page
 WRITE_ROWS = 50_000
-TEXT_COLUMNS = ("error", "prediction")  # "" rather than null, so Parquet types them from any row
-PAGE_END = "{}"  # line closing each page in a spool
+BATCH_ID = re.compile(r"^b(\d+)$")
+
+
+@dataclass
+class Totals:
+    rows: int = 0
+    scored: int = 0
+    failed: int = 0
+    predictions: Counter = field(default_factory=Counter)  # label -> rows; "failed" -> rows with an error
+
+
+def record_results(record: dict, n: int) -> list[dict]:
+    """A batch record's per-row results ({fields} or {"error"}), exactly `n` of them."""
+    results = record.get("results")
+    if results is None:
+        return [{"error": record.get("error") or "the batch was refused"}] * n
+    if len(results) != n:
+        return [{"error": f"the worker returned {len(results)} results for {n} rows"}] * n
+    return results
+
+
+def record_counts(record: dict) -> tuple[int, int]:
+    """(scored, failed) rows of a batch record."""
+    results = record.get("results")
+    if results is None:
+        return 0, int(record.get("n", 0))
+    failed = sum(1 for r in results if "error" in r)
+    return len(results) - failed, failed
+
+
+def drain_pages(redis, keys: JobKeys) -> Iterator[list[tuple[str, dict]]]:
+    """Pages of (batch id, record) now in Redis; a page is deleted once the caller asks for the next."""
+    cursor = None
+    while cursor != 0:
+        cursor, page = redis.hscan(keys.results, cursor or 0, count=PAGE)
+        if page:
+            yield [(bid, json.loads(raw)) for bid, raw in page.items()]
+            redis.hdel(keys.results, *page)
 
 
 class Drain:
-    def __init__(self, redis, keys: JobKeys, out: str | Path, fmt: str | None = None):
-        self.redis = redis
-        self.keys = keys
-        self.out = Path(out)
+    """Collects one job's batch records into a spool, then writes the output from it."""
+
+    def __init__(self, job: Job, out: str | Path, fmt: str | None = None):
+        self.job = job
+        self.out = Path(out).resolve()
         self.fmt = table_format(self.out, fmt)
         if not self.out.parent.is_dir():
-            raise FileNotFoundError(f"{self.out}: directory {self.out.parent} does not exist")
-        self.spools = {name: self.out.with_name(f".{self.out.name}.{keys.job_id}.{name}.jsonl")
-                       for name in ("scores", "failed")}
-        self.rows = 0
-        self.predictions: Counter[str] = Counter()
-        self._seen = {name: _resume(path) for name, path in self.spools.items()}
+            raise TableError(f"{self.out}: directory {self.out.parent} does not exist")
+        self.spool = self.out.parent / f".agile-{job.job_id}.spool"
+        self.index: dict[int, tuple[int, int]] = {}  # batch number -> (offset, length) in the spool
+        self.counts: dict[str, tuple[int, int]] = {}  # batch id -> (scored, failed), for a Redis restore
+        self._load()
+        self._claim()
+
+    def _load(self) -> None:
+        """Index the spool a previous run left, cutting a record a crash left half-written."""
+        if not self.spool.is_file():
+            return
+        keep = 0
+        with self.spool.open("rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    break
+                self._add(entry["batch"], entry["record"], keep, len(line))
+                keep += len(line)
+        with self.spool.open("rb+") as f:
+            f.truncate(keep)
+
+    def _add(self, batch_id: str, record: dict, offset: int, length: int) -> None:
+        self.index[int(BATCH_ID.match(batch_id).group(1))] = (offset, length)
+        self.counts[batch_id] = record_counts(record)
+
+    def _claim(self) -> None:
+        where = f"{socket.gethostname()}:{self.spool}"
+        held = self.job.redis.hget(self.job.keys.meta, "spool")
+        drained = int(self.job.redis.hget(self.job.keys.meta, "drained") or 0)
+        if held and held != where and drained and not self.counts:
+            raise JobError(f"job {self.job.job_id}: the scores collected so far are in {held}; run "
+                           "`agile results` on that machine with -o in that directory")
+        self.job.meta["spool"] = where
+        self.job.redis.hset(self.job.keys.meta, "spool", where)
 
     def step(self) -> int:
-        """Move what Redis holds now into the spools; returns the rows moved."""
+        """Move the batch records Redis holds now into the spool; returns the batches moved."""
         moved = 0
-        spools = {name: path.open("a", encoding="utf-8") for name, path in self.spools.items()}
-        try:
-            for name, rows in drain_pages(self.redis, self.keys):
-                rows = [r for r in rows if r["id"] not in self._seen[name]]
-                self.predictions.update(r.get("prediction", "failed") for r in rows)
-                spool = spools[name]
-                spool.write("".join(json.dumps(r) + "\n" for r in rows) + PAGE_END + "\n")
-                spool.flush()
-                os.fsync(spool.fileno())
-                moved += len(rows)
-        finally:
-            for spool in spools.values():
-                spool.close()
-        self._seen = {name: set() for name in self.spools}  # only a first pass can meet that page again
-        self.rows += moved
+        with self.spool.open("ab") as f:
+            for page in drain_pages(self.job.redis, self.job.keys):
+                new = [(bid, rec) for bid, rec in page if BATCH_ID.match(bid) and bid not in self.counts]
+                for bid, record in new:
+                    line = (json.dumps({"batch": bid, "record": record}, ensure_ascii=False) + "\n").encode()
+                    self._add(bid, record, f.tell(), len(line))
+                    f.write(line)
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the page is deleted from Redis
+                if new:
+                    self.job.redis.hincrby(self.job.keys.meta, "drained", len(new))
+                moved += len(new)
         return moved
 
-    def finish(self) -> int:
-        """Write the output file from the spools and remove them; returns the rows written."""
-        columns: dict[str, None] = {"id": None}
-        for row in _read(self.spools["scores"]):
-            columns.update(dict.fromkeys(row))
-        columns.pop("error", None)
-        columns["error"] = None  # last, so failed rows read id ... error
-        written = 0
-        with TableWriter(self.out, self.fmt) as writer:
-            for name in ("scores", "failed"):
-                page = []
-                for row in _read(self.spools[name]):
-                    page.append({c: row.get(c, "" if c in TEXT_COLUMNS else None) for c in columns})
-                    if len(page) == WRITE_ROWS:
-                        writer.write(page)
-                        written, page = written + len(page), []
-                writer.write(page)
-                written += len(page)
-        for spool in self.spools.values():
-            spool.unlink(missing_ok=True)
-        return written
+    def complete(self, total_batches: int) -> bool:
+        return all(n in self.index for n in range(total_batches))
 
+    def _records(self, total_batches: int) -> Iterator[dict]:
+        with self.spool.open("rb") as f:
+            for n in range(total_batches):
+                offset, length = self.index[n]
+                f.seek(offset)
+                yield json.loads(f.read(length))["record"]
 
-def drain_pages(redis, keys: JobKeys) -> Iterator[tuple[str, list[dict]]]:
-    """("scores" | "failed", rows) pages now in Redis; a page is deleted once the caller asks for the next."""
-    for name, key in (("scores", keys.scores), ("failed", keys.failed)):
-        cursor = None
-        while cursor != 0:
-            cursor, page = redis.hscan(key, cursor or 0, count=PAGE)
-            if page:
-                yield name, [_row(name, k, v) for k, v in page.items()]
-                redis.hdel(key, *page)
+    def _labels(self, total_batches: int, hint: list[str]) -> list[str]:
+        for record in self._records(total_batches):
+            for result in record.get("results") or []:
+                if "error" not in result:
+                    return [k[2:] for k in result if k.startswith("p_")]
+        return hint
 
-
-def _row(name: str, item_id: str, value: str) -> dict:
-    if name == "scores":
-        return {"id": item_id, **json.loads(value), "error": ""}
-    return {"id": item_id, "error": value}
-
-
-def _read(path: Path) -> Iterator[dict]:
-    if not path.is_file():
-        return
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip() and line.strip() != PAGE_END:
-                yield json.loads(line)
-
-
-def _resume(path: Path) -> set[str]:
-    """Cut a page a crash left half-written; return the ids of the last whole page.
-
-    That page may still be in Redis (deleted after the sync): its ids are skipped once.
-    """
-    if not path.is_file():
-        return set()
-    keep, last, current = 0, set(), set()
-    with path.open("rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break
-            if line.strip() == PAGE_END.encode():
-                keep, last, current = f.tell(), current, set()
-            else:
-                current.add(json.loads(line)["id"])
-    with path.open("rb+") as f:
-        f.truncate(keep)
-    return last
+    def finish(self, rows: Iterable[tuple[str, str]], batch_size: int, total_batches: int,
+               labels: list[str]) -> Totals:
+        """Write the output (one row per input row, in order) in one rename; remove the spool."""
+        labels = self._labels(total_batches, labels)
+        totals = Totals()
+        rows = iter(rows)
+        with TableWriter(self.out, self.fmt, schema=output.arrow_schema(labels)) as writer:
+            page: list[dict] = []
+            for record in self._records(total_batches):
+                chunk = list(islice(rows, batch_size))
+                model, policy = record.get("model", ""), record.get("policy", "")
+                for (row_id, _), result in zip(chunk, record_results(record, len(chunk)), strict=True):
+                    error = result.get("error", "")
+                    page.append(output.row(labels, row_id, None if error else result, model, policy, error))
+                    totals.predictions["failed" if error else result.get("prediction", "")] += 1
+                    totals.failed += bool(error)
+                if len(page) >= WRITE_ROWS:
+                    writer.write(page)
+                    page = []
+            writer.write(page)
+            if next(rows, None) is not None:
+                raise SourceChanged(f"{self.out}: the source has more rows than the job; it changed")
+            totals.rows = writer.rows
+        totals.scored = totals.rows - totals.failed
+        self.spool.unlink(missing_ok=True)
+        return totals

@@ -51,12 +51,13 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.1):
 
 
 class RedisServer:
-    """A private redis-server on a free port, with an append-only file so it can restart."""
+    """A private redis-server on a free port: with an append-only file (`persist`), or keeping nothing."""
 
-    def __init__(self, workdir: Path, password: str | None = None):
+    def __init__(self, workdir: Path, password: str | None = None, persist: bool = True):
         self.port = free_port()
         self.dir = workdir
         self.password = password
+        self.persist = persist
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -67,7 +68,8 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                "--appendonly", "yes", "--save", "", "--logfile", str(self.dir / "redis.log")]
+                "--appendonly", "yes" if self.persist else "no", "--save", "",
+                "--logfile", str(self.dir / "redis.log")]
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args)
@@ -216,8 +218,8 @@ class Processes:
         self.logdir = logdir
         self.started: list = []
 
-    def redis(self, password: str | None = None) -> RedisServer:
-        server = RedisServer(self.logdir / f"redis-{len(self.started)}", password).start()
+    def redis(self, password: str | None = None, persist: bool = True) -> RedisServer:
+        server = RedisServer(self.logdir / f"redis-{len(self.started)}", password, persist).start()
         self.started.append(server)
         return server
 

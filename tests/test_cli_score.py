@@ -24,7 +24,8 @@ def test_scores_a_file_one_row_per_input_row(tiny_preset, comments, tmp_path, su
     df = {"csv": pd.read_csv, "jsonl": lambda p: pd.read_json(p, lines=True), "parquet": pd.read_parquet}[
         suffix](out)
     assert df["id"].astype(str).tolist() == ["a", "b", "c"]
-    assert list(df.columns) == ["id", "p_Positive", "p_Negative", "prediction", "truncated", "model", "policy"]
+    assert list(df.columns) == ["id", "p_Positive", "p_Negative", "prediction", "flagged", "truncated", "model",
+                                "policy", "error"]
     assert ((df["p_Positive"] + df["p_Negative"]) - 1).abs().max() < 1e-5
     assert df["truncated"].tolist() == [False, False, True]
     assert set(df["prediction"]) <= {"Positive", "Negative"}
@@ -35,7 +36,7 @@ def test_texts_as_arguments_with_zero_shot_labels(tiny_preset, capsys):
                  "hello", "bye"])
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "id,p_Toxic,p_Safe,prediction,truncated,model,policy"
+    assert lines[0] == "id,p_Toxic,p_Safe,prediction,flagged,truncated,model,policy,error"
     assert len(lines) == 3
 
 
@@ -46,15 +47,18 @@ def test_missing_column_is_one_clear_error(tiny_preset, comments, tmp_path, caps
     assert "no column 'text'" in err and "Traceback" not in err
 
 
-def test_error_midway_keeps_rows_already_scored(tiny_preset, tmp_path, capsys):
+def test_error_midway_keeps_rows_already_scored_and_never_touches_the_output(tiny_preset, tmp_path, capsys):
     path = tmp_path / "bad.csv"
     path.write_bytes(b"id,text\n" + b"".join(b"%d,fine\n" % i for i in range(6)) + b"6,\xff\n")
     out = tmp_path / "o.csv"
+    out.write_text("id,earlier\n1,run\n")
     code = main(["score", "--model", str(tiny_preset), "-i", str(path), "-o", str(out), "--chunk-rows", "3",
                  "--max-length", "256"])
     assert code == 2
-    assert "invalid UTF-8" in capsys.readouterr().err
-    assert pd.read_csv(out)["id"].tolist() == [0, 1, 2, 3, 4, 5]
+    assert "invalid UTF-8 at row 6 (line 8, byte offset 52)" in capsys.readouterr().err
+    assert out.read_text() == "id,earlier\n1,run\n"  # an existing output is never emptied
+    assert pd.read_csv(tmp_path / "o.partial.csv")["id"].tolist() == [0, 1, 2, 3, 4, 5]
+    assert not list(tmp_path.glob(".o.csv*"))
 
 
 def test_label_not_in_vocabulary(tiny_preset, capsys):

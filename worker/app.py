@@ -40,11 +40,16 @@ def _log_format(logger: logging.Logger, **_) -> None:
 
 
 @worker_init.connect
-def _start(**_) -> None:
+def _start(sender=None, **_) -> None:
     from agile.models import ModelLoadError
     from agile.worker import metrics
     from agile.worker.runtime import get_runtime
 
+    pool = str(getattr(sender, "pool_cls", "solo"))
+    if "solo" not in pool.lower():  # the runtime swaps adapters in place: one batch at a time per process
+        log.critical("pool %s is not supported: run one solo worker per GPU (agile worker), and more "
+                     "processes for more throughput", pool)
+        raise SystemExit(2)
     config = settings()
     log.info("worker on queue %r at %s", config.queue, config.masked_url)
     try:

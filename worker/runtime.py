@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from pathlib import Path
 
 from agile.adapters import adapter_dirs, apply_adapter, clear_adapter, load_adapter, resolve_adapter
 from agile.models import load_model, model_info
@@ -40,7 +41,9 @@ class Runtime:
             )
 
     def policy(self, adapter: str | None, labels: list[str] | None, instructions: str | None) -> Policy:
-        key = (adapter,) if adapter else ("zero-shot", tuple(labels or DEFAULT_LABELS), instructions)
+        # An adapter's key holds its files' stamps: one retrained under the same name is loaded afresh.
+        key = (adapter, _stamp(resolve_adapter(adapter, self.dirs))) if adapter else (
+            "zero-shot", tuple(labels or DEFAULT_LABELS), instructions)
         policy = self._policies.get(key)
         if policy is None:
             policy = self._build(adapter, labels, instructions)
@@ -71,6 +74,10 @@ class Runtime:
                 clear_adapter(self.model)
             self._applied = policy.version
         return self._scorers[policy].score(texts)
+
+
+def _stamp(path: Path) -> tuple:
+    return tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(path.iterdir()) if f.is_file())
 
 
 _runtime: Runtime | None = None

@@ -1,43 +1,59 @@
-"""Write-back of scores, keyed by comment id, exactly once per batch however often it is delivered.
+"""Write-back of a job's batches, exactly once per batch however often it is delivered.
 
 One Lua script per batch adds the batch id to the job's `done` set and, only if
-it was not there yet, stores the scores and failures and bumps the counters: a
-batch delivered again (a worker killed after writing, a visibility timeout that
-fired early) changes nothing. Delivery counts cap poison batches.
+it was not there yet, stores the batch's record (its rows' results, in item
+order) and bumps the counters: a batch delivered again (a worker killed after
+writing, a visibility timeout that fired early) changes nothing. A job that was
+delivered or cancelled takes no write at all, and no key is created again.
+Delivery counts cap poison batches; counting one is retried through a Redis
+restart, so a batch is never dropped for want of its count.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
+
+from redis.exceptions import RedisError
 
 from agile.settings import QueueSettings
 from agile.wire import BatchRequest, JobKeys, task_deliveries_key
 
-# KEYS: done, scores, failed, meta, versions, deliveries
-# ARGV: batch id, now, version JSON, ttl, n scored, then n (id, result JSON) pairs, then (id, reason) pairs
+log = logging.getLogger("agile.worker")
+RETRY_SECONDS = 120.0  # how long a delivery count waits for Redis before the batch goes back on the queue
+
+
+# KEYS: meta, deliveries, done (job-less: the deliveries hash three times). ARGV: field, ttl, is job
+BEGIN = """
+if ARGV[3] == '1' then
+  local s = redis.call('HGET', KEYS[1], 'status')
+  if s == 'delivered' or s == 'cancelled' then return {-1, false, 0} end
+end
+local n = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+local err = redis.call('HGET', KEYS[2], ARGV[1] .. ':error')
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+local done = 0
+if ARGV[3] == '1' then done = redis.call('SISMEMBER', KEYS[3], ARGV[1]) end
+return {n, err, done}
+"""
+
+# KEYS: meta, done, results, versions, deliveries, inflight
+# ARGV: batch id, now, version JSON, ttl, rows scored, rows failed, record JSON
 WRITE_BACK = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if s == 'delivered' or s == 'cancelled' then return -1 end
 local batch = ARGV[1]
-if redis.call('SADD', KEYS[1], batch) == 0 then return 0 end
-local n = tonumber(ARGV[5])
-local i = 6
-for _ = 1, n do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-local failed = 0
-while i <= #ARGV do
-  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
-  i = i + 2
-  failed = failed + 1
-end
-redis.call('HINCRBY', KEYS[4], 'scored', n)
-redis.call('HINCRBY', KEYS[4], 'failed', failed)
-redis.call('HSETNX', KEYS[4], 'first_done_at', ARGV[2])
-redis.call('HSET', KEYS[4], 'last_done_at', ARGV[2])
-if ARGV[3] ~= '' then redis.call('SADD', KEYS[5], ARGV[3]) end
-redis.call('HDEL', KEYS[6], batch, batch .. ':error')
+if redis.call('SADD', KEYS[2], batch) == 0 then return 0 end
+redis.call('HSET', KEYS[3], batch, ARGV[7])
+redis.call('HINCRBY', KEYS[1], 'scored', ARGV[5])
+redis.call('HINCRBY', KEYS[1], 'failed', ARGV[6])
+redis.call('HSETNX', KEYS[1], 'first_done_at', ARGV[2])
+redis.call('HSET', KEYS[1], 'last_done_at', ARGV[2])
+if ARGV[3] ~= '' then redis.call('SADD', KEYS[4], ARGV[3]) end
+redis.call('HDEL', KEYS[5], batch, batch .. ':error')
+redis.call('HDEL', KEYS[6], batch)
 for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[4]) end
 return 1
 """
@@ -45,57 +61,80 @@ return 1
 
 @dataclass
 class Delivery:
-    count: int  # this delivery's number, from 1
+    count: int  # this delivery's number, from 1 (0 when the job is gone)
     last_error: str | None  # what failed the previous delivery, if it raised
     already_done: bool  # the batch was written back before (a redelivery after success)
+    gone: bool = False  # the job was delivered or cancelled: nothing to do, nothing to write
 
 
 class Store:
     def __init__(self, settings: QueueSettings, client=None):
         self.settings = settings
         self.redis = client or settings.redis_client()
+        self._begin = self.redis.register_script(BEGIN)
         self._write_back = self.redis.register_script(WRITE_BACK)
 
-    def _counter(self, req: BatchRequest, task_id: str) -> tuple[str, str]:
-        if req.job_id:
-            return JobKeys(self.settings.key_prefix, req.job_id).deliveries, req.batch_id
-        return task_deliveries_key(self.settings.key_prefix), task_id
+    def _retrying(self, what: str, call):
+        """`call()`, retried while Redis is down or loading (a restart), up to RETRY_SECONDS."""
+        deadline, wait = time.monotonic() + RETRY_SECONDS, 0.2
+        while True:
+            try:
+                return call()
+            except RedisError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("Redis error while %s (%s); retrying in %.1f s", what, exc, wait)
+                time.sleep(wait)
+                wait = min(wait * 2, 5.0)
 
     def begin(self, req: BatchRequest, task_id: str) -> Delivery:
-        """Count this delivery; say whether the batch is already written back."""
-        key, field = self._counter(req, task_id)
-        pipe = self.redis.pipeline()
-        pipe.hincrby(key, field, 1)
-        pipe.hget(key, f"{field}:error")
+        """Count this delivery; say whether the batch is already written back or its job is gone."""
         if req.job_id:
-            pipe.sismember(JobKeys(self.settings.key_prefix, req.job_id).done, req.batch_id)
-        pipe.expire(key, self.settings.job_ttl)
-        out = pipe.execute()
-        return Delivery(int(out[0]), out[1], bool(req.job_id and out[2]))
+            keys = JobKeys(self.settings.key_prefix, req.job_id)
+            key_list, field = [keys.meta, keys.deliveries, keys.done], req.batch_id
+        else:
+            key = task_deliveries_key(self.settings.key_prefix)
+            key_list, field = [key, key, key], task_id
+        args = [field, self.settings.job_ttl, "1" if req.job_id else "0"]
+        count, error, done = self._retrying(
+            f"counting delivery of {req.batch_key or task_id}", lambda: self._begin(keys=key_list, args=args))
+        if count == -1:
+            return Delivery(0, None, False, gone=True)
+        return Delivery(int(count), error, bool(done))
 
     def record_error(self, req: BatchRequest, task_id: str, reason: str) -> None:
-        key, field = self._counter(req, task_id)
+        if req.job_id:
+            key, field = JobKeys(self.settings.key_prefix, req.job_id).deliveries, req.batch_id
+        else:
+            key, field = task_deliveries_key(self.settings.key_prefix), task_id
         self.redis.hset(key, f"{field}:error", reason)
 
-    def finish(self, req: BatchRequest, task_id: str, results: dict[str, dict], version: dict | None) -> bool:
-        """Store a batch's results (a job's) or forget its delivery count (a job-less task).
+    def forget(self, task_id: str) -> None:
+        """A job-less task ended: drop its delivery count."""
+        key = task_deliveries_key(self.settings.key_prefix)
+        self.redis.hdel(key, task_id, f"{task_id}:error")
 
-        `results` maps id -> score fields, or -> {"error": reason}. True when written
-        now, False when the batch had already been written back. `version` (model and
-        adapter) joins the job's set of versions; None when nothing was scored.
-        """
+    def write_record(self, job_id: str, batch_id: str, record: dict, scored: int, failed: int,
+                     version: dict | None) -> int:
+        """Store one batch's record: 1 written now, 0 written before, -1 the job is gone."""
+        keys = JobKeys(self.settings.key_prefix, job_id)
+        args = [batch_id, f"{time.time():.3f}", json.dumps(version, sort_keys=True) if version else "",
+                self.settings.job_ttl, scored, failed, json.dumps(record, separators=(",", ":"))]
+        key_list = [keys.meta, keys.done, keys.results, keys.versions, keys.deliveries, keys.inflight]
+        return int(self._retrying(f"writing back {job_id}/{batch_id}",
+                                  lambda: self._write_back(keys=key_list, args=args)))
+
+    def finish(self, req: BatchRequest, task_id: str, results: list[dict], version: dict | None,
+               model: str = "", policy: str = "") -> int:
+        """Write a job batch's results (one per item, {fields} or {"error"}), or end a job-less task."""
         if not req.job_id:
-            key, field = self._counter(req, task_id)
-            self.redis.hdel(key, field, f"{field}:error")
-            return True
-        keys = JobKeys(self.settings.key_prefix, req.job_id)
-        scored, failed = [], []
-        for item_id, fields in results.items():
-            if "error" in fields:
-                failed += [item_id, fields["error"]]
-            else:
-                scored += [item_id, json.dumps(fields, separators=(",", ":"))]
-        args = [req.batch_id, f"{time.time():.3f}", json.dumps(version, sort_keys=True) if version else "",
-                self.settings.job_ttl, len(scored) // 2, *scored, *failed]
-        key_list = [keys.done, keys.scores, keys.failed, keys.meta, keys.versions, keys.deliveries]
-        return bool(self._write_back(keys=key_list, args=args))
+            self.forget(task_id)
+            return 1
+        failed = sum(1 for r in results if "error" in r)
+        record = {"ids": [item.id for item in req.items], "results": results, "model": model, "policy": policy,
+                  "adapter_version": (version or {}).get("adapter_version", "")}
+        return self.write_record(req.job_id, req.batch_id, record, len(results) - failed, failed, version)
+
+    def refuse(self, job_id: str, batch_id: str, n_items: int, reason: str) -> int:
+        """A payload the worker cannot parse, but whose batch it can name: all its rows fail with `reason`."""
+        return self.write_record(job_id, batch_id, {"error": reason, "n": n_items}, 0, n_items, None)

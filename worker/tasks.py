@@ -2,9 +2,12 @@
 
 Errors are sorted by what a retry could change. A bad payload, an unknown adapter
 or another model can never succeed: the task fails at once, with the reason, and
-a job's items are marked failed. Anything else is retried until the batch has
-been delivered AGILE_MAX_DELIVERIES times; a batch that kills its worker is
-counted the same way, on its next delivery, so a poison batch cannot loop.
+a job's items are marked failed, so the job still ends (fail closed: whenever the
+payload names its job and batch, even if nothing else in it parses). Anything
+else is retried until the batch has been delivered AGILE_MAX_DELIVERIES times; a
+batch that kills its worker is counted the same way, on its next delivery, so a
+poison batch cannot loop. A batch of a job already delivered or cancelled is
+dropped without writing anything.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import logging
 import time
 
 from celery.exceptions import Reject
+from redis.exceptions import RedisError
 
 from agile.adapters import AdapterError
 from agile.tokens import LabelError
-from agile.wire import TASK_NAME, BatchFailed, BatchRequest, PayloadError
+from agile.wire import NAME, TASK_NAME, BatchFailed, BatchRequest, PayloadError
 from agile.worker import metrics
 from agile.worker.app import app, settings
 from agile.worker.store import Store
@@ -37,11 +41,18 @@ def store() -> Store:
 def score_batch(self, *args, **kwargs) -> dict:
     try:
         req = BatchRequest.from_task(args, kwargs)
-    except PayloadError:
+    except PayloadError as exc:
         metrics.ERRORS.labels("payload").inc()
+        refuse(kwargs, str(exc))
         raise
     ids = ids_of(req)
-    delivery = store().begin(req, self.request.id)
+    try:
+        delivery = store().begin(req, self.request.id)
+    except RedisError as exc:  # still down after retrying: back on the queue, never dropped
+        raise Reject(f"Redis: {exc}", requeue=True) from exc
+    if delivery.gone:
+        log.info("batch %s: its job was delivered or cancelled; nothing written", req.batch_key, extra=ids)
+        return {**ids, "gone": True}
     if delivery.already_done:
         log.info("batch %s already written back; delivery %d ignored", req.batch_key, delivery.count,
                  extra={**ids, "delivery": delivery.count})
@@ -86,12 +97,16 @@ def score(req: BatchRequest, task_id: str) -> dict:
     start = time.perf_counter()
     scores = runtime.score(policy, [item.text for item in todo]) if todo else None
     seconds = time.perf_counter() - start
-    results = {item_id: {"error": reason} for item_id, reason in req.problems.items()}
-    for n, item in enumerate(todo):
-        results[item.id] = policy.fields(scores.probs[n], scores.truncated[n])
+    results, n = [], 0  # one per item, in item order
+    for item in req.items:
+        if item.id in req.problems:
+            results.append({"error": req.problems[item.id]})
+        else:
+            results.append(policy.fields(scores.probs[n], scores.truncated[n]))
+            n += 1
     version = {"model": runtime.info.spec, "model_checksum": runtime.info.checksum,
                "adapter": req.adapter, "adapter_version": policy.version}
-    store().finish(req, task_id, results, version)
+    store().finish(req, task_id, results, version, runtime.info.spec, policy.name)
     tokens = int(scores.n_tokens.sum()) if scores is not None else 0
     metrics.batch_done(policy.name, len(todo), len(req.problems), tokens, seconds)
     log.info("batch %s: %d scored, %d failed in %.3f s", req.batch_key or "(no job)", len(todo),
@@ -104,15 +119,28 @@ def score(req: BatchRequest, task_id: str) -> dict:
                     seconds, settings().visibility_timeout)
     if req.job_id:
         return {**ids_of(req), "scored": len(todo), "failed": len(req.problems)}
-    return {**version, "labels": policy.labels, "results": results}
+    return {**version, "labels": policy.labels,
+            "results": {item.id: result for item, result in zip(req.items, results, strict=True)}}
 
 
 def fail_all(req: BatchRequest, task_id: str, reason: str) -> None:
     """Mark every item of the batch failed with `reason` (the job still completes)."""
-    store().finish(req, task_id, {item.id: {"error": reason} for item in req.items}, None)
+    store().finish(req, task_id, [{"error": reason}] * len(req.items), None)
     metrics.FAILED.labels(req.adapter or "zero-shot").inc(len(req.items))
     log.warning("batch %s: %d items failed: %s", req.batch_key or "(no job)", len(req.items), reason,
                 extra={**ids_of(req), "failed": len(req.items)})
+
+
+def refuse(kwargs: dict, reason: str) -> None:
+    """A refused payload that names its job and batch fails that batch's rows, so the job still ends."""
+    job_id, batch_id = kwargs.get("job_id"), kwargs.get("batch_id")
+    if not all(isinstance(v, str) and NAME.match(v) for v in (job_id, batch_id)):
+        return
+    items = kwargs.get("items")
+    n = len(items) if isinstance(items, list) else 0
+    store().refuse(job_id, batch_id, n, f"payload refused: {reason}")
+    log.warning("batch %s/%s refused (%d items failed): %s", job_id, batch_id, n, reason,
+                extra={"job_id": job_id, "batch_id": batch_id, "failed": n})
 
 
 def ids_of(req: BatchRequest) -> dict:

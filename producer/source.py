@@ -1,0 +1,160 @@
+"""Comment dumps read row by row and cut into fixed row ranges, the same way on every read.
+
+Inside a job the unit is the input row: batch `b<n>` is rows n*size .. (n+1)*size-1
+of the source, and each item's id on the wire is its row number. The user's id
+column is carried as text beside it, never used as a key, so duplicate and
+missing ids come back as they were. A fingerprint (size, mtime, hash of the
+bytes) is stored with the job, so a process that re-reads the dump later to
+resume or repair it knows it is reading the same rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from agile.tables import TableError, read_chunks
+from agile.wire import Item
+
+EXAMPLES = 5  # duplicate ids named in the warning
+EXAMPLE_WINDOW = 100_000  # first distinct ids remembered to name duplicates (the count is always exact)
+
+
+class SourceChanged(TableError):
+    """The dump a job was made from is missing or no longer the same bytes."""
+
+
+@dataclass
+class Batch:
+    number: int
+    start: int  # row number of its first row
+    ids: list[str]  # the user's ids, as written (not sent: results come back by position)
+    texts: list[str]
+
+    @property
+    def id(self) -> str:
+        return f"b{self.number}"
+
+    def items(self) -> list[Item]:
+        return [Item(str(self.start + k), text) for k, text in enumerate(self.texts)]
+
+
+def batches(rows: Iterable[tuple[str, str]], size: int, first: int = 0) -> Iterator[Batch]:
+    """Batches of `size` consecutive rows, numbered from 0, starting at batch `first`."""
+    rows = iter(rows)
+    if first:
+        for _ in islice(rows, first * size):
+            pass
+    number = first
+    while chunk := list(islice(rows, size)):
+        yield Batch(number, number * size, [i for i, _ in chunk], [t for _, t in chunk])
+        number += 1
+
+
+@dataclass
+class Plan:
+    """What reading the whole dump once found, before anything is queued."""
+
+    rows: int
+    batches: int
+    duplicates: int  # rows whose id an earlier row already had (blank ids not counted)
+    examples: list[str] = field(default_factory=list)  # the first few of those ids
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """A comment file and how to read it; stored in the job so any process can re-read it."""
+
+    path: str
+    text_column: str = "text"
+    id_column: str | None = "id"
+    id_required: bool = False  # the user named the id column: its absence is an error
+    fmt: str | None = None
+    delimiter: str | None = None
+
+    @classmethod
+    def of(cls, path: str | Path, text_column: str = "text", id_column: str | None = "id",
+           fmt: str | None = None, delimiter: str | None = None, id_required: bool = False) -> FileSource:
+        return cls(str(Path(path).resolve()), text_column, id_column, id_required, fmt, delimiter)
+
+    def rows(self) -> Iterator[tuple[str, str]]:
+        """(id, text) per row, in file order; ids are row numbers when the file has no id column."""
+        for chunk in read_chunks(self.path, self.text_column, self.id_column, fmt=self.fmt,
+                                 delimiter=self.delimiter, id_required=self.id_required):
+            yield from zip(chunk.ids, chunk.texts, strict=True)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FileSource:
+        return cls(**json.loads(text))
+
+    def inspect(self, batch_size: int) -> Plan:
+        """Read every row once (every format or encoding error surfaces here); count duplicate ids."""
+        hashes = array("q")
+        first_rows: dict[str, int] = {}
+        examples: list[str] = []
+        n = 0
+        for row_id, _ in self.rows():
+            if row_id:
+                hashes.append(hash(row_id))
+                if row_id in first_rows:
+                    if len(examples) < EXAMPLES and row_id not in examples:
+                        examples.append(row_id)
+                elif len(first_rows) < EXAMPLE_WINDOW:
+                    first_rows[row_id] = n
+            n += 1
+        values = np.frombuffer(hashes, dtype=np.int64) if hashes else np.zeros(0, np.int64)
+        duplicates = int(len(values) - len(np.unique(values)))
+        return Plan(n, -(-n // batch_size), duplicates, examples)
+
+    def fingerprint(self) -> dict:
+        path = Path(self.path)
+        try:
+            stat = path.stat()
+            digest = hashlib.blake2b(digest_size=16)
+            with path.open("rb") as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+        except OSError as exc:
+            raise SourceChanged(f"{path}: cannot read the job's source ({exc.strerror})") from exc
+        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "blake2b": digest.hexdigest()}
+
+    def check(self, expected: dict) -> None:
+        """Raise SourceChanged unless the file holds the bytes the job was made from."""
+        path = Path(self.path)
+        if not path.is_file():
+            raise SourceChanged(f"{path}: the job's source is missing; it is needed to finish the job")
+        stat = path.stat()
+        if stat.st_size == expected["size"] and stat.st_mtime_ns == expected["mtime_ns"]:
+            return
+        if stat.st_size != expected["size"] or self.fingerprint()["blake2b"] != expected["blake2b"]:
+            raise SourceChanged(f"{path}: the job's source changed since it was submitted "
+                                f"({expected['size']:,} bytes then, {stat.st_size:,} now); "
+                                "cancel the job (agile cancel) and submit the file again")
+
+
+@dataclass(frozen=True)
+class MemorySource:
+    """Rows a service client holds in memory (`ScoringClient`): batched like a file."""
+
+    items: tuple[tuple[str, str], ...]
+
+    def rows(self) -> Iterator[tuple[str, str]]:
+        return iter(self.items)
+
+
+def same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a == b
