@@ -137,7 +137,7 @@ def collect(settings: QueueSettings, job: Job, out: str | Path, fmt: str | None 
     drain = Drain(job, out, fmt)
     try:
         status = run_job(settings, job, source, drain, progress, timeout, on_wait)
-        totals = drain.finish(source.rows(), job.batch_size, job.total_batches, _labels(job))
+        totals = drain.finish(source.rows(), job.batch_size, int(job.meta["total_rows"]), _labels(job))
     except BaseException as exc:
         if drain.spool.exists():
             exc.add_note(f"the scores collected so far are kept in {drain.spool}; "

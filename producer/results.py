@@ -150,16 +150,19 @@ class Drain:
                     return [k[2:] for k in result if k.startswith("p_")]
         return hint
 
-    def finish(self, rows: Iterable[tuple[str, str]], batch_size: int, total_batches: int,
+    def finish(self, rows: Iterable[tuple[str, str]], batch_size: int, total_rows: int,
                labels: list[str]) -> Totals:
         """Write the output (one row per input row, in order) in one rename; remove the spool."""
+        total_batches = -(-total_rows // batch_size)
         labels = self._labels(total_batches, labels)
         totals = Totals()
         rows = iter(rows)
         with TableWriter(self.out, self.fmt, schema=output.arrow_schema(labels)) as writer:
             page: list[dict] = []
-            for record in self._records(total_batches):
+            for n, record in enumerate(self._records(total_batches)):
                 chunk = list(islice(rows, batch_size))
+                if len(chunk) != min(batch_size, total_rows - n * batch_size):
+                    raise SourceChanged(f"{self.out}: the source no longer has the rows the job was made from")
                 model, policy = record.get("model", ""), record.get("policy", "")
                 for (row_id, _), result in zip(chunk, record_results(record, len(chunk)), strict=True):
                     error = result.get("error", "")
@@ -169,9 +172,9 @@ class Drain:
                 if len(page) >= WRITE_ROWS:
                     writer.write(page)
                     page = []
-            writer.write(page)
             if next(rows, None) is not None:
-                raise SourceChanged(f"{self.out}: the source has more rows than the job; it changed")
+                raise SourceChanged(f"{self.out}: the source has more rows than the job was made from")
+            writer.write(page)
             totals.rows = writer.rows
         totals.scored = totals.rows - totals.failed
         self.spool.unlink(missing_ok=True)

@@ -239,6 +239,26 @@ class Processes:
                 (thing.kill if isinstance(thing, RedisServer) else thing.stop)()
 
 
+@pytest.fixture(scope="session")
+def private_redis(tmp_path_factory):
+    """A redis-server of the test session's own (nothing on disk), never the machine's."""
+    server = RedisServer(tmp_path_factory.mktemp("private-redis"), persist=False).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis_settings(private_redis):
+    """Queue settings on the private Redis, its database flushed before and after the test."""
+    from agile.settings import QueueSettings
+
+    client = private_redis.client()
+    client.flushdb()
+    yield QueueSettings(redis_url=private_redis.url, key_prefix="test", queue="test-queue", max_in_flight=3,
+                        batch_size=4)
+    client.flushdb()
+
+
 @pytest.fixture
 def processes(tmp_path):
     p = Processes(tmp_path)

@@ -1,59 +1,90 @@
-"""Results out of Redis (the machine's Redis, own key prefix): drained, synced, never lost or doubled."""
+"""Results out of a private Redis: drained through a synced spool, one row per input row, in input order."""
 
 from __future__ import annotations
 
 import json
-import uuid
 
 import pandas as pd
 import pytest
+from queue_fixtures import private_redis, redis_settings  # noqa: F401  (fixtures)
 
-from agile.producer.results import PAGE_END, Drain
-from agile.settings import QueueSettings
-from agile.wire import BatchRequest, JobKeys
+from agile.producer.jobs import Job
+from agile.producer.results import Drain
+from agile.producer.source import FileSource, SourceChanged, batches
+from agile.wire import BatchRequest
 from agile.worker.store import Store
+
+FIELDS = {"p_Toxic": 0.7, "p_Safe": 0.3, "prediction": "Toxic", "flagged": True, "truncated": False}
 
 
 @pytest.fixture
-def job():
-    settings = QueueSettings(redis_url="redis://127.0.0.1:6379/0", key_prefix=f"test-{uuid.uuid4().hex[:8]}")
-    store = Store(settings)
-    req = BatchRequest.from_task((), {"items": [{"id": i, "text": "t"} for i in ("x", "y", "z", "bad")],
-                                      "job_id": "j", "batch_id": "b0"})
-    fields = {"p_Toxic": 0.7, "p_Safe": 0.3, "prediction": "Toxic", "flagged": True, "truncated": False}
-    store.finish(req, "t", {"x": fields, "y": fields, "z": fields, "bad": {"error": "text is empty"}}, None)
-    yield store.redis, JobKeys(settings.key_prefix, "j")
-    keys = list(store.redis.scan_iter(f"{settings.key_prefix}:*"))
-    if keys:
-        store.redis.delete(*keys)
+def job(redis_settings, tmp_path):  # noqa: F811
+    """A 10-row job (ids with a duplicate, a blank and a leading zero), batch size 4: b0 b1 b2."""
+    path = tmp_path / "dump.csv"
+    path.write_text("id,text\n0012,a\nx,b\nx,c\n,d\ny,\nz,f\nw,g\nv,h\nu,i\nt,j\n")
+    source = FileSource.of(path)
+    plan = source.inspect(4)
+    job = Job.create(redis_settings, {"adapter": "tiny-toxic"}, plan, 4,
+                     {"source": source.to_json(), "fingerprint": json.dumps(source.fingerprint())})
+    return job, source
+
+
+def write_back(job: Job, source: FileSource, numbers) -> None:
+    """What a worker's write-back does for the given batches (empty text fails, as on a worker)."""
+    store = Store(job.settings)
+    for batch in batches(source.rows(), 4):
+        if batch.number in numbers:
+            req = BatchRequest.from_task((), {"items": [{"id": i.id, "text": i.text} for i in batch.items()],
+                                              "job_id": job.job_id, "batch_id": batch.id})
+            results = [{"error": req.problems[i.id]} if i.id in req.problems else FIELDS for i in req.items]
+            store.finish(req, "t", results, None, "m", "tiny-toxic")
 
 
 @pytest.mark.parametrize("suffix", ["csv", "jsonl", "parquet"])
-def test_results_drain_redis_into_any_format(job, tmp_path, suffix):
-    redis, keys = job
-    drain = Drain(redis, keys, tmp_path / f"out.{suffix}")
-    assert drain.step() == 4
-    assert redis.hlen(keys.scores) == 0 and redis.hlen(keys.failed) == 0
-    assert drain.finish() == 4
-    frame = {"csv": pd.read_csv, "jsonl": lambda p: pd.read_json(p, lines=True), "parquet": pd.read_parquet}[
-        suffix](tmp_path / f"out.{suffix}")
-    assert list(frame.columns) == ["id", "p_Toxic", "p_Safe", "prediction", "flagged", "truncated", "error"]
-    assert sorted(frame["id"]) == ["bad", "x", "y", "z"]
-    assert frame.set_index("id").loc["bad", "error"] == "text is empty"
-    assert dict(drain.predictions) == {"Toxic": 3, "failed": 1}
-    assert not list(tmp_path.glob(".out.*"))  # spools removed
+def test_every_input_row_comes_back_once_in_order_with_its_id_as_written(job, tmp_path, suffix):
+    job, source = job
+    write_back(job, source, {2, 0, 1})
+    out = tmp_path / f"out.{suffix}"
+    drain = Drain(job, out)
+    assert drain.step() == 3 and job.redis.hlen(job.keys.results) == 0
+    assert drain.complete(3)
+    totals = drain.finish(source.rows(), 4, 10, [])
+    frame = {"csv": lambda p: pd.read_csv(p, dtype={"id": str}, keep_default_na=False),
+             "jsonl": lambda p: pd.read_json(p, lines=True, dtype={"id": str}),
+             "parquet": pd.read_parquet}[suffix](out)
+    assert list(frame.columns) == ["id", "p_Toxic", "p_Safe", "prediction", "flagged", "truncated", "model",
+                                   "policy", "error"]
+    assert frame["id"].tolist() == ["0012", "x", "x", "", "y", "z", "w", "v", "u", "t"]
+    assert frame["error"].tolist()[4] == "text is empty" and frame["error"].tolist()[3] == ""
+    assert (totals.rows, totals.scored, totals.failed) == (10, 9, 1)
+    assert not list(tmp_path.glob(".agile-*")) and not list(tmp_path.glob(".out*"))  # spool and temp gone
 
 
 def test_a_crash_between_sync_and_delete_writes_nothing_twice(job, tmp_path):
-    redis, keys = job
+    job, source = job
+    write_back(job, source, {0, 1, 2})
     out = tmp_path / "out.csv"
-    spool = tmp_path / f".out.csv.{keys.job_id}.scores.jsonl"
-    row = {"p_Toxic": 0.7, "p_Safe": 0.3, "prediction": "Toxic", "flagged": True, "truncated": False, "error": ""}
-    # a previous run synced x and y, died before deleting them from Redis, and left half a line
-    spool.write_text(json.dumps({"id": "x", **row}) + "\n" + json.dumps({"id": "y", **row}) + "\n"
-                     + PAGE_END + "\n" + '{"id": "z", "p_To')
-    drain = Drain(redis, keys, out)
+    first = Drain(job, out)
+    record = json.loads(job.redis.hget(job.keys.results, "b1"))
+    # a previous run synced b1, died before deleting it from Redis, and left half a line after it
+    first.spool.write_text(json.dumps({"batch": "b1", "record": record}) + "\n" + '{"batch": "b2", "rec')
+    drain = Drain(job, out)
+    assert drain.step() == 2  # b0 and b2; b1 was already in the spool
+    drain.finish(source.rows(), 4, 10, [])
+    assert len(pd.read_csv(out)) == 10
+
+
+def test_a_changed_source_leaves_the_old_output_and_the_spool(job, tmp_path):
+    job, source = job
+    write_back(job, source, {0, 1, 2})
+    out = tmp_path / "out.csv"
+    out.write_text("earlier output\n")
+    drain = Drain(job, out)
     drain.step()
-    drain.finish()
-    ids = sorted(pd.read_csv(out)["id"])
-    assert ids == ["bad", "x", "y", "z"]
+    out.with_name("dump.csv").write_text("id,text\n" + "a,b\n" * 11)
+    with pytest.raises(SourceChanged):
+        source.check(json.loads(job.meta["fingerprint"]))
+    with pytest.raises(SourceChanged, match="no longer has the rows|more rows"):
+        drain.finish(source.rows(), 4, 10, [])
+    assert out.read_text() == "earlier output\n" and drain.spool.exists()
+    assert not list(tmp_path.glob(".out.csv.*"))

@@ -1,73 +1,107 @@
-"""The producer without workers: deterministic batches, bounded memory, backpressure on real Redis."""
+"""The producer without workers: fixed row ranges, checks before a job exists, backpressure from Redis."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import tracemalloc
-import uuid
 
 import pytest
-from queue_fixtures import wait_for, write_csv
+from queue_fixtures import private_redis, redis_settings, wait_for, write_csv  # noqa: F401  (fixtures)
 
-from agile.producer.batches import FileSource, make_batches
-from agile.producer.jobs import Job
-from agile.settings import QueueSettings
-from agile.wire import BatchRequest
+from agile.producer.jobs import Job, check_policy
+from agile.producer.pipeline import prepare, run_job, start
+from agile.producer.source import FileSource, batches
+from agile.tables import TableError
+from agile.wire import BatchRequest, PayloadError
 from agile.worker.store import Store
 
 
-def test_batches_are_the_same_on_every_read_and_ids_default_to_row_numbers(tmp_path):
-    path = tmp_path / "no_ids.csv"
-    path.write_text("text\n" + "".join(f"comment {i}\n" for i in range(10)))
+def test_batches_are_fixed_row_ranges_and_keep_every_row(tmp_path):
+    path = tmp_path / "dump.csv"
+    path.write_text("id,text\n" + "".join(f"d{i % 3},comment {i}\n" for i in range(10)))
     source = FileSource.of(path)
-    first = [(b.id, b.ids) for b in make_batches(source.rows(), 4)]
-    assert first == [(b.id, b.ids) for b in make_batches(source.rows(), 4)]
-    assert first[0] == ("b0", ["0", "1", "2", "3"]) and first[-1] == ("b2", ["8", "9"])
-    dup = list(make_batches([("a", "x"), ("a", "y"), ("b", "z")], 4))
-    assert dup[0].ids == ["a", "b"] and dup[0].duplicates == 1
+    first = [(b.id, b.start, b.ids, [i.id for i in b.items()]) for b in batches(source.rows(), 4)]
+    assert first == [(b.id, b.start, b.ids, [i.id for i in b.items()]) for b in batches(source.rows(), 4)]
+    assert first[0] == ("b0", 0, ["d0", "d1", "d2", "d0"], ["0", "1", "2", "3"])  # wire ids: row numbers
+    assert first[-1][:3] == ("b2", 8, ["d2", "d0"])
+    assert [b.id for b in batches(source.rows(), 4, first=1)] == ["b1", "b2"]
+    plan = source.inspect(4)
+    assert (plan.rows, plan.batches, plan.duplicates, plan.examples) == (10, 3, 7, ["d0", "d1", "d2"])
 
 
 def test_reading_a_big_dump_keeps_memory_flat(tmp_path):
     path = write_csv(tmp_path / "big.csv", 200_000)
     tracemalloc.start()
-    rows = sum(len(b.ids) for b in make_batches(FileSource.of(path).rows(), 64))
+    rows = sum(len(b.ids) for b in batches(FileSource.of(path).rows(), 64))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert rows == 200_000
     assert peak < 40e6, f"peak {peak / 1e6:.0f} MB while streaming a {path.stat().st_size / 1e6:.0f} MB file"
 
 
-@pytest.fixture
-def settings():
-    s = QueueSettings(redis_url="redis://127.0.0.1:6379/0", key_prefix=f"test-{uuid.uuid4().hex[:8]}",
-                      queue=f"test-{uuid.uuid4().hex[:8]}", max_in_flight=3, batch_size=4)
-    yield s
-    r = s.redis_client()
-    for key in [*r.scan_iter(f"{s.key_prefix}:*"), s.queue]:
-        r.delete(key)
+@pytest.mark.parametrize("policy, says", [
+    ({"labels": ["A"]}, "labels must be a list of at least two strings"),
+    ({"instructions": ""}, "instructions must be a non-empty string"),
+    ({"adapter": "ethos-hate", "labels": ["A", "B"]}, "an adapter brings its own"),
+    ({"labels": ["A", "A"]}, "labels must be distinct"),
+])
+def test_a_policy_the_workers_would_refuse_is_refused_here(policy, says):
+    with pytest.raises(PayloadError, match=says):
+        check_policy(policy)
 
 
-def test_submit_waits_while_max_in_flight_batches_are_pending(settings, tmp_path):
+def test_bad_input_is_refused_before_a_job_exists(redis_settings, tmp_path):  # noqa: F811
+    good = write_csv(tmp_path / "dump.csv", 20)
+    bad_utf8 = tmp_path / "bad.csv"
+    bad_utf8.write_bytes(b"id,text\n" + b"".join(b"%d,fine\n" % i for i in range(29)) + b"29,bro\xffken\n")
+    cases = [(FileSource.of(tmp_path / "absent.csv"), {}, "no such file"),
+             (FileSource.of(good, text_column="comment"), {}, "no column 'comment'"),
+             (FileSource.of(good, id_column="cid", id_required=True), {}, "no column 'cid'"),
+             (FileSource.of(bad_utf8), {}, r"invalid UTF-8 at row 29 \(line 31, byte offset \d+\)"),
+             (FileSource.of(good), {"labels": ["A"]}, "labels")]
+    for source, policy, says in cases:
+        with pytest.raises((TableError, PayloadError), match=says):
+            prepare(redis_settings, source, policy, tmp_path / "out.csv")
+    assert redis_settings.redis_client().keys("*") == []  # nothing in Redis: no job, no batch
+
+
+def _write_back_one(job: Job, store: Store, batch) -> None:
+    req = BatchRequest.from_task((), {"items": [{"id": i.id, "text": i.text} for i in batch.items()],
+                                      "job_id": job.job_id, "batch_id": batch.id})
+    store.finish(req, "t", [{"error": "skipped"}] * len(req.items), None)
+
+
+def test_backpressure_is_per_job_in_redis_and_holds_across_processes(redis_settings, tmp_path):  # noqa: F811
     source = FileSource.of(write_csv(tmp_path / "dump.csv", 40))
-    job = Job(settings).create(source=source.to_meta())
-    thread = threading.Thread(target=job.submit, args=(make_batches(source.rows(), 4),), daemon=True)
+    job = start(redis_settings, source, {}, prepare(redis_settings, source, {}))
+    r = redis_settings.redis_client()
+    thread = threading.Thread(target=run_job, args=(redis_settings, job, source), daemon=True)
     thread.start()
-    r = settings.redis_client()
-    wait_for(lambda: r.llen(settings.queue) == 3, 10, "three batches queued")
+    wait_for(lambda: r.llen(redis_settings.queue) == 3, 10, "three batches queued")
     time.sleep(1)
-    assert r.llen(settings.queue) == 3 and thread.is_alive()  # held back: nothing written back yet
-    store = Store(settings)
-    for batch in make_batches(source.rows(), 4):  # what a worker's write-back does, batch by batch
-        if not thread.is_alive():
-            break
-        req = BatchRequest.from_task((), {"items": [{"id": i, "text": t} for i, t in zip(batch.ids, batch.texts,
-                                                                                        strict=True)],
-                                          "job_id": job.job_id, "batch_id": batch.id})
-        store.finish(req, "t", {i: {"error": "skipped"} for i in batch.ids}, None)
-        time.sleep(0.3)
+    assert r.llen(redis_settings.queue) == 3 and thread.is_alive()  # held back: nothing written back yet
+    other = Job.open(redis_settings, job.job_id)  # another process sees the same three in flight
+    assert other.in_flight()[0] == 3 and not other.has_room()
+    store, most = Store(redis_settings), 0
+    for batch in batches(source.rows(), 4):
+        wait_for(lambda b=batch: other.status().next_batch > b.number, 10, f"{batch.id} sent")
+        most = max(most, other.in_flight()[0])
+        _write_back_one(job, store, batch)
     thread.join(10)
-    assert not thread.is_alive()
+    assert not thread.is_alive() and most == 3
     status = job.status()
-    assert status.total_batches == 10 and status.queued == 40
-    assert r.llen(settings.queue) <= 10
+    assert (status.total_batches, status.total_rows, status.next_batch, status.failed) == (10, 40, 10, 40)
+    assert r.llen(redis_settings.queue) == 10 and status.state == "complete"  # no worker took them
+
+
+def test_bytes_in_flight_are_bounded_too(redis_settings, tmp_path):  # noqa: F811
+    settings = redis_settings.with_(max_bytes_in_flight=100, max_in_flight=30)
+    source = FileSource.of(write_csv(tmp_path / "dump.csv", 12))
+    job = start(settings, source, {}, prepare(settings, source, {}))
+    threading.Thread(target=run_job, args=(settings, job, source), daemon=True).start()
+    wait_for(lambda: job.in_flight()[0] == 1, 10, "one batch in flight")
+    time.sleep(0.5)
+    assert job.in_flight()[0] == 1 and job.in_flight()[1] > 100  # one batch is over the bound: it goes alone
+    assert json.loads(job.meta["policies"]) == [{}]

@@ -1,8 +1,9 @@
 """Crashes on purpose, with real processes: workers killed, Redis killed and restarted, poison batches.
 
-Each test has its own redis-server (append-only file on, as in production) and
-its own workers, visibility timeout 3 s. A worker hook (queue_fixtures) records
-every batch a worker starts in a Redis list, so the tests can see redeliveries.
+Each test has its own redis-server (append-only file on, as in production,
+unless the test says otherwise) and its own workers, visibility timeout 3 s. A
+worker hook (queue_fixtures) records every batch a worker starts in a Redis
+list, so the tests can see redeliveries.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from queue_fixtures import (  # noqa: F401  (fixtures)
     write_csv,
 )
 
-from agile.producer.batches import FileSource
+from agile.producer.source import FileSource
 from agile.producer.pipeline import moderate
 
 TRACE = "queue-test-trace"
@@ -35,15 +36,16 @@ def started(client) -> list[dict]:
 def run_job(env, source, out):
     """`moderate` in a thread, as a user's shell would run it while things break."""
     pool = ThreadPoolExecutor(1)
-    future = pool.submit(moderate, settings_of(env), FileSource.of(source), out, progress=False, timeout=120)
+    future = pool.submit(moderate, settings_of(env), FileSource.of(source), out, {}, timeout=120)
     pool.shutdown(wait=False)
     return future
 
 
 def assert_exactly_once(out, n: int, summary) -> None:
     ids = [r["id"] for r in read_output(out)]
-    assert len(ids) == n and set(ids) == {f"c{i}" for i in range(n)}
-    assert (summary.status.scored, summary.status.failed) == (n, 0)  # counters never double count
+    assert ids == [f"c{i}" for i in range(n)]  # every row once, in input order
+    assert (summary.totals.scored, summary.totals.failed) == (n, 0)
+    assert (summary.status.scored, summary.status.failed) == (n, 0)  # Redis counters never double count
 
 
 def test_kill_9_mid_batch_then_every_comment_is_scored_exactly_once(processes, tiny_preset, tmp_path):  # noqa: F811
@@ -94,23 +96,30 @@ def test_poison_batches_are_marked_failed_and_the_job_completes(processes, tiny_
     assert all(e.startswith("gave up after 2 deliveries: RuntimeError: queue test") for e in raised)
     assert all(rows[f"c{i}"]["error"] == "" for i in [*range(8), *range(16, 24), *range(32, 40)])
     assert (summary.status.scored, summary.status.failed) == (24, 16)
+    assert summary.exit_code == 1  # some rows failed
     assert len(supervisor.workers) == 3  # killed twice by b1, then b1 was given up without running it
     batches = [s["batch"] for s in started(redis.client())]
     assert batches.count("b1") == 3  # killed, killed, given up
     assert batches.count("b3") == 2  # raised, raised and given up
 
 
-def test_redis_killed_and_restarted_mid_job_loses_nothing(processes, tiny_preset, tmp_path):  # noqa: F811
-    redis = processes.redis()
-    env = queue_env(redis.url, tiny_preset, batch_size=8, QUEUE_TEST_TRACE=TRACE, QUEUE_TEST_DELAY="0.1")
+def test_redis_killed_and_restarted_empty_mid_submission_loses_nothing(processes, tiny_preset, tmp_path):  # noqa: F811
+    """No persistence: the queue, the job's keys and its counters are really gone; repair must restore them."""
+    redis = processes.redis(persist=False)
+    env = queue_env(redis.url, tiny_preset, batch_size=8, max_in_flight=3, QUEUE_TEST_TRACE=TRACE,
+                    QUEUE_TEST_DELAY="0.1")
     worker = processes.worker("w", env).wait_ready()
     out = tmp_path / "scores.csv"
     job = run_job(env, write_csv(tmp_path / "dump.csv", 240), out)
-    wait_for(lambda: len(started(redis.client())) >= 6, 60, "six batches started")
-    redis.kill()  # SIGKILL: whatever the append-only file had not synced is gone
-    redis.start()  # same port, same directory: replays the append-only file
+    r = redis.client()
+    wait_for(lambda: len(started(r)) >= 6, 60, "six batches started")
+    (meta_key,) = r.keys("*:job:*:meta")
+    assert int(r.hget(meta_key, "next_batch")) < 30  # still submitting when Redis dies
+    redis.kill()
+    redis.start()  # same port, nothing on disk: an empty Redis
     summary = job.result(timeout=150)
     assert_exactly_once(out, 240, summary)
+    assert int(redis.client().hget(meta_key, "resent_batches") or 0) >= 1  # repair did run
     assert worker.proc.poll() is None, "the worker reconnected instead of dying"
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.request
 import uuid
 
@@ -27,7 +26,7 @@ from queue_fixtures import (  # noqa: F401  (fixtures)
 )
 
 from agile.producer.client import ScoringClient
-from agile.wire import TASK_NAME
+from agile.wire import TASK_NAME, JobKeys
 
 PASSWORD = "s3cret-" + uuid.uuid4().hex[:6]
 BATCH_LINE = re.compile(r"batch ([0-9a-f]+)/(b\d+): \d+ scored")
@@ -37,12 +36,12 @@ BATCH_LINE = re.compile(r"batch ([0-9a-f]+)/(b\d+): \d+ scored")
 def fleet(module_processes, tiny_preset, adapter_dir):  # noqa: F811
     redis = module_processes.redis(password=PASSWORD)
     env = queue_env(redis.url, tiny_preset, adapter_dir, QUEUE_TEST_DELAY="0.02")
-    port = free_port()
-    workers = [module_processes.worker("w1", env),
-               module_processes.worker("w2", {**env, "AGILE_LOG_FORMAT": "json", "AGILE_METRICS_PORT": str(port)})]
+    ports = [free_port(), free_port()]
+    workers = [module_processes.worker("w1", {**env, "AGILE_METRICS_PORT": str(ports[0])}),
+               module_processes.worker("w2", {**env, "AGILE_LOG_FORMAT": "json", "AGILE_METRICS_PORT": str(ports[1])})]
     for w in workers:
         w.wait_ready()
-    return {"env": env, "workers": workers, "redis": redis, "metrics": port}
+    return {"env": env, "workers": workers, "redis": redis, "metrics": ports}
 
 
 @pytest.fixture
@@ -66,7 +65,7 @@ def test_moderate_spreads_one_job_over_two_workers_with_no_duplicate(fleet, prod
     assert run_cli(["moderate", str(source), "-o", str(out), "--adapter", "tiny-toxic", "--batch-size", "8"]) == 0
     job_id = re.search(r"job ([0-9a-f]+):", capsys.readouterr().out).group(1)
     rows = read_output(out)
-    assert sorted(r["id"] for r in rows) == sorted(f"c{i}" for i in range(400))
+    assert [r["id"] for r in rows] == [f"c{i}" for i in range(400)]  # in input order
     assert {r["prediction"] for r in rows} <= {"Toxic", "Safe"}
     assert all(r["error"] == "" and abs(r["p_Toxic"] + r["p_Safe"] - 1) < 1e-4 for r in rows)
     first, second = batches_by_worker(fleet, job_id)
@@ -82,9 +81,9 @@ def test_rows_without_ids_get_row_numbers_and_bad_rows_get_reasons(fleet, produc
     texts = ["a normal comment", "", "x" * 250_000, "x" * 20_000, "another comment"]
     source.write_text("".join(json.dumps({"body": t}) + "\n" for t in texts))
     out = tmp_path / "scores.jsonl"
-    assert run_cli(["moderate", str(source), "-o", str(out), "--text-column", "body"]) == 0
+    assert run_cli(["moderate", str(source), "-o", str(out), "--text-column", "body"]) == 1  # some rows failed
     rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
-    assert set(rows) == {"0", "1", "2", "3", "4"}
+    assert list(rows) == ["0", "1", "2", "3", "4"]
     assert rows["1"]["error"] == "text is empty"
     assert "250,000 characters" in rows["2"]["error"]
     assert rows["3"]["truncated"] is True and rows["3"]["error"] == ""  # long, but scored: cut to fit
@@ -96,7 +95,7 @@ def test_a_file_with_invalid_utf8_is_refused_naming_the_row(fleet, producer_env,
     source = tmp_path / "dump.csv"
     source.write_bytes(b"id,text\na,fine\nb,bro\xffken\n")
     assert run_cli(["moderate", str(source), "-o", str(tmp_path / "out.csv")]) == 2
-    assert "invalid UTF-8" in capsys.readouterr().err
+    assert "invalid UTF-8 at row 1 (line 3, byte offset 20)" in capsys.readouterr().err
 
 
 def test_a_missing_column_and_an_unknown_adapter_say_what_is_wrong(fleet, producer_env, tmp_path, capsys):
@@ -104,10 +103,10 @@ def test_a_missing_column_and_an_unknown_adapter_say_what_is_wrong(fleet, produc
     assert run_cli(["submit", str(source), "--text-column", "comment"]) == 2
     assert "no column 'comment'" in capsys.readouterr().err
     out = tmp_path / "scores.csv"
-    assert run_cli(["moderate", str(source), "-o", str(out), "--adapter", "no-such-adapter"]) == 0
+    assert run_cli(["moderate", str(source), "-o", str(out), "--adapter", "no-such-adapter"]) == 1
     rows = read_output(out)
     assert len(rows) == 20 and all("unknown adapter 'no-such-adapter'" in r["error"] for r in rows)
-    assert "failed: 20" in capsys.readouterr().out
+    assert "0 scored, 20 FAILED" in capsys.readouterr().out
 
 
 def foreign_client(fleet) -> Celery:
@@ -144,6 +143,21 @@ def test_a_foreign_celery_client_gets_scores_or_clear_errors(fleet):
     assert "z" in again.get(timeout=30)["results"]
 
 
+def test_a_refused_job_batch_fails_its_rows_so_the_job_ends(fleet, producer_env):
+    """Fail closed: a payload the worker refuses, but whose job and batch parse, is written back failed."""
+    app = foreign_client(fleet)
+    kwargs = {"items": [{"id": "0", "text": "a"}, {"id": "1", "text": "b"}], "labels": ["A"],
+              "job_id": "foreignjob", "batch_id": "b0"}
+    with pytest.raises(Exception, match="labels must be a list of at least two strings"):
+        app.send_task(TASK_NAME, kwargs=kwargs, queue=fleet["env"]["AGILE_QUEUE"]).get(timeout=30)
+    keys = JobKeys(producer_env.key_prefix, "foreignjob")
+    r = fleet["redis"].client()
+    record = json.loads(r.hget(keys.results, "b0"))
+    assert record["n"] == 2 and "labels must be a list" in record["error"]
+    assert r.sismember(keys.done, "b0") and r.hget(keys.meta, "failed") == "2"
+    r.delete(*keys.all())
+
+
 def test_the_service_client_streams_and_waits(fleet, producer_env):
     client = ScoringClient(producer_env, adapter="tiny-toxic")
     items = [(f"s{i}", f"comment number {i}") for i in range(70)] + [("bad", "broken \udc80 text")]
@@ -154,21 +168,26 @@ def test_the_service_client_streams_and_waits(fleet, producer_env):
     now = client.score_now([("n1", "quick one")])
     assert now["adapter"] == "tiny-toxic" and len(now["adapter_version"]) == 12
     assert set(now["results"]) == {"n1"}
+    assert not fleet["redis"].client().keys("celery-task-meta-*")  # read once, then forgotten
+
+
+def metric_sum(texts: list[str], pattern: str) -> float:
+    return sum(float(v) for text in texts for v in re.findall(pattern, text, re.M))
 
 
 def test_metrics_json_logs_and_no_password_in_logs(fleet):
-    deadline = time.monotonic() + 10
-    while True:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{fleet['metrics']}/metrics", timeout=5).read().decode()
-        if "agile_comments_scored_total{" in text or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    scored = [float(v) for v in re.findall(r'^agile_comments_scored_total\{adapter="[^"]+"\} (\S+)$', text, re.M)]
-    assert sum(scored) > 0
+    app = foreign_client(fleet)
+    for _ in range(4):  # payload errors, wherever they land
+        with pytest.raises(Exception, match="unknown payload key"):
+            app.send_task(TASK_NAME, kwargs={"itmes": []}, queue=fleet["env"]["AGILE_QUEUE"]).get(timeout=30)
+    texts = [urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+             for port in fleet["metrics"]]
+    assert metric_sum(texts, r'^agile_comments_scored_total\{adapter="[^"]+"\} (\S+)$') > 0
+    text = texts[1]
     assert re.search(r'^agile_queue_depth\{state="in_flight"\} \d', text, re.M)
     assert re.search(r'^agile_model_loaded\{checksum="[0-9a-f]{12}",model="[^"]+"\} 1\.0$', text, re.M)
     assert "agile_batch_seconds_bucket" in text and "agile_tokens_total" in text
-    assert re.search(r'^agile_errors_total\{kind="payload"\} [1-9]', text, re.M) or "kind=" in text
+    assert metric_sum(texts, r'^agile_errors_total\{kind="payload"\} (\S+)$') >= 4
     lines = [json.loads(line) for line in fleet["workers"][1].text().splitlines() if line.startswith("{")]
     batch_lines = [x for x in lines if x.get("batch_id")]
     assert batch_lines and all(x["job_id"] and x["task_id"] for x in batch_lines)

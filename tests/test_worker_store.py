@@ -1,25 +1,19 @@
-"""Write-back against the machine's Redis (own key prefix, removed afterwards): exactly once per batch."""
+"""Write-back on a private Redis: exactly once per batch, nothing at all for a job that has ended."""
 
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
+from queue_fixtures import private_redis, redis_settings  # noqa: F401  (fixtures)
 
-from agile.settings import QueueSettings
-from agile.wire import BatchRequest, JobKeys
+from agile.wire import BatchRequest, JobKeys, task_deliveries_key
 from agile.worker.store import Store
 
 
 @pytest.fixture
-def store():
-    settings = QueueSettings(redis_url="redis://127.0.0.1:6379/0", key_prefix=f"test-{uuid.uuid4().hex[:8]}")
-    s = Store(settings)
-    yield s
-    keys = list(s.redis.scan_iter(f"{settings.key_prefix}:*"))
-    if keys:
-        s.redis.delete(*keys)
+def store(redis_settings):  # noqa: F811
+    return Store(redis_settings)
 
 
 def batch(batch_id: str, ids: list[str]) -> BatchRequest:
@@ -27,26 +21,26 @@ def batch(batch_id: str, ids: list[str]) -> BatchRequest:
                                        "job_id": "job1", "batch_id": batch_id})
 
 
-def results(ids, failed=()) -> dict:
-    out = {i: {"p_A": 0.25, "p_B": 0.75, "prediction": "B", "truncated": False} for i in ids}
-    out.update({i: {"error": "text is empty"} for i in failed})
-    return out
+def results(n: int, failed: tuple[int, ...] = ()) -> list[dict]:
+    ok = {"p_A": 0.25, "p_B": 0.75, "prediction": "B", "truncated": False}
+    return [{"error": "text is empty"} if k in failed else ok for k in range(n)]
 
 
 def test_a_redelivered_batch_is_not_counted_twice(store):
     keys = JobKeys(store.settings.key_prefix, "job1")
     version = {"model": "m", "model_checksum": "c", "adapter": "a", "adapter_version": "v1"}
-    assert store.finish(batch("b0", ["1", "2", "3"]), "t", results(["1", "2"], failed=["3"]), version)
-    assert not store.finish(batch("b0", ["1", "2", "3"]), "t", results(["1", "2", "3"]), version)
-    assert store.finish(batch("b1", ["4"]), "t", results(["4"]), version)
+    assert store.finish(batch("b0", ["0", "1", "2"]), "t", results(3, failed=(2,)), version, "m", "a") == 1
+    assert store.finish(batch("b0", ["0", "1", "2"]), "t", results(3), version, "m", "a") == 0
+    assert store.finish(batch("b1", ["3"]), "t", results(1), version, "m", "a") == 1
     r = store.redis
     meta = r.hgetall(keys.meta)
     assert (int(meta["scored"]), int(meta["failed"])) == (3, 1)
-    assert r.hlen(keys.scores) == 3 and r.hget(keys.failed, "3") == "text is empty"
-    assert json.loads(r.hget(keys.scores, "1"))["prediction"] == "B"
+    record = json.loads(r.hget(keys.results, "b0"))
+    assert record["ids"] == ["0", "1", "2"] and record["results"][2] == {"error": "text is empty"}
+    assert record["results"][0]["prediction"] == "B" and (record["model"], record["policy"]) == ("m", "a")
     assert r.smembers(keys.done) == {"b0", "b1"}
     assert [json.loads(v) for v in r.smembers(keys.versions)] == [version]
-    assert 0 < r.ttl(keys.scores) <= store.settings.job_ttl
+    assert 0 < r.ttl(keys.results) <= store.settings.job_ttl
 
 
 def test_deliveries_are_counted_until_written_back(store):
@@ -55,16 +49,54 @@ def test_deliveries_are_counted_until_written_back(store):
     store.record_error(req, "task", "RuntimeError: boom")
     second = store.begin(req, "task")
     assert (second.count, second.last_error, second.already_done) == (2, "RuntimeError: boom", False)
-    store.finish(req, "task", results(["x"]), None)
+    store.finish(req, "task", results(1), None)
     assert store.begin(req, "task").already_done
     keys = JobKeys(store.settings.key_prefix, "job1")
     assert store.redis.hget(keys.deliveries, "b7:error") is None
 
 
-def test_a_task_without_a_job_counts_deliveries_by_task_id(store):
+@pytest.mark.parametrize("state", ["delivered", "cancelled"])
+def test_a_job_that_ended_takes_no_write_and_gets_no_key_back(store, state):
+    keys = JobKeys(store.settings.key_prefix, "job1")
+    store.redis.hset(keys.meta, mapping={"status": state, "created": "1"})
+    req = batch("b3", ["x", "y"])
+    assert store.begin(req, "task").gone
+    assert store.finish(req, "task", results(2), None) == -1
+    assert store.refuse("job1", "b3", 2, "bad") == -1
+    assert sorted(store.redis.keys("*")) == [keys.meta]
+    assert store.redis.hget(keys.meta, "scored") is None
+
+
+def test_a_refused_batch_fails_its_rows_so_the_job_ends(store):
+    keys = JobKeys(store.settings.key_prefix, "job1")
+    store.redis.hset(keys.inflight, "b2", 100)
+    assert store.refuse("job1", "b2", 5, "payload refused: labels must be ...") == 1
+    assert json.loads(store.redis.hget(keys.results, "b2")) == {"error": "payload refused: labels must be ...",
+                                                                "n": 5}
+    assert int(store.redis.hget(keys.meta, "failed")) == 5
+    assert store.redis.sismember(keys.done, "b2") and not store.redis.hexists(keys.inflight, "b2")
+
+
+def test_a_task_without_a_job_counts_deliveries_by_task_id_and_they_expire(store):
     req = BatchRequest.from_task((), {"items": [{"id": "x", "text": "t"}]})
     assert store.begin(req, "task-1").count == 1
     assert store.begin(req, "task-1").count == 2
     assert store.begin(req, "task-2").count == 1
-    store.finish(req, "task-1", results(["x"]), None)
+    key = task_deliveries_key(store.settings.key_prefix)
+    assert 0 < store.redis.ttl(key) <= store.settings.job_ttl
+    store.finish(req, "task-1", results(1), None)
     assert store.begin(req, "task-1").count == 1
+
+
+def test_begin_rides_out_a_redis_restart(private_redis, redis_settings, monkeypatch):  # noqa: F811
+    """Redis down while a delivery is counted: retried until it is back, never a lost batch."""
+    import threading
+
+    import agile.worker.store as store_module
+
+    monkeypatch.setattr(store_module, "RETRY_SECONDS", 30.0)
+    store = Store(redis_settings.with_(redis_url=private_redis.url))
+    private_redis.kill()
+    threading.Timer(2.0, private_redis.start).start()
+    delivery = store.begin(batch("b0", ["x"]), "t")
+    assert delivery.count == 1 and not delivery.gone
