@@ -148,7 +148,10 @@ def _parquet_chunks(path: Path, text_column: str, id_column: str | None, id_requ
 
 def _jsonl_chunks(path: Path, text_column: str, id_column: str | None, id_required: bool,
                   chunk_rows: int) -> Iterator[Chunk]:
-    """Our own line reader: numbers stay as written, and a bad line is named by row, line and byte."""
+    """Our own line reader: numbers stay as written, and a bad line is named by row, line and byte.
+
+    A key any row so far had is a column (rows without it have a missing value there).
+    """
     start, records, columns, offset = 0, [], None, 0
     with path.open("rb") as f:
         for line_no, raw in enumerate(f, 1):
@@ -164,8 +167,7 @@ def _jsonl_chunks(path: Path, text_column: str, id_column: str | None, id_requir
                 raise TableError(f"{path}: not a JSON line at {where}: {exc.msg} (column {exc.colno})") from None
             if not isinstance(record, dict):
                 raise TableError(f"{path}: {where} is not a JSON object")
-            if columns is None:
-                columns = list(record)
+            columns = dict.fromkeys(record) if columns is None else {**columns, **dict.fromkeys(record)}
             records.append(record)
             if len(records) == chunk_rows:
                 yield _chunk(path, start, columns, lambda c, r=records: [x.get(c) for x in r], len(records),

@@ -79,12 +79,12 @@ def no_jobs_left_over(fleet):
     yield
 
 
-def test_duplicate_ids_across_batches_come_back_row_for_row(env, fleet, tmp_path, capsys):
+def test_duplicate_ids_across_batches_come_back_row_for_row(env, fleet, tmp_path, capsys, caplog):
     source = tmp_path / "dump.csv"
     source.write_text("id,text\n" + "".join(f"d{i % 30},comment number {i}\n" for i in range(100)))
     out = tmp_path / "moderate.csv"
     assert run_cli(["moderate", str(source), "-o", str(out), "--batch-size", "16"]) == 0
-    err = capsys.readouterr().err
+    err = caplog.text
     assert "70 row(s) repeat an id" in err and "'d0', 'd1'" in err  # warned, naming the first few
     rows = read_output(out)
     assert [r["id"] for r in rows] == [f"d{i % 30}" for i in range(100)]
@@ -264,3 +264,9 @@ def test_a_job_open_in_another_process_reads_everything_from_redis(env, tmp_path
     with pytest.raises(Exception, match="changed since it was submitted"):
         job_source(job)
     job.cancel()
+
+
+def test_a_worker_with_another_pool_refuses_to_start(env):
+    proc = agile(env, "worker", "--metrics-port", "0", "--", "--pool", "threads", stderr=subprocess.STDOUT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "pool 'thread' is not supported" in out

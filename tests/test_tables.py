@@ -72,3 +72,50 @@ def test_unknown_format_and_missing_file(tmp_path):
         list(read_chunks(tmp_path / "absent.csv"))
     with pytest.raises(TableError, match="does not exist"):
         TableWriter(tmp_path / "no" / "dir" / "out.csv")
+
+
+def test_ids_are_read_as_written_and_a_missing_id_is_empty(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    jsonl = tmp_path / "ids.jsonl"
+    jsonl.write_text('{"id": "0012", "text": "a"}\n{"text": "b"}\n{"id": 12, "text": "c"}\n\n'
+                     '{"id": 1.50, "text": "d"}\n{"id": null, "text": "e"}\n')
+    (chunk,) = read_chunks(jsonl)
+    assert chunk.ids == ["0012", "", "12", "1.50", ""] and chunk.texts == ["a", "b", "c", "d", "e"]
+    parquet = tmp_path / "ids.parquet"
+    pq.write_table(pa.table({"id": pa.array([7, None, 9], pa.int64()), "text": ["x", "y", None]}), parquet)
+    (chunk,) = read_chunks(parquet)
+    assert chunk.ids == ["7", "", "9"] and chunk.texts == ["x", "y", ""]
+    csv_path = tmp_path / "ids.csv"
+    csv_path.write_text("id,text\n0012,a\n,b\nnan,c\n")
+    (chunk,) = read_chunks(csv_path)
+    assert chunk.ids == ["0012", "", "nan"]
+
+
+def test_a_malformed_json_line_and_bad_utf8_name_the_row_line_and_byte(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"text": "a"}\n\n{"text": "b"}\n{"text": "c"\n')
+    with pytest.raises(TableError, match=r"not a JSON line at row 2 \(line 4, byte offset 29\)"):
+        list(read_chunks(path))
+    path.write_bytes(b'{"text": "a"}\n{"text": "b\xff"}\n')
+    with pytest.raises(TableError, match=r"invalid UTF-8 at row 1 \(line 2, byte offset 14\)"):
+        list(read_chunks(path))
+    csv_path = tmp_path / "bad.csv"
+    csv_path.write_bytes(b'id,text\n0,"two\nlines"\n1,ok\n2,b\xffd\n')
+    with pytest.raises(TableError, match=r"invalid UTF-8 at row 2 \(line 5, byte offset 30\)"):
+        list(read_chunks(csv_path, chunk_rows=1))
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl", "parquet"])
+def test_an_output_appears_whole_or_not_at_all(tmp_path, suffix):
+    path = tmp_path / f"out.{suffix}"
+    path.write_text("the previous output\n")
+    with pytest.raises(RuntimeError), TableWriter(path) as w:
+        w.write(rows(3))
+        raise RuntimeError("killed half-way")
+    assert path.read_text() == "the previous output\n" and sorted(tmp_path.iterdir()) == [path]
+    with TableWriter(path) as w:
+        w.write(rows(3))
+        assert path.read_text() == "the previous output\n"  # nothing in place until the writer closes
+    assert len(list(read_chunks(path))[0].ids) == 3 and sorted(tmp_path.iterdir()) == [path]

@@ -57,3 +57,21 @@ def test_another_model_is_refused_clearly(runtime):
     runtime.check_model(runtime.settings.model)
     with pytest.raises(PayloadError, match=r"this worker serves model .* the task asks for 'gemma3_1b'"):
         runtime.check_model("gemma3_1b")
+
+
+def test_an_adapter_retrained_under_the_same_name_is_picked_up(tiny_preset, adapter_dir, tmp_path):  # noqa: F811
+    import shutil
+
+    from agile.adapters import WEIGHTS_FILE
+    from safetensors.numpy import load_file, save_file
+
+    dirs = tmp_path / "adapters"
+    shutil.copytree(adapter_dir / "tiny-toxic", dirs / "tiny-toxic")
+    runtime = Runtime(QueueSettings(model=str(tiny_preset), adapter_path=str(dirs)))
+    before = runtime.policy("tiny-toxic", None, None)
+    first = runtime.score(before, TEXTS).probs
+    weights = {k: v * 3 for k, v in load_file(str(dirs / "tiny-toxic" / WEIGHTS_FILE)).items()}
+    save_file(weights, str(dirs / "tiny-toxic" / WEIGHTS_FILE))  # retrained, same name
+    after = runtime.policy("tiny-toxic", None, None)
+    assert after.version != before.version
+    assert np.abs(runtime.score(after, TEXTS).probs - first).max() > 1e-4

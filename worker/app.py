@@ -45,9 +45,10 @@ def _start(sender=None, **_) -> None:
     from agile.worker import metrics
     from agile.worker.runtime import get_runtime
 
-    pool = str(getattr(sender, "pool_cls", "solo"))
-    if "solo" not in pool.lower():  # the runtime swaps adapters in place: one batch at a time per process
-        log.critical("pool %s is not supported: run one solo worker per GPU (agile worker), and more "
+    pool = getattr(sender, "pool_cls", "solo")
+    pool = pool.__module__.rsplit(".", 1)[-1] if isinstance(pool, type) else str(pool)
+    if pool != "solo":  # the runtime swaps adapters in place: one batch at a time per process
+        log.critical("pool %r is not supported: run one solo worker per GPU (agile worker), and more "
                      "processes for more throughput", pool)
         raise SystemExit(2)
     config = settings()
