@@ -85,8 +85,8 @@ def _stop(proc: subprocess.Popen, what: str) -> None:
 
 def main() -> int:
     from agile.adapters import resolve_adapter
-    from agile.producer.source import FileSource
     from agile.producer.pipeline import moderate
+    from agile.producer.source import FileSource
     from agile.settings import QueueSettings
 
     settings = QueueSettings.from_env()

@@ -84,7 +84,7 @@ def test_a_changed_source_leaves_the_old_output_and_the_spool(job, tmp_path):
     out.with_name("dump.csv").write_text("id,text\n" + "a,b\n" * 11)
     with pytest.raises(SourceChanged):
         source.check(json.loads(job.meta["fingerprint"]))
-    with pytest.raises(SourceChanged, match="no longer has the rows|more rows"):
+    with pytest.raises(SourceChanged, match=r"no longer has the rows|more rows"):
         drain.finish(source.rows(), 4, 10, [])
     assert out.read_text() == "earlier output\n" and drain.spool.exists()
     assert not list(tmp_path.glob(".out.csv.*"))

@@ -23,8 +23,8 @@ from queue_fixtures import (  # noqa: F401  (fixtures)
     write_csv,
 )
 
-from agile.producer.source import FileSource
 from agile.producer.pipeline import moderate
+from agile.producer.source import FileSource
 
 TRACE = "queue-test-trace"
 

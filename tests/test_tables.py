@@ -118,4 +118,4 @@ def test_an_output_appears_whole_or_not_at_all(tmp_path, suffix):
     with TableWriter(path) as w:
         w.write(rows(3))
         assert path.read_text() == "the previous output\n"  # nothing in place until the writer closes
-    assert len(list(read_chunks(path))[0].ids) == 3 and sorted(tmp_path.iterdir()) == [path]
+    assert len(next(iter(read_chunks(path))).ids) == 3 and sorted(tmp_path.iterdir()) == [path]

@@ -62,8 +62,9 @@ def test_another_model_is_refused_clearly(runtime):
 def test_an_adapter_retrained_under_the_same_name_is_picked_up(tiny_preset, adapter_dir, tmp_path):  # noqa: F811
     import shutil
 
-    from agile.adapters import WEIGHTS_FILE
     from safetensors.numpy import load_file, save_file
+
+    from agile.adapters import WEIGHTS_FILE
 
     dirs = tmp_path / "adapters"
     shutil.copytree(adapter_dir / "tiny-toxic", dirs / "tiny-toxic")
