@@ -100,11 +100,26 @@ def test_names_resolve_only_inside_adapter_dirs(saved_adapter, tmp_path):
         resolve_adapter("nope", dirs)
 
 
-def test_failed_save_leaves_nothing_half_written(tiny_model, tmp_path):
-    target = tmp_path / "out" / "adapter"
-    with pytest.raises(AdapterError, match="no LoRA weights"):
-        save_adapter(load_model(str(tiny_model.agile_info.spec)), _meta(tiny_model), target)
-    assert not target.exists()
+def test_failed_save_leaves_nothing_half_written(saved_adapter, monkeypatch):
+    """The write fails inside the atomic writer, after the weights file was started: the old adapter stays."""
+    import safetensors.numpy
+
+    path, model = saved_adapter
+    before = {f.name: f.read_bytes() for f in path.iterdir()}
+
+    def disk_full(arrays, filename):
+        with open(filename, "wb") as f:
+            f.write(b"half a safetensors file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", disk_full)
+    with pytest.raises(AdapterError, match="No space left on device"):
+        save_adapter(model, _meta(model, threshold=0.6), path)
+    assert {f.name: f.read_bytes() for f in path.iterdir()} == before  # the previous version, untouched
+    assert sorted(p.name for p in path.parent.iterdir()) == ["test"]  # no work directory left behind
+    with pytest.raises(AdapterError, match="No space left on device"):
+        save_adapter(model, _meta(model), path.parent / "new")
+    assert not (path.parent / "new").exists()
 
 
 def test_a_scorer_follows_adapter_swaps(saved_adapter, tiny_preset):
