@@ -219,6 +219,20 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.partial{path.suffix}")
 
 
+def _remove_stale_work(path: Path) -> None:
+    """Drop temporary files a killed writer of `path` left (their process is gone)."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = stale.name[len(path.name) + 2:-len(".tmp")]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            stale.unlink(missing_ok=True)
+        except PermissionError:
+            pass
+
+
 class TableWriter:
     """Append rows (dicts with the same keys) to CSV, JSONL or Parquet; `close()` puts the file in place.
 
@@ -238,6 +252,7 @@ class TableWriter:
         self.path, self.fmt = Path(path), table_format(path, fmt)
         if not self.path.parent.is_dir():
             raise TableError(f"{self.path}: directory {self.path.parent} does not exist")
+        _remove_stale_work(self.path)
         self.work = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             self._file = None if self.fmt == "parquet" else self.work.open("w", encoding="utf-8", newline="")

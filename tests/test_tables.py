@@ -111,6 +111,7 @@ def test_a_malformed_json_line_and_bad_utf8_name_the_row_line_and_byte(tmp_path)
 def test_an_output_appears_whole_or_not_at_all(tmp_path, suffix):
     path = tmp_path / f"out.{suffix}"
     path.write_text("the previous output\n")
+    (tmp_path / f".out.{suffix}.999999999.tmp").write_text("left by a writer that was killed")
     with pytest.raises(RuntimeError), TableWriter(path) as w:
         w.write(rows(3))
         raise RuntimeError("killed half-way")
