@@ -8,6 +8,7 @@ from chaos import ChaosConfig, run_chaos
 def test_chaos_every_row_comes_back_exactly_once_in_order(tiny_preset, tmp_path):
     report = run_chaos(ChaosConfig(rows=600, batch_size=2, worker_kills=5, redis_persist=False), tmp_path,
                        tiny_preset)
+    print({k: v for k, v in report.as_dict().items() if k not in ("config", "log_tail")})  # figures, with -s
     assert report.exit_code == 0, report.log_tail
     assert report.batches >= 300
     assert (report.worker_kills, report.producer_kills, report.redis_restarts) == (5, 1, 1)
