@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from queue_fixtures import ROOT, Processes, queue_env, wait_for
@@ -58,7 +58,6 @@ class ChaosReport:
     seconds: float = 0.0
     exit_code: int | None = None
     log_tail: str = ""
-    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
