@@ -38,7 +38,8 @@ def async_redis(settings: QueueSettings):
     )
 
 
-def create_app(settings: ServeSettings, queue: QueueSettings, keys: frozenset[str], attributes: AttributeMap) -> FastAPI:
+def create_app(settings: ServeSettings, queue: QueueSettings, keys: frozenset[str],
+               attributes: AttributeMap) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         client = async_redis(queue)

@@ -9,6 +9,7 @@ Keys are compared in constant time and never logged.
 from __future__ import annotations
 
 import hmac
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
@@ -27,8 +28,9 @@ def _known(key: str, keys: frozenset[str]) -> bool:
     return found
 
 
-def require_key(request: Request, query: str | None = Depends(QUERY), header: str | None = Depends(HEADER),
-                bearer: HTTPAuthorizationCredentials | None = Depends(BEARER)) -> None:
+def require_key(request: Request, query: Annotated[str | None, Depends(QUERY)],
+                header: Annotated[str | None, Depends(HEADER)],
+                bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
     """The dependency every scoring route takes; the app's state holds the configured keys."""
     keys: frozenset[str] = request.app.state.keys
     if not keys:  # started with --open

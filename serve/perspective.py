@@ -12,7 +12,12 @@ from fastapi import APIRouter, Depends, Request
 from agile.serve.errors import RESPONSES, ApiError
 from agile.serve.keys import require_key
 from agile.serve.models import (
-    AnalyzeRequest, AnalyzeResponse, AttributeScore, AttributesResponse, Score, SpanScore,
+    AnalyzeRequest,
+    AnalyzeResponse,
+    AttributeScore,
+    AttributesResponse,
+    Score,
+    SpanScore,
 )
 from agile.serve.service import Service, comment_problem
 

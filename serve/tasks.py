@@ -95,6 +95,7 @@ class TaskQueue:
         self._pending: dict[str, _Pending] = {}
         self._poller: asyncio.Task | None = None
         self._depth = (0.0, 0)
+        self._acks: set[asyncio.Task] = set()  # doNotStore results waiting for the worker's ack
         self._sync = None  # a redis-py client for agile.broker's depth reading (health checks only)
 
     @property
@@ -159,7 +160,9 @@ class TaskQueue:
                 await self.redis.delete(*[RESULT_PREFIX + i for i in ready])
             for task_id, meta in ready.items():
                 if self._pending[task_id].wait_ack:
-                    asyncio.create_task(self._after_ack(task_id, meta))
+                    task = asyncio.create_task(self._after_ack(task_id, meta))
+                    self._acks.add(task)
+                    task.add_done_callback(self._acks.discard)
                 else:
                     self._resolve(task_id, meta)
 

@@ -26,8 +26,8 @@ def test_the_wheel_installs_agile_alone(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if ".dist-info/" not in n}
     assert top == {"agile"}, top
-    for module in ("agile/wire.py", "agile/cli/main.py", "agile/worker/tasks.py", "agile/producer/jobs.py", "agile/serve/app.py",
-                   "agile/trainer/train.py"):
+    for module in ("agile/wire.py", "agile/cli/main.py", "agile/worker/tasks.py", "agile/producer/jobs.py",
+                   "agile/serve/app.py", "agile/trainer/train.py"):
         assert module in names, module
     entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "agile = agile.cli.main:main" in zipfile.ZipFile(wheel).read(entry).decode()
