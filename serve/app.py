@@ -27,13 +27,13 @@ log = logging.getLogger("agile.serve")
 
 
 def async_redis(settings: QueueSettings):
-    """A redis.asyncio client that rides out a short Redis restart, like QueueSettings.redis_client."""
+    """A redis.asyncio client that rides out a Redis restart of about 2 s (then requests get 503)."""
     import redis.asyncio
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
 
     return redis.asyncio.Redis.from_url(
-        settings.redis_url, decode_responses=True, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 10),
+        settings.redis_url, decode_responses=True, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 6),
         socket_connect_timeout=5, socket_timeout=10, health_check_interval=15,
     )
 

@@ -112,8 +112,11 @@ class TaskQueue:
 
     async def depth(self) -> tuple[int, int]:
         """(waiting, in flight), as the workers' metrics read it."""
-        if self._sync is None:
-            self._sync = self.settings.redis_client()
+        if self._sync is None:  # no retries: a health check must answer now, not after Redis is back
+            import redis
+
+            self._sync = redis.Redis.from_url(self.settings.redis_url, decode_responses=True,
+                                              socket_connect_timeout=2, socket_timeout=5)
         return await asyncio.to_thread(queue_depth, self._sync, self.settings.queue)
 
     async def submit(self, adapter: str, items: list[dict], deadline_s: float, wait_ack: bool) -> asyncio.Future:

@@ -5,7 +5,6 @@ and httpx as the client. Request and response shapes follow Perspective's docume
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 
 import httpx
@@ -203,4 +202,4 @@ def test_the_server_log_holds_no_key_and_no_comment_text(stack):  # noqa: F811
     assert "/v1alpha1/comments:analyze 200" in log  # it does log requests
     for secret in (*KEYS, SECRET, TEXT):
         assert secret not in log
-    assert json.dumps(SECRET) not in stack["worker"].text()
+    assert SECRET not in stack["worker"].text()
