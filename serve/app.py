@@ -81,4 +81,26 @@ def create_app(settings: ServeSettings, queue: QueueSettings, keys: frozenset[st
         log.info("%s %s %d %.1f ms", request.method, route, response.status_code, seconds * 1000)
         return response
 
+    app.openapi = lambda: app.openapi_schema or _document(app, settings, attributes)
     return app
+
+
+def _document(app: FastAPI, settings: ServeSettings, attributes: AttributeMap) -> dict:
+    """FastAPI's OpenAPI document, made exact: the attribute and policy names this server accepts
+    (so generated clients and fuzzers know them), and no 422, which the server never answers."""
+    from fastapi.openapi.utils import get_openapi
+
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    for path in doc["paths"].values():
+        for operation in path.values():
+            operation.get("responses", {}).pop("422", None)
+    schemas = doc["components"]["schemas"]
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    schemas["AnalyzeRequest"]["properties"]["requestedAttributes"]["propertyNames"] = {
+        "enum": sorted(attributes.attributes)}
+    policies = schemas["ScoreRequest"]["properties"]["policies"]
+    policies["items"]["enum"], policies["uniqueItems"] = attributes.policies, True
+    schemas["ScoreRequest"]["properties"]["comments"]["maxItems"] = settings.max_comments
+    app.openapi_schema = doc
+    return doc

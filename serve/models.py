@@ -19,7 +19,7 @@ class _Strict(BaseModel):
 
 
 class TextEntry(_Strict):
-    text: str = Field(description="The comment text (UTF-8, at most AGILE_SERVE_MAX_TEXT_BYTES bytes).")
+    text: str = Field(min_length=1, description="The comment text (UTF-8, at most AGILE_SERVE_MAX_TEXT_BYTES bytes).")
     type: Literal["PLAIN_TEXT"] = "PLAIN_TEXT"
 
 
@@ -37,7 +37,8 @@ class AttributeRequest(_Strict):
 class AnalyzeRequest(_Strict):
     comment: TextEntry
     requestedAttributes: dict[str, AttributeRequest] = Field(
-        description="Attributes to score (see GET /v1alpha1/attributes), each with optional scoreThreshold.")
+        min_length=1, description="Attributes to score (GET /v1alpha1/attributes lists them), each with an "
+                                  "optional scoreThreshold.")
     context: Context | None = None
     spanAnnotations: bool = False
     languages: list[str] = Field(default_factory=list, max_length=16,

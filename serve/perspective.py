@@ -32,8 +32,6 @@ async def analyze(body: AnalyzeRequest, request: Request) -> AnalyzeResponse:
     problem = comment_problem(body.comment.text, service.settings.max_text_bytes)
     if problem:
         raise ApiError(400, f"comment.text: {problem}")
-    if not body.requestedAttributes:
-        raise ApiError(400, "requestedAttributes is empty: name at least one attribute")
     unknown = sorted(a for a in body.requestedAttributes if a not in mapping)
     if unknown:
         raise ApiError(400, f"Unknown attribute(s) {', '.join(unknown)}; this server scores "

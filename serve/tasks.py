@@ -143,46 +143,51 @@ class TaskQueue:
             except RedisError as exc:  # Redis restarting: the requests' own deadlines answer them
                 log.warning("reading results failed: %s", exc)
                 await asyncio.sleep(0.5)
+            except Exception:  # a bad result must not stop the results of everyone else
+                log.exception("result poller")
+                await asyncio.sleep(0.5)
             await asyncio.sleep(POLL_SECONDS)
 
     async def _tick(self) -> None:
         ids = list(self._pending)
-        now = time.monotonic()
         for start in range(0, len(ids), 512):
             chunk = ids[start:start + 512]
             values = await self.redis.mget([RESULT_PREFIX + i for i in chunk])
             ready = {}
+            now = time.monotonic()
             for task_id, raw in zip(chunk, values, strict=True):
                 if raw is not None:
                     meta = json.loads(raw)
                     if meta.get("status") in READY:
                         ready[task_id] = meta
-                elif now > self._pending[task_id].give_up_at:
-                    self._resolve(task_id, exc=TimeoutError(f"task {task_id} never answered"))
+                elif task_id in self._pending and now > self._pending[task_id].give_up_at:
+                    self._resolve(self._pending.pop(task_id), exc=TimeoutError(f"task {task_id} never answered"))
             if ready:
                 await self.redis.delete(*[RESULT_PREFIX + i for i in ready])
             for task_id, meta in ready.items():
-                if self._pending[task_id].wait_ack:
-                    task = asyncio.create_task(self._after_ack(task_id, meta))
+                pending = self._pending.pop(task_id, None)
+                if pending is None:
+                    continue
+                if pending.wait_ack:
+                    task = asyncio.create_task(self._after_ack(pending, meta))
                     self._acks.add(task)
                     task.add_done_callback(self._acks.discard)
                 else:
-                    self._resolve(task_id, meta)
+                    self._resolve(pending, meta)
 
-    async def _after_ack(self, task_id: str, meta: dict) -> None:
+    async def _after_ack(self, pending: _Pending, meta: dict) -> None:
         """Resolve once the worker has acknowledged: then no copy of the message is left in Redis."""
-        tag = self._pending[task_id].delivery_tag
         deadline = time.monotonic() + ACK_WAIT_SECONDS
         try:
-            while await self.redis.hexists(UNACKED, tag) and time.monotonic() < deadline:
+            while await self.redis.hexists(UNACKED, pending.delivery_tag) and time.monotonic() < deadline:
                 await asyncio.sleep(POLL_SECONDS)
         except RedisError as exc:
-            log.warning("could not check the acknowledgement of task %s: %s", task_id, exc)
-        self._resolve(task_id, meta)
+            log.warning("could not check the acknowledgement of a doNotStore task: %s", exc)
+        self._resolve(pending, meta)
 
-    def _resolve(self, task_id: str, meta: dict | None = None, exc: BaseException | None = None) -> None:
-        pending = self._pending.pop(task_id, None)
-        if pending is None or pending.future.done():
+    @staticmethod
+    def _resolve(pending: _Pending, meta: dict | None = None, exc: BaseException | None = None) -> None:
+        if pending.future.done():
             return
         if exc is not None:
             pending.future.set_exception(exc)
@@ -192,5 +197,5 @@ class TaskQueue:
     async def close(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
-        for task_id in list(self._pending):
-            self._resolve(task_id, exc=ConnectionError("the server is shutting down"))
+        while self._pending:
+            self._resolve(self._pending.popitem()[1], exc=ConnectionError("the server is shutting down"))

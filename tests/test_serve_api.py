@@ -98,7 +98,7 @@ SECRET = "a-very-secret-comment-8c1f"
     (body(SECRET + "é" * 10_240), "bytes; the limit is 20,480"),
     ('{"comment": {"text": "' + SECRET + '\\udc80"}, "requestedAttributes": {"TOXICITY": {}}}', "not valid UTF-8"),
     ({"comment": {"text": SECRET}, "requestedAttributes": {"TOXICITY": {}, "SPAM": {}}}, "Unknown attribute(s) SPAM"),
-    ({"comment": {"text": SECRET}, "requestedAttributes": {}}, "requestedAttributes is empty"),
+    ({"comment": {"text": SECRET}, "requestedAttributes": {}}, "'requestedAttributes': Dictionary should have"),
     ('{"comment": {"text": "' + SECRET + '"}, "requestedAttributes": {', "Invalid JSON payload received"),
     ("", "Invalid JSON payload received"),
     ({"comment": {"text": SECRET}, "requestedAttributes": {"TOXICITY": {}}, "colour": 1}, 'Unknown name "colour"'),
@@ -132,6 +132,16 @@ def test_do_not_store_leaves_nothing_of_the_text_in_redis(stack):  # noqa: F811
     analyze(stack["server"].url, body("stored? " + SECRET))
     assert wait_until(lambda: SECRET not in redis_strings(client), 5)
     assert not list(client.scan_iter("celery-task-meta-*"))
+
+
+def test_do_not_store_batches_under_two_policies_all_answer(stack):  # noqa: F811
+    """While one result waits for its worker's acknowledgement, the others are still read."""
+    with httpx.Client(timeout=15) as http:
+        for i in range(20):
+            reply = http.post(f"{stack['server'].url}/v1/score", params={"key": KEYS[0]},
+                              json={"comments": [{"id": "a", "text": f"request {i}"}],
+                                    "policies": ["tiny-toxic", "tiny-safe"], "doNotStore": True})
+            assert reply.status_code == 200, reply.text
 
 
 def test_concurrent_requests_are_coalesced_into_fewer_tasks(stack):  # noqa: F811
