@@ -102,5 +102,6 @@ def _document(app: FastAPI, settings: ServeSettings, attributes: AttributeMap) -
     policies = schemas["ScoreRequest"]["properties"]["policies"]
     policies["items"]["enum"], policies["uniqueItems"] = attributes.policies, True
     schemas["ScoreRequest"]["properties"]["comments"]["maxItems"] = settings.max_comments
+    schemas["TextEntry"]["properties"]["text"]["minLength"] = 1  # checked by the route, with a clearer message
     app.openapi_schema = doc
     return doc

@@ -1,10 +1,12 @@
 """Coalescing: comments from concurrent requests share one task per policy.
 
-The first comment for a policy opens a batch; it is sent when it holds
-`max_batch` comments or `window` seconds after it opened, whichever comes first.
-So one request alone waits a few milliseconds more, and N concurrent requests
-cost about N / max_batch tasks instead of N (the worker scores a batch in one
-forward pass per `AGILE_SCORING_BATCH` rows).
+The first comment for a policy opens a batch. It is sent when it holds `max_batch`
+comments, or once `window` seconds have passed and no earlier task of this policy
+from this server is still waiting in the queue. While one is waiting, no worker
+would start a new one any sooner, so the batch keeps filling instead: under load
+a batch grows to what arrives while the workers are busy, and N concurrent
+requests cost far fewer than N tasks (each task costs a worker its fixed overhead
+once). A request alone waits `window` (a few milliseconds) more.
 """
 
 from __future__ import annotations
@@ -43,8 +45,15 @@ class Coalescer:
             if len(batch) >= self.max_batch:
                 self._flush(policy)
             elif len(batch) == 1:
-                self._timers[policy] = loop.call_later(self.window, self._flush, policy)
+                self._timers[policy] = loop.call_later(self.window, self._due, policy)
         return futures
+
+    def _due(self, policy: str) -> None:
+        """The window has passed: send unless a task of this policy still waits for a worker."""
+        if self.queue.queued(policy):
+            self._timers[policy] = asyncio.get_running_loop().call_later(self.window, self._due, policy)
+        else:
+            self._flush(policy)
 
     def _flush(self, policy: str) -> None:
         timer = self._timers.pop(policy, None)

@@ -19,7 +19,7 @@ class _Strict(BaseModel):
 
 
 class TextEntry(_Strict):
-    text: str = Field(min_length=1, description="The comment text (UTF-8, at most AGILE_SERVE_MAX_TEXT_BYTES bytes).")
+    text: str = Field(description="The comment text: not empty, at most AGILE_SERVE_MAX_TEXT_BYTES bytes of UTF-8.")
     type: Literal["PLAIN_TEXT"] = "PLAIN_TEXT"
 
 

@@ -18,7 +18,7 @@ import logging
 import socket
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from redis.exceptions import RedisError
@@ -49,10 +49,15 @@ class TaskFailed(Exception):
 @dataclass
 class _Pending:
     future: asyncio.Future
+    adapter: str
     delivery_tag: str
     wait_ack: bool
-    give_up_at: float  # monotonic
-    started: float = field(default_factory=time.monotonic)
+    expires: float  # monotonic: a worker drops the task after this
+    taken: bool = False  # a worker holds it (kombu's unacked hash has its delivery tag)
+
+    @property
+    def give_up_at(self) -> float:
+        return self.expires + LATE_SECONDS
 
 
 def message(task_id: str, delivery_tag: str, queue: str, kwargs: dict, expires: datetime) -> str:
@@ -94,7 +99,7 @@ class TaskQueue:
         self.redis = redis  # a redis.asyncio client with decode_responses=True
         self._pending: dict[str, _Pending] = {}
         self._poller: asyncio.Task | None = None
-        self._depth = (0.0, 0)
+        self._depth = (0.0, 0)  # (monotonic time read, messages waiting)
         self._acks: set[asyncio.Task] = set()  # doNotStore results waiting for the worker's ack
         self._sync = None  # a redis-py client for agile.broker's depth reading (health checks only)
 
@@ -103,12 +108,17 @@ class TaskQueue:
         return len(self._pending)
 
     async def waiting(self) -> int:
-        """Messages waiting in the queue (all producers'), read at most every 20 ms."""
+        """Messages waiting in the queue (all producers'), read at most every few milliseconds."""
         read_at, depth = self._depth
         if time.monotonic() - read_at > DEPTH_CACHE_SECONDS:
             depth = await self.redis.llen(self.settings.queue)
             self._depth = (time.monotonic(), depth)
         return depth
+
+    def queued(self, adapter: str) -> int:
+        """This server's tasks for `adapter` that no worker has taken yet (and whose deadline is ahead)."""
+        now = time.monotonic()
+        return sum(1 for p in self._pending.values() if p.adapter == adapter and not p.taken and now < p.expires)
 
     async def depth(self) -> tuple[int, int]:
         """(waiting, in flight), as the workers' metrics read it."""
@@ -123,8 +133,8 @@ class TaskQueue:
         """Queue one task; the future resolves to its Celery result meta (already deleted in Redis)."""
         task_id, tag = str(uuid.uuid4()), str(uuid.uuid4())
         expires = datetime.now(timezone.utc) + timedelta(seconds=deadline_s)
-        pending = _Pending(asyncio.get_running_loop().create_future(), tag, wait_ack,
-                           time.monotonic() + deadline_s + LATE_SECONDS)
+        pending = _Pending(asyncio.get_running_loop().create_future(), adapter, tag, wait_ack,
+                           time.monotonic() + deadline_s)
         self._pending[task_id] = pending  # before the push: a fast worker's result must find it
         try:
             body = message(task_id, tag, self.settings.queue, {"items": items, "adapter": adapter}, expires)
@@ -152,7 +162,15 @@ class TaskQueue:
         ids = list(self._pending)
         for start in range(0, len(ids), 512):
             chunk = ids[start:start + 512]
-            values = await self.redis.mget([RESULT_PREFIX + i for i in chunk])
+            untaken = [i for i in chunk if i in self._pending and not self._pending[i].taken]
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.mget([RESULT_PREFIX + i for i in chunk])
+            for task_id in untaken:
+                pipe.hexists(UNACKED, self._pending[task_id].delivery_tag)
+            values, *taken = await pipe.execute()
+            for task_id, held in zip(untaken, taken, strict=True):
+                if held and task_id in self._pending:
+                    self._pending[task_id].taken = True
             ready = {}
             now = time.monotonic()
             for task_id, raw in zip(chunk, values, strict=True):
