@@ -147,7 +147,7 @@ def main() -> None:
         ["concurrent clients", "requests/s", "p50 ms", "p99 ms", "server mean ms", "comments per task", "errors",
          "vs Perspective 1 QPS"],
         [[r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["server_mean_ms"], r["comments_per_task"],
-          sum(r["failures"].values()), f"{r['rps'] / PERSPECTIVE_QPS:,.0f}x"] for r in runs])
+          sum(r["failures"].values()), f"{r['rps'] / PERSPECTIVE_QPS:.2g}x"] for r in runs])
     name = args.name or f"serve-{Path(model).name if args.model != 'tiny' else 'tiny'}-w{args.workers}-t{args.threads}"
     common.write_result(name, {"model": args.model, "workers": args.workers, "threads": args.threads,
                                "coalesce_ms": args.coalesce_ms, "max_batch": args.max_batch,

@@ -22,12 +22,13 @@ def body(text: str = TEXT, **extra) -> dict:
     return {"comment": {"text": text}, "requestedAttributes": {"TOXICITY": {}, "THREAT": {}}, **extra}
 
 
-def worker_scores(stack, adapter: str, texts: list[str]) -> dict:  # noqa: F811
+def worker_scores(stack, adapter: str | None, texts: list[str]) -> dict:  # noqa: F811
     """The worker's own answer through plain Celery, to compare the server's scores with."""
     app = Celery("check", broker=stack["redis"].url, backend=stack["redis"].url)
     app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
-    items = [{"id": str(n), "text": t} for n, t in enumerate(texts)]
-    result = app.send_task(TASK_NAME, kwargs={"items": items, "adapter": adapter}, queue=stack["env"]["AGILE_QUEUE"])
+    kwargs = {"items": [{"id": str(n), "text": t} for n, t in enumerate(texts)]}
+    kwargs.update({"adapter": adapter} if adapter else {"labels": ["Toxic", "Safe"]})
+    result = app.send_task(TASK_NAME, kwargs=kwargs, queue=stack["env"]["AGILE_QUEUE"])
     out = result.get(timeout=60)
     result.forget()
     return out
@@ -50,6 +51,15 @@ def test_analyze_answers_in_perspectives_shape_with_each_policys_positive_label(
     # THREAT is tiny-safe: the same weights, positive label Safe, so its score is the complement.
     assert scores["THREAT"]["summaryScore"]["value"] == pytest.approx(1 - scores["TOXICITY"]["summaryScore"]["value"],
                                                                       abs=1e-5)
+
+
+def test_the_workers_job_less_result_names_the_positive_label_and_threshold(stack):  # noqa: F811
+    safe = worker_scores(stack, "tiny-safe", [TEXT])
+    assert safe["positive_label"] == "Safe" and safe["threshold"] == 0.5
+    assert safe["results"]["0"]["flagged"] == (safe["results"]["0"]["p_Safe"] >= 0.5)
+    zero_shot = worker_scores(stack, None, [TEXT])
+    assert zero_shot["positive_label"] is None and zero_shot["threshold"] is None
+    assert "flagged" not in zero_shot["results"]["0"]
 
 
 def test_score_threshold_leaves_out_lower_scores_and_languages_default_to_the_trained_ones(stack):  # noqa: F811
