@@ -1,7 +1,7 @@
 """Perspective's `POST /v1alpha1/comments:analyze`, answered by the policies of the attribute map.
 
-An attribute's summaryScore is the probability of its policy's positive label
-(calibrated where the adapter carries a calibration). With `spanAnnotations` the
+An attribute's summaryScore is the probability of its policy's positive label, as
+the worker computes it (so calibrated once the adapter carries a calibration). With `spanAnnotations` the
 one span is the whole comment: the policies score comments, not sentences.
 """
 

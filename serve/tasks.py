@@ -3,8 +3,10 @@
 The server is a Celery client without Celery (docs/QUEUE.md, "without a Celery
 client"): it pushes protocol-2 JSON messages onto the queue's Redis list and reads
 `celery-task-meta-<id>` from the result backend, which it deletes as soon as it is
-read. One poller reads every pending result with one MGET per tick, so the cost
-does not grow with the number of waiting requests. Each message carries an
+read. One poller reads every pending result with one pipelined round trip per tick
+(an MGET of the results, and whether each queued task has been taken by a worker,
+which the coalescer waits for), so the cost does not grow with the number of
+waiting requests. Each message carries an
 `expires` time (the request's deadline): a worker drops a task nobody waits for.
 Messages say `kwargsrepr: "{...}"`, so comment texts never reach Flower or logs.
 """

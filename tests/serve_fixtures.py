@@ -23,7 +23,8 @@ from queue_fixtures import ROOT, free_port, queue_env, wait_for
 
 KEYS = ("key-" + uuid.uuid4().hex[:10], "key-" + uuid.uuid4().hex[:10])  # the second comes from a keys file
 ATTRIBUTES = {"languages": ["en"],
-              "attributes": {"TOXICITY": "tiny-toxic", "IDENTITY_ATTACK": "tiny-toxic", "THREAT": "tiny-safe"}}
+              "attributes": {"TOXICITY": "tiny-toxic", "IDENTITY_ATTACK": "tiny-toxic", "THREAT": "tiny-safe",
+                             "SEVERE_TOXICITY": "tiny-missing"}}  # mapped to an adapter the workers lack
 
 
 def tiny_policies(adapter_dir: Path, root: Path) -> Path:

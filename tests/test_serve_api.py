@@ -62,6 +62,13 @@ def test_the_workers_job_less_result_names_the_positive_label_and_threshold(stac
     assert "flagged" not in zero_shot["results"]["0"]
 
 
+def test_an_attribute_whose_adapter_the_workers_lack_is_a_failed_precondition(stack):  # noqa: F811
+    r = analyze(stack["server"].url, {"comment": {"text": TEXT}, "requestedAttributes": {"SEVERE_TOXICITY": {}}})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["status"] == "FAILED_PRECONDITION"
+    assert "unknown adapter 'tiny-missing'" in r.json()["error"]["message"]
+
+
 def test_score_threshold_leaves_out_lower_scores_and_languages_default_to_the_trained_ones(stack):  # noqa: F811
     first = analyze(stack["server"].url, body()).json()["attributeScores"]
     low, high = sorted(first, key=lambda a: first[a]["summaryScore"]["value"])
