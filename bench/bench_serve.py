@@ -34,18 +34,12 @@ KEY = "bench-key"
 
 
 def tiny_adapter(preset: Path, root: Path) -> str:
-    """A random LoRA adapter on the tiny preset (its scores mean nothing; its cost is real)."""
-    import numpy as np
-
+    """An untrained LoRA adapter (keras' initial weights) on the tiny preset: scores meaningless, cost real."""
     from agile.adapters import AdapterMeta, save_adapter
     from agile.models import load_model
 
     model = load_model(str(preset))
     model.backbone.enable_lora(2, target_layer_names=["query", "value"])
-    rng = np.random.default_rng(0)
-    for v in model.backbone.weights:
-        if "lora_kernel" in v.path:
-            v.assign(rng.normal(0, 0.5, v.shape).astype("float32"))
     meta = AdapterMeta(name="bench-tiny", base_model=str(preset), base_checksum=model.agile_info.checksum,
                        labels=["Toxic", "Safe"], instructions="Classify the following text into one of the "
                        "following classes", separator="<separator>", eos="<eos>", rank=2,
