@@ -14,8 +14,13 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from agile.wire import DEFAULT_QUEUE, MAX_ITEMS
 
-# AGILE_* variables read by other parts of the project.
-OTHER_KEYS = frozenset({"AGILE_HOME"})
+# AGILE_* variables read by other parts of the project: `agile serve` (agile.serve.settings) and AGILE_HOME.
+SERVE_KEYS = frozenset({
+    "AGILE_API_KEYS", "AGILE_API_KEYS_FILE", "AGILE_SERVE_HOST", "AGILE_SERVE_PORT", "AGILE_SERVE_OPEN",
+    "AGILE_SERVE_ATTRIBUTES", "AGILE_SERVE_MAX_TEXT_BYTES", "AGILE_SERVE_MAX_COMMENTS", "AGILE_SERVE_COALESCE_MS",
+    "AGILE_SERVE_MAX_BATCH", "AGILE_SERVE_MAX_QUEUE", "AGILE_SERVE_TIMEOUT",
+})
+OTHER_KEYS = frozenset({"AGILE_HOME", *SERVE_KEYS})
 
 
 class SettingsError(ValueError):

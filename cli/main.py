@@ -8,6 +8,7 @@ import sys
 
 import agile.cli.score
 import agile.producer.cli
+import agile.serve.cli
 import agile.trainer.cli
 import agile.worker.cli
 
@@ -19,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         "in-process or by Celery workers on Redis.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (agile.cli.score, agile.trainer.cli, agile.worker.cli, agile.producer.cli):
+    for module in (agile.cli.score, agile.trainer.cli, agile.worker.cli, agile.producer.cli, agile.serve.cli):
         module.register(sub)
     return parser
 

@@ -36,7 +36,8 @@ CRD_SCHEMAS = {
 K8S_VERSIONS = ("1.30", kubernetes_validate.utils.latest_version())
 # A batch must finish inside the grace period; no batch is planned to take longer than this.
 LONGEST_BATCH_S = 300
-FAKE_ENV = {"REDIS_PASSWORD": "test-password-0123", "FLOWER_BASIC_AUTH": "ops:test-flower"}
+FAKE_ENV = {"REDIS_PASSWORD": "test-password-0123", "FLOWER_BASIC_AUTH": "ops:test-flower",
+            "AGILE_API_KEYS": "test-key-0123,test-key-4567"}
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
 
 

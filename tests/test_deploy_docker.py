@@ -163,7 +163,7 @@ def test_gpu_claim_gives_each_worker_its_own_gpu(tmp_path: Path) -> None:
 
 def test_compose_services_wired_for_scale_out(compose_config: dict[str, Any]) -> None:  # noqa: F811
     services = compose_config["services"]
-    assert set(services) == {"redis", "worker", "flower", "producer"}
+    assert set(services) == {"redis", "worker", "flower", "producer", "serve"}
 
     redis = services["redis"]
     command = " ".join(redis["command"])
@@ -211,11 +211,42 @@ def test_compose_services_wired_for_scale_out(compose_config: dict[str, Any]) ->
     assert any(v["target"] == "/data" for v in producer["volumes"])
 
 
+def test_compose_serves_the_api_beside_the_workers(compose_config: dict[str, Any]) -> None:  # noqa: F811
+    from agile.serve.settings import ServeSettings
+    from agile.settings import QueueSettings
+
+    services = compose_config["services"]
+    serve, worker = services["serve"], services["worker"]
+    assert serve["image"] == worker["image"] and "deploy" not in serve, "the API needs no GPU"
+    assert serve["entrypoint"][-1] == "agile" and serve["command"][0] == "serve"
+    port = serve["command"][serve["command"].index("--port") + 1]
+    assert serve["command"][serve["command"].index("--host") + 1] == "0.0.0.0"
+    (published,) = serve["ports"]
+    assert published["target"] == int(port) and published["host_ip"] == "127.0.0.1"
+    assert f"127.0.0.1:{port}/healthz" in " ".join(serve["healthcheck"]["test"])
+    env = serve["environment"]
+    assert env["AGILE_REDIS_URL"] == worker["environment"]["AGILE_REDIS_URL"]
+    assert env["AGILE_QUEUE"] == worker["environment"]["AGILE_QUEUE"]
+    steps = dockerfile_instructions(DOCKERFILE.read_text())
+    image_env = dict(re.findall(r"(\w+)=(\S+)", " ".join(a for w, a in steps if w == "ENV")))
+    QueueSettings.from_env({**image_env, **env})  # agile accepts every AGILE_* it is given
+    settings = ServeSettings.from_env({**image_env, **env})
+    assert settings.keys() == set(FAKE_ENV["AGILE_API_KEYS"].split(","))
+    assert go_duration_seconds(serve["stop_grace_period"]) > settings.timeout
+    assert serve["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_compose_refuses_to_run_the_api_without_keys(tmp_path: Path) -> None:
+    result = run_compose([COMPOSE], {k: v for k, v in FAKE_ENV.items() if k != "AGILE_API_KEYS"}, tmp_path)
+    assert result.returncode != 0
+    assert "AGILE_API_KEYS" in result.stderr
+
+
 def test_compose_cpu_override_and_remote_redis(tmp_path: Path) -> None:
     result = run_compose([COMPOSE, COMPOSE_CPU], {**FAKE_ENV, "REDIS_HOST": "10.1.2.3"}, tmp_path)
     assert result.returncode == 0, result.stderr
     services = json.loads(result.stdout)["services"]
-    for name in ("worker", "producer"):
+    for name in ("worker", "producer", "serve"):
         assert services[name]["build"]["args"]["VARIANT"] == "cpu"
         assert services[name]["image"].endswith("-cpu")
         assert "deploy" not in services[name], "a CPU host cannot meet a GPU request"

@@ -68,7 +68,7 @@ def test_keda_hpa_behavior_validates_as_a_real_hpa(version: str) -> None:
 
 
 def _break(kind: str, change) -> dict[str, Any]:
-    doc = copy.deepcopy(find(kind))
+    doc = copy.deepcopy(find(kind, "agile-worker" if kind in ("Deployment", "PodDisruptionBudget") else None))
     change(doc)
     return doc
 
@@ -135,7 +135,7 @@ def test_k8s_workers_scale_on_queued_plus_in_flight_and_never_cut_a_batch() -> N
         {"parameter": "password", "name": "agile-redis", "key": "redis-password"}
     ]
 
-    pdb = find("PodDisruptionBudget")
+    pdb = find("PodDisruptionBudget", "agile-worker")
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
 
@@ -165,6 +165,36 @@ def test_containers_get_settings_agile_accepts_and_outlast_a_batch(compose_confi
     destination = re.search(r'--destination \\"([^"\\]+)\\"', health).group(1)
     for probe in ("startupProbe", "livenessProbe"):
         assert f'--destination "{destination}"' in container[probe]["exec"]["command"][-1]
+
+
+def test_k8s_serves_the_api_beside_the_workers_with_keys_from_a_secret() -> None:
+    from agile.serve.settings import ServeSettings
+    from agile.settings import QueueSettings
+
+    serve = find("Deployment", "agile-serve")
+    pod = serve["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert container["command"][-1] == "agile" and container["args"][0] == "serve"
+    port = int(container["args"][container["args"].index("--port") + 1])
+    assert container["ports"] == [{"name": "http", "containerPort": port}]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    env = env_of(container)
+    worker_env = env_of(find("Deployment", "agile-worker")["spec"]["template"]["spec"]["containers"][0])
+    assert env["AGILE_REDIS_URL"] == worker_env["AGILE_REDIS_URL"] and env["AGILE_QUEUE"] == worker_env["AGILE_QUEUE"]
+    assert env["AGILE_API_KEYS"] == {"secretKeyRef": {"name": "agile-api-keys", "key": "keys"}}
+    plain = {k: v if isinstance(v, str) else "from-a-secret" for k, v in env.items()}
+    QueueSettings.from_env({**plain, "AGILE_REDIS_URL": "redis://agile-redis:6379/0"})
+    settings = ServeSettings.from_env(plain)
+    assert pod["spec"]["terminationGracePeriodSeconds"] > settings.timeout
+    service = find("Service", "agile-serve")
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert service["spec"]["selector"] == serve["spec"]["selector"]["matchLabels"]
+    pdb = find("PodDisruptionBudget", "agile-serve")
+    assert pdb["spec"]["selector"] == serve["spec"]["selector"]
+    assert pdb["spec"]["minAvailable"] < serve["spec"]["replicas"]
+    readme = (DOCKER / "README.md").read_text()
+    assert re.search(r"kubectl -n agile create secret generic agile-api-keys --from-literal=keys=", readme)
 
 
 def test_k8s_metrics_are_scraped_where_the_worker_serves_them() -> None:
@@ -200,8 +230,10 @@ def test_k8s_redis_persists_and_takes_its_password_from_the_secret() -> None:
 
 
 def test_k8s_pods_are_restricted_and_sized() -> None:
-    for kind in ("Deployment", "StatefulSet"):
-        pod = find(kind)["spec"]["template"]["spec"]
+    workloads = [(d["kind"], d) for _, d in k8s_documents() if d["kind"] in ("Deployment", "StatefulSet")]
+    assert len(workloads) == 3
+    for kind, doc in workloads:
+        pod = doc["spec"]["template"]["spec"]
         assert pod["automountServiceAccountToken"] is False
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -212,7 +244,7 @@ def test_k8s_pods_are_restricted_and_sized() -> None:
                 for resource in ("cpu", "memory"):
                     value = str(container["resources"][bound][resource])
                     assert QUANTITY.match(value), f"{kind} {bound}.{resource}={value!r} is not a quantity"
-    worker_uid = find("Deployment")["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+    worker_uid = find("Deployment", "agile-worker")["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
     image_user = [a for w, a in dockerfile_instructions(DOCKERFILE.read_text()) if w == "USER"][-1]
     assert str(worker_uid) == image_user.split(":")[0]
 

@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("pyproject.toml", "README.md", "requirements.txt", "agile", "cli", "producer", "trainer", "worker")
+SOURCES = ("pyproject.toml", "README.md", "requirements.txt", "agile", "cli", "producer", "serve", "trainer", "worker")
 
 
 def test_the_wheel_installs_agile_alone(tmp_path):
@@ -27,7 +27,7 @@ def test_the_wheel_installs_agile_alone(tmp_path):
     top = {n.split("/")[0] for n in names if ".dist-info/" not in n}
     assert top == {"agile"}, top
     for module in ("agile/wire.py", "agile/cli/main.py", "agile/worker/tasks.py", "agile/producer/jobs.py",
-                   "agile/trainer/train.py"):
+                   "agile/serve/app.py", "agile/trainer/train.py"):
         assert module in names, module
     entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "agile = agile.cli.main:main" in zipfile.ZipFile(wheel).read(entry).decode()

@@ -119,7 +119,10 @@ def score(req: BatchRequest, task_id: str) -> dict:
                     seconds, settings().visibility_timeout)
     if req.job_id:
         return {**ids_of(req), "scored": len(todo), "failed": len(req.problems)}
-    return {**version, "labels": policy.labels,
+    # positive_label / threshold: what `flagged` means, so a client can read the policy's score
+    # (p_<positive_label>) without knowing the adapter; both null for zero-shot.
+    return {**version, "labels": policy.labels, "positive_label": policy.positive_label,
+            "threshold": policy.threshold if policy.positive_label else None,
             "results": {item.id: result for item, result in zip(req.items, results, strict=True)}}
 
 
