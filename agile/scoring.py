@@ -11,6 +11,7 @@ The model-side computation, for each Gemma family, is `agile.forward`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ import torch  # noqa: E402
 from keras import ops  # noqa: E402
 
 from agile.forward import check_scorable, label_logits, prefix_cache, suffix_label_logits  # noqa: E402
+from agile.lean import LeanForward, lean_unsupported  # noqa: E402
 from agile.prompt import DEFAULT_MAX_LENGTH, PromptTemplate  # noqa: E402
 from agile.tokens import PromptTokenizer  # noqa: E402
 
@@ -31,6 +33,7 @@ from agile.tokens import PromptTokenizer  # noqa: E402
 # sliding window (512 tokens); refuse longer inputs until that is checked.
 MAX_SUPPORTED_LENGTH = 512
 
+log = logging.getLogger("agile.scoring")
 __all__ = ["LabelScorer", "Scores", "ScoringSettings", "label_logits", "micro_batches", "pad_batch"]
 
 
@@ -44,6 +47,9 @@ class ScoringSettings:
     # At most this many positions (rows x padded width) per forward pass; a row longer than
     # the budget goes alone. 0: rows alone decide (batch_size rows per pass).
     token_budget: int = 0
+    # "lean": agile.lean's torch forward over the model's own weights (inference only; falls
+    # back to keras-hub's when it cannot run the model); "keras": keras-hub's layers.
+    engine: str = "lean"
 
     def __post_init__(self) -> None:
         if not 16 <= self.max_length <= MAX_SUPPORTED_LENGTH:
@@ -53,6 +59,8 @@ class ScoringSettings:
             )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.engine not in ("lean", "keras"):
+            raise ValueError(f"engine must be 'lean' or 'keras', got {self.engine!r}")
         if self.token_budget < 0:
             raise ValueError(f"token_budget must be 0 (off) or positive, got {self.token_budget}")
 
@@ -96,12 +104,12 @@ def micro_batches(widths: np.ndarray, max_rows: int, token_budget: int = 0) -> l
     return batches
 
 
-def _device_tensor(array: np.ndarray):
-    """The array on the model's device, copied without making the host wait for the device."""
+def _device_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The array on `device`, copied without making the host wait for the device."""
     tensor = torch.from_numpy(array)
-    if torch.cuda.is_available():
-        return tensor.pin_memory().to("cuda", non_blocking=True)
-    return tensor
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 class LabelScorer:
@@ -114,6 +122,8 @@ class LabelScorer:
         self.settings = settings or ScoringSettings()
         self.tokenizer = PromptTokenizer.from_model(model)
         self.label_ids = self.tokenizer.label_ids(template.labels)
+        self._lean: LeanForward | None = None
+        self._said_why = False
 
     def encode(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
         return self.tokenizer.encode_prompts(self.template, texts, self.settings.max_length)
@@ -135,22 +145,41 @@ class LabelScorer:
                 widths[group], self.settings.batch_size, self.settings.token_budget)]
         return prefix, passes
 
+    def _engine(self) -> LeanForward | None:
+        """The lean forward when the settings ask for it and it can run the model as it is now."""
+        if self.settings.engine != "lean":
+            return None
+        why = lean_unsupported(self.model.backbone)
+        if why:
+            if self._lean is not None or not self._said_why:
+                log.info("scoring with keras-hub's forward: the lean one cannot (%s)", why)
+                self._said_why = True
+            self._lean = None
+            return None
+        if self._lean is None:
+            self._lean = LeanForward(self.model.backbone)
+        return self._lean
+
     def score(self, texts: Sequence[str]) -> Scores:
         rows, truncated = self.encode(texts)
         lengths = np.array([len(r) for r in rows], dtype=np.int64)
         prefix, passes = self.plan(rows)
+        lean, backbone = self._engine(), self.model.backbone
+        device = backbone.token_embedding.embeddings.value.device
         caches, chunks = None, []
         with torch.inference_mode():
             for reuse, idx in passes:
-                if reuse:
-                    ids, mask = pad_batch([rows[i][len(prefix) :] for i in idx], self.tokenizer.pad_id)
+                batch = [rows[i][len(prefix) :] if reuse else rows[i] for i in idx]
+                ids, mask = (_device_tensor(a, device) for a in pad_batch(batch, self.tokenizer.pad_id))
+                if reuse and caches is None:
                     # Built per call (one short forward pass), so it always matches the current weights.
-                    caches = caches or prefix_cache(self.model.backbone, prefix)
-                    chunks.append(suffix_label_logits(
-                        self.model, caches, _device_tensor(ids), _device_tensor(mask), self.label_ids))
+                    caches = lean.prefix_cache(prefix, device) if lean else prefix_cache(backbone, prefix)
+                if lean:
+                    chunks.append(lean.label_logits(ids, mask, self.label_ids, caches if reuse else None))
+                elif reuse:
+                    chunks.append(suffix_label_logits(self.model, caches, ids, mask, self.label_ids))
                 else:
-                    ids, mask = pad_batch([rows[i] for i in idx], self.tokenizer.pad_id)
-                    chunks.append(label_logits(self.model, _device_tensor(ids), _device_tensor(mask), self.label_ids))
+                    chunks.append(label_logits(self.model, ids, mask, self.label_ids))
             probs = np.zeros((len(rows), len(self.label_ids)), dtype=np.float32)
             if chunks:  # one copy to the host per call, not one per forward pass
                 order = np.concatenate([idx for _, idx in passes])
