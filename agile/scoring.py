@@ -34,6 +34,9 @@ from agile.tokens import PromptTokenizer  # noqa: E402
 MAX_SUPPORTED_LENGTH = 512
 
 log = logging.getLogger("agile.scoring")
+# Positions per forward pass by device type. CPU: measured (BENCHMARKS.md, "Token budget").
+# CUDA: a guess of the order a 270M needs to fill an H200, not yet measured (bench/bench_gpu.sh does).
+DEFAULT_TOKEN_BUDGET = {"cpu": 0, "cuda": 16384}
 __all__ = ["LabelScorer", "Scores", "ScoringSettings", "label_logits", "micro_batches", "pad_batch"]
 
 
@@ -45,8 +48,9 @@ class ScoringSettings:
     # reuse its keys/values: a quarter to a third fewer positions per row.
     reuse_prefix: bool = True
     # At most this many positions (rows x padded width) per forward pass; a row longer than
-    # the budget goes alone. 0: rows alone decide (batch_size rows per pass).
-    token_budget: int = 0
+    # the budget goes alone. 0: rows alone decide (batch_size rows per pass); None: the
+    # default for the model's device (DEFAULT_TOKEN_BUDGET).
+    token_budget: int | None = None
     # "lean": agile.lean's torch forward over the model's own weights (inference only; falls
     # back to keras-hub's when it cannot run the model); "keras": keras-hub's layers.
     engine: str = "lean"
@@ -61,7 +65,7 @@ class ScoringSettings:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.engine not in ("lean", "keras"):
             raise ValueError(f"engine must be 'lean' or 'keras', got {self.engine!r}")
-        if self.token_budget < 0:
+        if self.token_budget is not None and self.token_budget < 0:
             raise ValueError(f"token_budget must be 0 (off) or positive, got {self.token_budget}")
 
 
@@ -138,12 +142,17 @@ class LabelScorer:
         prefix = self.shared_prefix() if self.settings.reuse_prefix else []
         cut = np.array([bool(prefix) and r[: len(prefix)] == prefix for r in rows], dtype=bool)
         widths = np.array([len(r) - len(prefix) * c for r, c in zip(rows, cut, strict=True)], dtype=np.int64)
+        budget = self.settings.token_budget
+        if budget is None:
+            budget = DEFAULT_TOKEN_BUDGET.get(self._device().type, 0)
         passes = []
         for reuse in (True, False):
             group = np.flatnonzero(cut == reuse)
-            passes += [(reuse, group[b]) for b in micro_batches(
-                widths[group], self.settings.batch_size, self.settings.token_budget)]
+            passes += [(reuse, group[b]) for b in micro_batches(widths[group], self.settings.batch_size, budget)]
         return prefix, passes
+
+    def _device(self) -> torch.device:
+        return self.model.backbone.token_embedding.embeddings.value.device
 
     def _engine(self) -> LeanForward | None:
         """The lean forward when the settings ask for it and it can run the model as it is now."""
@@ -165,7 +174,7 @@ class LabelScorer:
         lengths = np.array([len(r) for r in rows], dtype=np.int64)
         prefix, passes = self.plan(rows)
         lean, backbone = self._engine(), self.model.backbone
-        device = backbone.token_embedding.embeddings.value.device
+        device = self._device()
         caches, chunks = None, []
         with torch.inference_mode():
             for reuse, idx in passes:
