@@ -77,7 +77,7 @@ def test_other_single_token_labels_work(tiny_model):
     assert scores.probs.shape == (1, 2)
 
 
-@pytest.mark.parametrize("max_length", [8, 513])
+@pytest.mark.parametrize("max_length", [8, 2049])
 def test_unsupported_lengths_are_refused(max_length):
     with pytest.raises(ValueError, match="max_length"):
         ScoringSettings(max_length=max_length)
