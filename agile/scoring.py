@@ -34,7 +34,8 @@ from agile.tokens import PromptTokenizer  # noqa: E402
 MAX_SUPPORTED_LENGTH = 2048
 
 log = logging.getLogger("agile.scoring")
-# Positions per forward pass by device type. CPU: measured (BENCHMARKS.md, "Token budget").
+# Positions per forward pass by device type. CPU: rows decide (batch_size) until a quiet run picks a
+# budget; the one shared-CPU run (BENCHMARKS.md section 0) leaned to 2,048 but its rounds overlapped.
 # CUDA: a guess of the order a 270M needs to fill an H200, not yet measured (bench/bench_gpu.sh does).
 DEFAULT_TOKEN_BUDGET = {"cpu": 0, "cuda": 16384}
 __all__ = ["LabelScorer", "Scores", "ScoringSettings", "label_logits", "micro_batches", "pad_batch"]
