@@ -3,6 +3,12 @@
 Nothing here unpickles. An adapter is written to a temporary directory and
 renamed when complete, so a half-written adapter never loads. Names resolve only
 inside the adapter directories the operator configured.
+
+Two ways to put an adapter into a model: `apply_adapter` writes it into LoRA layers
+(training and evaluation of a LoRA model: the update stays separate), and
+`merge_adapter` adds `scale * A @ B` into the base kernels for inference, so a policy's
+forward costs what the base forward costs and any rank or targets can follow any other;
+`unmerge_adapter` puts the saved base kernels back, bit for bit.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
@@ -180,3 +187,67 @@ def clear_adapter(model) -> None:
     """Zero every LoRA weight: the model scores as its base model again (zero-shot)."""
     for variable in _lora_variables(model.backbone).values():
         variable.assign(np.zeros(tuple(variable.shape), dtype="float32"))
+
+
+# keras' enable_lora(rank) leaves lora_alpha = rank, so its update is (alpha / rank) * A @ B = A @ B.
+LORA_SCALE = 1.0
+# backbone -> {kernel path: the base kernel a merged adapter replaced}; kept off the layer,
+# where keras would track (and copy) a dict attribute.
+_BASE_KERNELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _merge_plan(backbone, adapter: Adapter) -> list[tuple[object, object]]:
+    """(kernel variable, A @ B update) per adapted kernel, checked before anything is written."""
+    import torch
+
+    kernels = {v.path: v for v in backbone.weights}
+    plan = []
+    for key in sorted(k for k in adapter.weights if k.endswith("/lora_kernel_a")):
+        layer = key[: -len("/lora_kernel_a")]
+        kernel = kernels.get(f"{layer}/kernel")
+        b = adapter.weights.get(f"{layer}/lora_kernel_b")
+        if kernel is None or b is None:
+            raise AdapterError(f"{adapter.path}: {layer} is not a kernel of this model, "
+                               "or its lora_kernel_b is missing")
+        a = torch.as_tensor(adapter.weights[key], dtype=torch.float32)
+        update = LORA_SCALE * (a @ torch.as_tensor(b, dtype=torch.float32))
+        if tuple(update.shape) != tuple(kernel.shape):
+            raise AdapterError(f"{adapter.path}: {layer} update has shape {tuple(update.shape)}, "
+                               f"the kernel {tuple(kernel.shape)}")
+        plan.append((kernel, update))
+    if not plan or 2 * len(plan) != len(adapter.weights):
+        raise AdapterError(f"{adapter.path}: expected pairs of lora_kernel_a/lora_kernel_b, "
+                           f"got {sorted(adapter.weights)}")
+    return plan
+
+
+def merge_adapter(model, adapter: Adapter) -> None:
+    """Score with the adapter at the base model's cost: its LoRA update added into the base kernels.
+
+    Any adapter merged before is taken out first; the base kernels it changes are saved
+    (on their device) so `unmerge_adapter` restores them exactly.
+    """
+    import torch
+
+    check_base(adapter, model)
+    backbone = model.backbone
+    if _lora_variables(backbone):
+        raise AdapterError(f"{adapter.path}: this model has LoRA layers enabled (a model being trained); "
+                           "use apply_adapter, or merge into a model loaded without LoRA")
+    plan = _merge_plan(backbone, adapter)
+    unmerge_adapter(model)
+    saved = _BASE_KERNELS.setdefault(backbone, {})
+    with torch.no_grad():
+        for kernel, update in plan:
+            base = kernel.value
+            saved[kernel.path] = base.detach().clone()
+            kernel.assign((base.float() + update.to(base.device)).to(base.dtype))
+
+
+def unmerge_adapter(model) -> None:
+    """Put back the base kernels a merged adapter replaced (bit-identical); a no-op when none is merged."""
+    backbone = model.backbone
+    saved = _BASE_KERNELS.pop(backbone, {})
+    kernels = {v.path: v for v in backbone.weights if v.path in saved}
+    for path, base in saved.items():
+        kernels[path].assign(base)

@@ -37,15 +37,15 @@ class AgileClassifier:
 
     @classmethod
     def from_adapter(cls, path: str | Path, model=None) -> AgileClassifier:
-        """A classifier bound to `model` (loaded from the adapter's base when None) with the adapter applied."""
-        from agile.adapters import apply_adapter, load_adapter
+        """A classifier bound to `model` (loaded from the adapter's base when None) with the adapter merged in."""
+        from agile.adapters import load_adapter, merge_adapter
         from agile.models import load_model
 
         adapter = load_adapter(path)
         policy = Policy.from_adapter(adapter)
         if model is None:
             model = load_model(adapter.meta.base_model, sequence_length=policy.max_length)
-        apply_adapter(model, adapter)
+        merge_adapter(model, adapter)
         return cls.from_policy(policy, model)
 
     @classmethod

@@ -26,6 +26,8 @@ use_torch()
 import keras  # noqa: E402
 import keras_hub  # noqa: E402
 
+from agile.forward import UnsupportedModelError, check_scorable  # noqa: E402
+
 log = logging.getLogger("agile.models")
 DEFAULT_MODEL = "gemma3_270m"
 CHECKSUM_FILE = "agile_checksum.json"
@@ -167,6 +169,10 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: str | None = None, sequence_
             "HF_TOKEN) and acceptance of the Gemma license; offline, use the embedded "
             f"{DEFAULT_MODEL!r} or a local preset directory."
         ) from exc
+    try:
+        check_scorable(model.backbone)
+    except UnsupportedModelError as exc:
+        raise ModelLoadError(f"{spec}: {exc}") from exc
     checksum = spec if kind == "hub" else _local_checksum(Path(location))
     model.agile_info = ModelInfo(spec=spec, checksum=checksum)
     return model

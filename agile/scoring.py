@@ -4,11 +4,14 @@ For each row the label is the next token after `Prediction:`, at position
 `sum(padding_mask[row]) - 1` of that row. We run the transformer, take the final
 hidden state only at that position, and multiply it only by the label tokens'
 embedding rows: two dot products per row instead of 262,144-word logits at every
-position. Rows are sorted by length and padded per micro-batch, not to a fixed 128.
+position. Rows are sorted by length and cut into micro-batches by a token budget
+(positions computed, padding included), padded per micro-batch, not to a fixed 128.
+The model-side computation, for each Gemma family, is `agile.forward`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,21 +24,37 @@ use_torch()
 import torch  # noqa: E402
 from keras import ops  # noqa: E402
 
+from agile.forward import check_scorable, label_logits, prefix_cache, suffix_label_logits  # noqa: E402
+from agile.lean import LeanForward, lean_unsupported  # noqa: E402
 from agile.prompt import DEFAULT_MAX_LENGTH, PromptTemplate  # noqa: E402
 from agile.tokens import PromptTokenizer  # noqa: E402
 
-# keras-hub's Gemma 3 diverges from the reference implementation inside the
-# sliding window (512 tokens); refuse longer inputs until that is checked.
-MAX_SUPPORTED_LENGTH = 512
+# Checked past Gemma 3 270M's 512-token sliding window: keras-hub's next-token logits match HF
+# transformers on the same GGUF to 6.5e-5 at 2,047 tokens (bench/bench_long.py, BENCHMARKS.md).
+MAX_SUPPORTED_LENGTH = 2048
+
+log = logging.getLogger("agile.scoring")
+# Positions per forward pass by device type. CPU: rows decide (batch_size) until a quiet run picks a
+# budget; the one shared-CPU run (BENCHMARKS.md section 0) leaned to 2,048 but its rounds overlapped.
+# CUDA: a guess of the order a 270M needs to fill an H200, not yet measured (bench/bench_gpu.sh does).
+DEFAULT_TOKEN_BUDGET = {"cpu": 0, "cuda": 16384}
+__all__ = ["LabelScorer", "Scores", "ScoringSettings", "label_logits", "micro_batches", "pad_batch"]
 
 
 @dataclass(frozen=True)
 class ScoringSettings:
     max_length: int = DEFAULT_MAX_LENGTH  # tokens per prompt, BOS included
-    batch_size: int = 16  # rows per forward pass
+    batch_size: int = 16  # at most this many rows per forward pass
     # Run the prompt head shared by every row (instructions, labels, "Text:") once and
     # reuse its keys/values: a quarter to a third fewer positions per row.
     reuse_prefix: bool = True
+    # At most this many positions (rows x padded width) per forward pass; a row longer than
+    # the budget goes alone. 0: rows alone decide (batch_size rows per pass); None: the
+    # default for the model's device (DEFAULT_TOKEN_BUDGET).
+    token_budget: int | None = None
+    # "lean": agile.lean's torch forward over the model's own weights (inference only; falls
+    # back to keras-hub's when it cannot run the model); "keras": keras-hub's layers.
+    engine: str = "lean"
 
     def __post_init__(self) -> None:
         if not 16 <= self.max_length <= MAX_SUPPORTED_LENGTH:
@@ -45,6 +64,10 @@ class ScoringSettings:
             )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.engine not in ("lean", "keras"):
+            raise ValueError(f"engine must be 'lean' or 'keras', got {self.engine!r}")
+        if self.token_budget is not None and self.token_budget < 0:
+            raise ValueError(f"token_budget must be 0 (off) or positive, got {self.token_budget}")
 
 
 @dataclass
@@ -55,62 +78,6 @@ class Scores:
 
     def __len__(self) -> int:
         return len(self.probs)
-
-
-def label_logits(model, token_ids, padding_mask, label_ids):
-    """[batch, n_labels] logits of the label tokens at each row's next-token position.
-
-    Differentiable: the trainer's label objective calls this under autograd.
-    """
-    hidden = model.backbone({"token_ids": token_ids, "padding_mask": padding_mask})
-    last = ops.sum(ops.cast(padding_mask, "int32"), axis=1) - 1
-    return _label_head(model.backbone, hidden, last, label_ids)
-
-
-def _label_head(backbone, hidden, last, label_ids):
-    """Logits of the label tokens from each row's final hidden state at position `last`."""
-    rows = ops.take_along_axis(hidden, ops.reshape(last, (-1, 1, 1)), axis=1)[:, 0, :]
-    weights = ops.take(backbone.token_embedding.embeddings, ops.convert_to_tensor(label_ids, "int32"), axis=0)
-    logits = ops.matmul(ops.cast(rows, "float32"), ops.transpose(ops.cast(weights, "float32")))
-    cap = getattr(backbone, "final_logit_soft_cap", None)
-    return ops.tanh(logits / cap) * cap if cap else logits
-
-
-def _embed(backbone, token_ids):
-    x = backbone.token_embedding(ops.convert_to_tensor(token_ids, "int32"))
-    return x * ops.cast(ops.sqrt(backbone.hidden_dim), x.dtype)
-
-
-def prefix_cache(backbone, prefix: Sequence[int]) -> list[tuple]:
-    """Each layer's (keys, values) for the shared prefix alone, batch 1."""
-    shape = (1, len(prefix), backbone.num_key_value_heads, backbone.head_dim)
-    x = _embed(backbone, [list(prefix)])
-    mask = ops.ones((1, len(prefix)), "bool")
-    caches = []
-    for layer in backbone.transformer_layers:
-        empty = (ops.zeros(shape, x.dtype), ops.zeros(shape, x.dtype))
-        x, cache = layer(x, padding_mask=mask, cache=empty, cache_update_index=0)
-        caches.append(cache)
-    return caches
-
-
-def suffix_label_logits(model, caches, token_ids, padding_mask, label_ids):
-    """`label_logits` for rows given as the tokens that follow a cached prefix."""
-    backbone = model.backbone
-    batch, width = token_ids.shape
-    plen = int(caches[0][0].shape[1])
-    mask = np.concatenate([np.ones((batch, plen), dtype=bool), padding_mask], axis=1)
-    x = _embed(backbone, token_ids)
-    for layer, (keys, values) in zip(backbone.transformer_layers, caches, strict=True):
-        grow = (batch, width, *keys.shape[2:])
-        cache = tuple(
-            ops.concatenate([ops.broadcast_to(t, (batch, *t.shape[1:])), ops.zeros(grow, t.dtype)], axis=1)
-            for t in (keys, values)
-        )
-        x, _ = layer(x, padding_mask=mask, cache=cache, cache_update_index=plen)
-    hidden = backbone.layer_norm(x)
-    last = ops.convert_to_tensor(padding_mask.sum(axis=1) - 1, "int32")
-    return _label_head(backbone, hidden, last, label_ids)
 
 
 def pad_batch(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -124,15 +91,44 @@ def pad_batch(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, n
     return ids, mask
 
 
+def micro_batches(widths: np.ndarray, max_rows: int, token_budget: int = 0) -> list[np.ndarray]:
+    """Row indices per forward pass: shortest first, each pass within `max_rows` and `token_budget`.
+
+    A pass computes rows x its widest row positions; rows of similar width go together.
+    """
+    order = np.argsort(widths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and end - start < max_rows and (
+            not token_budget or (end - start + 1) * int(widths[order[end]]) <= token_budget
+        ):
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    return batches
+
+
+def _device_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The array on `device`, copied without making the host wait for the device."""
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 class LabelScorer:
     """Scores texts against a prompt template with a loaded model; build once, call often."""
 
     def __init__(self, model, template: PromptTemplate, settings: ScoringSettings | None = None):
+        check_scorable(model.backbone)
         self.model = model
         self.template = template
         self.settings = settings or ScoringSettings()
         self.tokenizer = PromptTokenizer.from_model(model)
         self.label_ids = self.tokenizer.label_ids(template.labels)
+        self._lean: LeanForward | None = None
+        self._said_why = False
 
     def encode(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
         return self.tokenizer.encode_prompts(self.template, texts, self.settings.max_length)
@@ -142,26 +138,60 @@ class LabelScorer:
         head = self.tokenizer.bos + self.tokenizer.encode([self.template.head])[0]
         return head[:-1]
 
+    def plan(self, rows: Sequence[Sequence[int]]) -> tuple[list[int], list[tuple[bool, np.ndarray]]]:
+        """(shared prefix, [(reuses it, row indices)] per forward pass): what `score` will compute."""
+        prefix = self.shared_prefix() if self.settings.reuse_prefix else []
+        cut = np.array([bool(prefix) and r[: len(prefix)] == prefix for r in rows], dtype=bool)
+        widths = np.array([len(r) - len(prefix) * c for r, c in zip(rows, cut, strict=True)], dtype=np.int64)
+        budget = self.settings.token_budget
+        if budget is None:
+            budget = DEFAULT_TOKEN_BUDGET.get(self._device().type, 0)
+        passes = []
+        for reuse in (True, False):
+            group = np.flatnonzero(cut == reuse)
+            passes += [(reuse, group[b]) for b in micro_batches(widths[group], self.settings.batch_size, budget)]
+        return prefix, passes
+
+    def _device(self) -> torch.device:
+        return self.model.backbone.token_embedding.embeddings.value.device
+
+    def _engine(self) -> LeanForward | None:
+        """The lean forward when the settings ask for it and it can run the model as it is now."""
+        if self.settings.engine != "lean":
+            return None
+        why = lean_unsupported(self.model.backbone)
+        if why:
+            if self._lean is not None or not self._said_why:
+                log.info("scoring with keras-hub's forward: the lean one cannot (%s)", why)
+                self._said_why = True
+            self._lean = None
+            return None
+        if self._lean is None:
+            self._lean = LeanForward(self.model.backbone)
+        return self._lean
+
     def score(self, texts: Sequence[str]) -> Scores:
         rows, truncated = self.encode(texts)
-        n = len(rows)
-        probs = np.zeros((n, len(self.label_ids)), dtype=np.float32)
         lengths = np.array([len(r) for r in rows], dtype=np.int64)
-        order = np.argsort(lengths, kind="stable")
-        prefix = self.shared_prefix() if self.settings.reuse_prefix else []
-        bs = self.settings.batch_size
-        caches = None
+        prefix, passes = self.plan(rows)
+        lean, backbone = self._engine(), self.model.backbone
+        device = self._device()
+        caches, chunks = None, []
         with torch.inference_mode():
-            for start in range(0, n, bs):
-                idx = order[start : start + bs]
-                batch = [rows[i] for i in idx]
-                if prefix and all(r[: len(prefix)] == prefix for r in batch):
-                    ids, mask = pad_batch([r[len(prefix) :] for r in batch], self.tokenizer.pad_id)
+            for reuse, idx in passes:
+                batch = [rows[i][len(prefix) :] if reuse else rows[i] for i in idx]
+                ids, mask = (_device_tensor(a, device) for a in pad_batch(batch, self.tokenizer.pad_id))
+                if reuse and caches is None:
                     # Built per call (one short forward pass), so it always matches the current weights.
-                    caches = caches or prefix_cache(self.model.backbone, prefix)
-                    logits = suffix_label_logits(self.model, caches, ids, mask, self.label_ids)
+                    caches = lean.prefix_cache(prefix, device) if lean else prefix_cache(backbone, prefix)
+                if lean:
+                    chunks.append(lean.label_logits(ids, mask, self.label_ids, caches if reuse else None))
+                elif reuse:
+                    chunks.append(suffix_label_logits(self.model, caches, ids, mask, self.label_ids))
                 else:
-                    ids, mask = pad_batch(batch, self.tokenizer.pad_id)
-                    logits = label_logits(self.model, ids, mask, self.label_ids)
-                probs[idx] = ops.convert_to_numpy(ops.softmax(logits, axis=-1))
+                    chunks.append(label_logits(self.model, ids, mask, self.label_ids))
+            probs = np.zeros((len(rows), len(self.label_ids)), dtype=np.float32)
+            if chunks:  # one copy to the host per call, not one per forward pass
+                order = np.concatenate([idx for _, idx in passes])
+                probs[order] = ops.convert_to_numpy(ops.softmax(ops.concatenate(chunks, axis=0), axis=-1))
         return Scores(probs=probs, truncated=truncated, n_tokens=lengths)

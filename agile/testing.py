@@ -1,7 +1,9 @@
-"""A tiny random Gemma 3 preset for tests and queue benchmarks (as keras-hub tests its models).
+"""Tiny random Gemma 1, 2 and 3 presets for tests and queue benchmarks (as keras-hub tests its models).
 
-Real code paths, a vocabulary of a few hundred pieces trained on ETHOS text, a
+Real code paths, a vocabulary of a few thousand pieces trained on ETHOS text, a
 hidden size of 16: it loads and scores in milliseconds. Its scores mean nothing.
+Gemma 2's config has soft caps small enough to bend the random logits and a sliding
+window shorter than a prompt, so a path that skips either one scores differently.
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ import sentencepiece as spm  # noqa: E402
 from agile.models import CHECKSUM_FILE, preset_checksum  # noqa: E402
 from agile.prompt import DEFAULT_INSTRUCTIONS, DEFAULT_LABELS  # noqa: E402
 
+CAPS_FINAL, CAPS_ATTENTION = 0.2, 0.5
 ETHOS_CSV = Path(__file__).resolve().parent.parent / "data" / "ethos" / "Ethos_Dataset_Binary.csv"
+SHAPE = dict(num_layers=2, num_query_heads=2, num_key_value_heads=1, hidden_dim=16, intermediate_dim=32, head_dim=8)
+FAMILIES = {
+    "gemma": (keras_hub.models.GemmaBackbone, keras_hub.models.GemmaTokenizer, SHAPE),
+    "gemma2": (keras_hub.models.GemmaBackbone, keras_hub.models.GemmaTokenizer, dict(
+        SHAPE, query_head_dim_normalize=False, use_post_ffw_norm=True, use_post_attention_norm=True,
+        final_logit_soft_cap=CAPS_FINAL, attention_logit_soft_cap=CAPS_ATTENTION,
+        use_sliding_window_attention=True, sliding_window_size=40)),
+}
 TINY_CONFIG = dict(
     image_size=None,
     num_layers=2,
@@ -34,6 +45,7 @@ TINY_CONFIG = dict(
     use_sliding_window_attention=True,
     vision_encoder=None,
 )
+FAMILIES["gemma3"] = (keras_hub.models.Gemma3Backbone, keras_hub.models.Gemma3Tokenizer, TINY_CONFIG)
 
 
 def tiny_proto(vocab_size: int = 4000) -> bytes:
@@ -65,16 +77,15 @@ def tiny_proto(vocab_size: int = 4000) -> bytes:
     return out.getvalue()
 
 
-def make_tiny_preset(path: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random Gemma 3 preset directory at `path` and return it."""
+def make_tiny_preset(path: str | Path, seed: int = 0, family: str = "gemma3") -> Path:
+    """Write a tiny random preset of `family` ('gemma', 'gemma2', 'gemma3') at `path` and return it."""
     path = Path(path)
     keras.utils.set_random_seed(seed)
     random.seed(seed)
-    proto = tiny_proto()
-    tokenizer = keras_hub.models.Gemma3Tokenizer(proto=proto, has_vision_tokens=False)
-    backbone = keras_hub.models.Gemma3Backbone(
-        vocabulary_size=tokenizer.vocabulary_size(), **TINY_CONFIG
-    )
+    backbone_cls, tokenizer_cls, config = FAMILIES[family]
+    extra = {"has_vision_tokens": False} if family == "gemma3" else {}
+    tokenizer = tokenizer_cls(proto=tiny_proto(), **extra)
+    backbone = backbone_cls(vocabulary_size=tokenizer.vocabulary_size(), **config)
     backbone.save_to_preset(str(path))
     tokenizer.save_to_preset(str(path))
     (path / CHECKSUM_FILE).write_text(f'{{"sha256": "{preset_checksum(path)}"}}')

@@ -4,7 +4,8 @@ Every prompt starts with the same tokens (BOS, instructions, labels, separator,
 "Text:"). `LabelScorer` (with `reuse_prefix`, the default) runs them once per
 call, keeps each layer's keys and values, and runs only each comment's own
 tokens. This compares it with the same scorer running whole prompts, same
-comments, same batches, same process: time, positions computed, and max |Δp|.
+comments, same batches, same process: time, positions computed (the prefix once
+included), and max |Δp|.
 
     python bench/bench_prefix.py --n 256
 """
@@ -17,13 +18,6 @@ import common
 import numpy as np
 
 
-def padded_positions(lengths: np.ndarray, batch_size: int, skip: int = 0) -> int:
-    """Positions the transformer computes when rows are sorted by length and padded per batch."""
-    order = np.argsort(lengths, kind="stable")
-    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-    return sum(len(b) * (int(lengths[b].max()) - skip) for b in batches)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(parser)
@@ -32,17 +26,19 @@ def main() -> None:
 
     from agile.models import load_model
     from agile.prompt import PromptTemplate
-    from agile.scoring import LabelScorer, ScoringSettings
+    from agile.scoring import LabelScorer
 
     comments = common.ethos_comments(args.n)
     model = load_model(dtype=args.dtype)
     scorers = {
-        reuse: LabelScorer(model, PromptTemplate(), ScoringSettings(128, args.batch_size, reuse_prefix=reuse))
+        reuse: LabelScorer(model, PromptTemplate(), common.scoring_settings(args, reuse_prefix=reuse))
         for reuse in (False, True)
     }
     rows, _ = scorers[True].encode(comments)
     lengths = np.array([len(r) for r in rows])
     plen = len(scorers[True].shared_prefix())
+    full_pos = common.computed_positions(scorers[False], rows)["computed"]
+    cached_pos = common.computed_positions(scorers[True], rows)["computed"]
 
     runs = {}
     for reuse, scorer in scorers.items():
@@ -51,8 +47,6 @@ def main() -> None:
     (t_full, full), (t_cached, cached) = runs[False], runs[True]
 
     flop_per_token = 2 * common.non_embedding_params(model)
-    full_pos = padded_positions(lengths, args.batch_size)
-    cached_pos = padded_positions(lengths, args.batch_size, skip=plen)
     table = [
         ["whole prompts", args.n / t_full, t_full, full_pos, flop_per_token * full_pos / 1e9, 1.0],
         [f"shared prefix reused ({plen} tokens)", args.n / t_cached, t_cached, cached_pos,

@@ -31,6 +31,10 @@ def add_common_args(parser: argparse.ArgumentParser, n: int = 256, batch_size: i
     parser.add_argument("--batch-size", type=int, default=batch_size, help="rows per forward pass")
     if dtype:
         parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--token-budget", type=int, default=None,
+                        help="positions per forward pass (rows x padded width); 0: --batch-size rows decide; "
+                             "default: ScoringSettings' for the device")
+    parser.add_argument("--engine", default="lean", choices=("lean", "keras"), help="LabelScorer's forward")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=1, help="timed passes per method (median reported)")
@@ -59,7 +63,7 @@ def ethos_comments(n: int) -> list[str]:
     return comments[:n]
 
 
-def _sync() -> None:
+def sync() -> None:
     import torch
 
     if torch.cuda.is_available():
@@ -71,10 +75,10 @@ def timed(fn: Callable[[], object], repeats: int = 1, warmup: Callable[[], objec
     (warmup or fn)()
     seconds, result = [], None
     for _ in range(repeats):
-        _sync()
+        sync()
         start = time.perf_counter()
         result = fn()
-        _sync()
+        sync()
         seconds.append(time.perf_counter() - start)
     return sorted(seconds)[len(seconds) // 2], result
 
@@ -91,10 +95,10 @@ def matmul_gflops(dtype: str, device: str, m: int = 2048, k: int = 2048, n: int 
         a @ b
     best, spent = float("inf"), 0.0
     while spent < seconds:
-        _sync()
+        sync()
         start = time.perf_counter()
         a @ b
-        _sync()
+        sync()
         took = time.perf_counter() - start
         best, spent = min(best, took), spent + took
     return 2 * m * k * n / best / 1e9
@@ -105,10 +109,32 @@ def peak_size(device: str) -> int:
     return 8192 if device == "cuda" else 2048
 
 
-def peak_gflops(device: str) -> dict[str, float]:
-    """Square matmul GFLOP/s in float32 and bfloat16, measured now, in this process."""
+def peak_gflops(device: str, dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> dict[str, float]:
+    """Square matmul GFLOP/s per dtype, measured now, in this process."""
     size = peak_size(device)
-    return {dtype: matmul_gflops(dtype, device, size, size, size) for dtype in ("float32", "bfloat16")}
+    return {dtype: matmul_gflops(dtype, device, size, size, size) for dtype in dtypes}
+
+
+def scoring_settings(args, **overrides):
+    """The ScoringSettings the flags ask for (max_length 128: every method sees the same rows)."""
+    from agile.scoring import ScoringSettings
+
+    values = dict(max_length=128, batch_size=args.batch_size, token_budget=args.token_budget, engine=args.engine)
+    return ScoringSettings(**{**values, **overrides})
+
+
+def computed_positions(scorer, rows) -> dict[str, int]:
+    """Positions the scorer's forward passes compute for `rows` (padding included, the shared prefix once).
+
+    `saved` is what reusing the prefix spares: its tokens in every row that reuses it, less
+    the one pass that computes it.
+    """
+    prefix, passes = scorer.plan(rows)
+    widths = [max(len(rows[i]) - len(prefix) * reuse for i in idx) for reuse, idx in passes]
+    reused = sum(len(idx) for reuse, idx in passes if reuse)
+    run = sum(len(idx) * w for (_, idx), w in zip(passes, widths, strict=True)) + (len(prefix) if reused else 0)
+    return {"computed": run, "saved": len(prefix) * reused - (len(prefix) if reused else 0),
+            "passes": len(passes), "prefix": len(prefix)}
 
 
 def non_embedding_params(model) -> int:

@@ -59,7 +59,7 @@ def _policy(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from agile.adapters import AdapterError, apply_adapter
+    from agile.adapters import AdapterError, merge_adapter
     from agile.models import DEFAULT_MODEL, ModelLoadError, load_model, model_info
     from agile.output import arrow_schema
     from agile.scoring import LabelScorer, ScoringSettings
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         spec = args.model or (adapter.meta.base_model if adapter else DEFAULT_MODEL)
         model = load_model(spec, dtype=args.dtype, sequence_length=policy.max_length)
         if adapter:
-            apply_adapter(model, adapter)
+            merge_adapter(model, adapter)
         scorer = LabelScorer(model, policy.template, ScoringSettings(policy.max_length, args.batch_size))
         if args.input:
             chunks = read_chunks(args.input, args.text_column, args.id_column, args.chunk_rows,

@@ -40,3 +40,13 @@ def ethos_comments() -> list[str]:
     import pandas as pd
 
     return pd.read_csv(ETHOS, sep=";")["comment"].tolist()
+
+
+@pytest.fixture(scope="session", params=["gemma", "gemma2", "gemma3"])
+def family_model(request, tmp_path_factory):
+    """A tiny random model of each Gemma family keras-hub defines (Gemma 2: soft caps, sliding window)."""
+    from agile.models import load_model
+    from agile.testing import make_tiny_preset
+
+    preset = make_tiny_preset(tmp_path_factory.mktemp(request.param) / "preset", family=request.param)
+    return load_model(str(preset), sequence_length=TINY_MAX_LENGTH)

@@ -77,7 +77,7 @@ def test_other_single_token_labels_work(tiny_model):
     assert scores.probs.shape == (1, 2)
 
 
-@pytest.mark.parametrize("max_length", [8, 513])
+@pytest.mark.parametrize("max_length", [8, 2049])
 def test_unsupported_lengths_are_refused(max_length):
     with pytest.raises(ValueError, match="max_length"):
         ScoringSettings(max_length=max_length)
@@ -104,3 +104,17 @@ def test_shared_prefix_reuse_gives_the_same_scores(tiny_model, ethos_comments):
     rows, _ = reuse.encode(texts)
     assert len(prefix) > 10 and sum(r[: len(prefix)] == prefix for r in rows) == len(rows)
     np.testing.assert_allclose(reuse.score(texts).probs, full.score(texts).probs, atol=1e-6)
+
+
+def test_micro_batches_keep_to_rows_and_token_budget():
+    from agile.scoring import micro_batches
+
+    widths = np.array([30, 5, 12, 12, 40, 7, 100])
+    batches = micro_batches(widths, max_rows=3, token_budget=40)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(widths)))  # every row once
+    for b in batches:
+        assert len(b) <= 3
+        assert len(b) == 1 or len(b) * widths[b].max() <= 40  # a row wider than the budget goes alone
+        assert widths[b].max() == widths[b[-1]]  # sorted: the last row is the widest
+    assert [widths[b].tolist() for b in batches] == [[5, 7, 12], [12], [30], [40], [100]]
+    assert [len(b) for b in micro_batches(widths, max_rows=4)] == [4, 3]  # no budget: rows decide

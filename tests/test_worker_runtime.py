@@ -26,7 +26,7 @@ def test_swapping_policies_gives_each_its_own_scores(runtime):
     assert tuned.labels == ["Toxic", "Safe"] and tuned.positive_label == "Toxic"
     assert len(tuned.version) == 12
     adapted = runtime.score(tuned, TEXTS).probs
-    back = runtime.score(zero, TEXTS).probs  # LoRA weights zeroed: the base model again
+    back = runtime.score(zero, TEXTS).probs  # the base kernels restored: the base model again
     np.testing.assert_allclose(back, base, rtol=0, atol=1e-6)
     again = runtime.score(tuned, TEXTS).probs
     np.testing.assert_allclose(again, adapted, rtol=0, atol=1e-6)

@@ -2,8 +2,10 @@
 
 The model loads once per process. Adapter weights are small, so several policies
 stay cached (least recently used goes first) and switching between them is a
-weight copy, not a reload. Adapters resolve by name inside the configured
-adapter directories only: a task cannot point a worker at any other path.
+weight copy, not a reload: the active one is merged into the base kernels (any rank
+and targets may follow any other), the base kernels are restored exactly between.
+Adapters resolve by name inside the configured adapter directories only: a task
+cannot point a worker at any other path.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 from collections import OrderedDict
 from pathlib import Path
 
-from agile.adapters import adapter_dirs, apply_adapter, clear_adapter, load_adapter, resolve_adapter
+from agile.adapters import adapter_dirs, load_adapter, merge_adapter, resolve_adapter, unmerge_adapter
 from agile.models import load_model, model_info
 from agile.policy import Policy
 from agile.prompt import DEFAULT_INSTRUCTIONS, DEFAULT_LABELS, PromptTemplate
@@ -69,9 +71,9 @@ class Runtime:
         if self._applied != policy.version:
             self._applied = None  # a swap that fails half-way leaves no policy in place
             if policy.adapter is not None:
-                apply_adapter(self.model, policy.adapter)
+                merge_adapter(self.model, policy.adapter)  # base kernels + its LoRA: no extra matmuls
             else:
-                clear_adapter(self.model)
+                unmerge_adapter(self.model)
             self._applied = policy.version
         return self._scorers[policy].score(texts)
 

@@ -1,0 +1,191 @@
+"""A lean inference forward over keras-hub's own Gemma weights: the same tensors, plain torch ops.
+
+keras-hub's decoder blocks stay the definition of the model, the source of every
+weight and the path training differentiates through (`agile.forward`). On a
+forward of a few hundred tokens its per-layer Python (Keras' call machinery,
+einsum plans, RoPE tables and sliding masks rebuilt in every layer) costs more
+than the matmuls; this module reads the blocks' variables in place (a merged
+adapter is seen at once, nothing is copied) and runs the same arithmetic:
+RMSNorm in float32 with `1 + scale`, RoPE from each layer's own RotaryEmbedding
+frequencies, grouped-query attention with the layer's scale, soft cap and window,
+the tanh-GELU gate, post-norms where the block has them, the tied label head.
+Tests hold it to keras-hub's forward to 1e-5 on tiny Gemma 1, 2 and 3 configs.
+
+Gemma 1/2 blocks interleave the two RoPE halves of queries and keys after rotating;
+the same permutation on both leaves every query-key product unchanged, so it is skipped.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def lean_unsupported(backbone) -> str | None:
+    """Why the lean forward cannot run this backbone (keras-hub's forward is used then), or None."""
+    if any(getattr(layer, "lora_enabled", False) for layer in backbone._flatten_layers()):
+        return "LoRA layers are enabled (a model being trained)"
+    dtypes = {v.dtype for v in backbone.weights}
+    if len(dtypes) != 1 or backbone.compute_dtype not in dtypes or backbone.compute_dtype == "float16":
+        return f"weights {sorted(dtypes)} / compute {backbone.compute_dtype} (needs one dtype, not float16)"
+    for block in backbone.transformer_layers:
+        attention = block.attention
+        if getattr(attention.rope_layer, "rope_type", "linear") == "yarn":
+            return "YaRN RoPE scaling"
+        if getattr(block, "use_bidirectional_attention", False) or getattr(block, "dropout", 0):
+            return "bidirectional attention or dropout"
+    return None
+
+
+def _rms_norm(layer, x: torch.Tensor) -> torch.Tensor:
+    y = x.float()
+    y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + layer.epsilon)
+    return (y * (1 + layer.scale.value.float())).to(x.dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def _project_heads(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """[b, t, d] @ [heads, d, h] -> [b, heads, t, h], the kernel read in place."""
+    b, t, d = x.shape
+    out = torch.matmul(x.reshape(1, b * t, d), kernel)  # [heads, b*t, h]
+    return out.view(kernel.shape[0], b, t, -1).transpose(0, 1)
+
+
+class LeanForward:
+    """Label logits for rows (optionally after a cached shared prefix) from a Gemma backbone's weights."""
+
+    def __init__(self, backbone):
+        self.backbone = backbone
+        self.blocks = backbone.transformer_layers
+        self.dtype = getattr(torch, backbone.compute_dtype)
+        # Each block's RoPE frequencies, as its own RotaryEmbedding computes them (one entry per distinct set).
+        self._freqs: list[torch.Tensor] = []
+        self._freq_of: list[int] = []
+        for block in self.blocks:
+            inv = torch.as_tensor(block.attention.rope_layer._get_inverse_freq(block.attention.head_dim)).float().cpu()
+            found = next((j for j, f in enumerate(self._freqs) if torch.equal(f, inv)), None)
+            if found is None:
+                self._freqs.append(inv)
+                found = len(self._freqs) - 1
+            self._freq_of.append(found)
+        self._on_device: dict = {}  # device -> frequencies there (copied once, not per call)
+        self._label_index: dict = {}
+
+    def _embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        x = F.embedding(token_ids.long(), self.backbone.token_embedding.embeddings.value)
+        return x * torch.tensor(math.sqrt(self.backbone.hidden_dim), dtype=torch.float32).to(x.dtype)
+
+    def _tables(self, start: int, length: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """cos/sin per block, positions start .. start+length-1 (computed once per frequency set)."""
+        if device not in self._on_device:
+            self._on_device[device] = [f.to(device) for f in self._freqs]
+        positions = torch.arange(start, start + length, dtype=torch.float32, device=device)
+        by_freq = []
+        for inv in self._on_device[device]:
+            emb = torch.outer(positions, inv).repeat(1, 2)
+            by_freq.append((emb.cos().to(self.dtype), emb.sin().to(self.dtype)))
+        return [by_freq[j] for j in self._freq_of]
+
+    def _masks(self, key_valid: torch.Tensor, start: int, length: int) -> dict:
+        """[b, 1, t, s] boolean masks, global and per window size: causal, padding, window.
+
+        Each query may also see itself, so a padded query never has an empty row
+        (its output is discarded; valid queries already see themselves).
+        """
+        device = key_valid.device
+        q = torch.arange(start, start + length, device=device)[:, None]
+        k = torch.arange(key_valid.shape[1], device=device)[None, :]
+        base = (k <= q) & key_valid[:, None, :]
+        masks = {}
+        for block in self.blocks:
+            attention = block.attention
+            w = attention.sliding_window_size if attention.use_sliding_window_attention else None
+            if w not in masks:
+                m = base & (q - k < w) if w else base
+                masks[w] = (m | (k == q))[:, None]
+        return masks
+
+    def _attention(self, block, i, x, tables, masks, cache):
+        attention = block.attention
+        b, t, _ = x.shape
+        q = _project_heads(x, attention.query_dense.kernel.value)
+        k = _project_heads(x, attention.key_dense.kernel.value)
+        v = _project_heads(x, attention.value_dense.kernel.value)
+        if getattr(attention, "use_query_key_norm", False):
+            q, k = _rms_norm(attention.query_norm, q), _rms_norm(attention.key_norm, k)
+        cos, sin = tables[i]
+        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        new = (k, v)
+        if cache is not None:
+            pk, pv = cache
+            k = torch.cat((pk.expand(b, -1, -1, -1), k), dim=2)
+            v = torch.cat((pv.expand(b, -1, -1, -1), v), dim=2)
+        if attention.query_head_dim_normalize:
+            scale = 1 / math.sqrt(attention.head_dim)
+        else:
+            scale = 1 / math.sqrt(attention.hidden_dim // attention.num_query_heads)
+        w = attention.sliding_window_size if attention.use_sliding_window_attention else None
+        mask, cap = masks[w], attention.logit_soft_cap
+        heads, groups = attention.num_query_heads, attention.num_query_heads // attention.num_key_value_heads
+        if cap is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=groups > 1)
+        else:
+            qg = (q * torch.tensor(scale, dtype=q.dtype)).view(b, -1, groups, t, q.shape[-1])
+            logits = torch.matmul(qg, k[:, :, None].transpose(-1, -2))
+            logits = torch.tanh(logits / cap) * cap
+            logits = logits.float().masked_fill(~mask[:, :, None], torch.finfo(torch.float32).min)
+            out = torch.matmul(logits.softmax(-1).to(v.dtype), v[:, :, None]).view(b, heads, t, -1)
+        out = out.transpose(1, 2).reshape(b, t, -1)
+        kernel = attention.output_dense.kernel.value
+        return out @ kernel.reshape(-1, kernel.shape[-1]), new
+
+    def _block(self, block, i, x, tables, masks, cache):
+        attn, new = self._attention(block, i, _rms_norm(block.pre_attention_norm, x), tables, masks, cache)
+        if block.use_post_attention_norm:
+            attn = _rms_norm(block.post_attention_norm, attn)
+        x = x + attn
+        h = _rms_norm(block.pre_ffw_norm, x)
+        h = F.gelu(h @ block.gating_ffw.kernel.value, approximate="tanh") * (h @ block.gating_ffw_2.kernel.value)
+        h = h @ block.ffw_linear.kernel.value
+        if block.use_post_ffw_norm:
+            h = _rms_norm(block.post_ffw_norm, h)
+        return x + h, new
+
+    def _run(self, token_ids, padding_mask, caches=None):
+        """Final hidden states before the last norm, and each layer's (keys, values) of these tokens."""
+        b, t = token_ids.shape
+        start = 0 if caches is None else caches[0][0].shape[2]
+        key_valid = padding_mask.bool()
+        if start:
+            key_valid = torch.cat((key_valid.new_ones(b, start), key_valid), dim=1)
+        tables = self._tables(start, t, token_ids.device)
+        masks = self._masks(key_valid, start, t)
+        x, kv = self._embed(token_ids), []
+        for i, block in enumerate(self.blocks):
+            x, new = self._block(block, i, x, tables, masks, None if caches is None else caches[i])
+            kv.append(new)
+        return x, kv
+
+    def prefix_cache(self, prefix: list[int], device=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's rotated keys and values of the shared prefix, [1, kv_heads, length, head_dim]."""
+        ids = torch.tensor([prefix], dtype=torch.int32, device=device)
+        return self._run(ids, torch.ones_like(ids, dtype=torch.bool))[1]
+
+    def label_logits(self, token_ids, padding_mask, label_ids, caches=None) -> torch.Tensor:
+        """[batch, n_labels] float32 logits at each row's last real token (rows follow `caches` if given)."""
+        x, _ = self._run(token_ids, padding_mask, caches)
+        last = padding_mask.sum(dim=1) - 1
+        rows = _rms_norm(self.backbone.layer_norm, x[torch.arange(x.shape[0], device=x.device), last])
+        key = (tuple(label_ids), x.device)
+        if key not in self._label_index:  # copied to the device once, not per call
+            self._label_index[key] = torch.as_tensor(label_ids, device=x.device)
+        weights = self.backbone.token_embedding.embeddings.value[self._label_index[key]]
+        logits = rows.float() @ weights.float().T
+        cap = self.backbone.final_logit_soft_cap
+        return torch.tanh(logits / cap) * cap if cap else logits

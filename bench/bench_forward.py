@@ -1,0 +1,82 @@
+"""Per-forward cost: one label-logit forward at a few shapes, keras-hub's layers against the lean forward.
+
+A forward of 1 x 16 tokens is mostly fixed cost (Python per layer and op, kernel
+launches, weight reads); 16 x 64 is mostly matmuls. Each shape runs both engines
+interleaved, `--repeats` times after a warm-up; the median is reported, with the time
+the linear FLOPs alone would take at the dense matmul peak measured in this run and
+the rest ("overhead") beside it, and max |Δ logit| between the engines.
+
+    python bench/bench_forward.py --threads 1 --repeats 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import common
+import numpy as np
+
+SHAPES = ((1, 16), (16, 64))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_args(parser)
+    parser.set_defaults(repeats=15)
+    args = parser.parse_args()
+    common.setup(args.device, args.threads)
+
+    import torch
+
+    from agile.forward import label_logits
+    from agile.lean import LeanForward
+    from agile.models import load_model
+
+    peak = common.peak_gflops(args.device, (args.dtype,))[args.dtype]
+    model = load_model(dtype=args.dtype)
+    lean = LeanForward(model.backbone)
+    flop_per_token = 2 * common.non_embedding_params(model)
+    labels = [236743, 236799]
+    engines = {"keras": lambda ids, mask: label_logits(model, ids, mask, labels),
+               "lean": lambda ids, mask: lean.label_logits(ids, mask, labels)}
+    gen = torch.Generator().manual_seed(0)
+    inputs = {s: (torch.randint(10, 100_000, s, generator=gen, dtype=torch.int32).to(args.device),
+                  torch.ones(s, dtype=torch.bool, device=args.device)) for s in SHAPES}
+    times: dict[tuple, list[float]] = {}
+    deltas = {}
+    with torch.inference_mode():
+        for shape, (ids, mask) in inputs.items():
+            out = {name: fn(ids, mask) for name, fn in engines.items()}  # warm-up
+            deltas[shape] = float((out["keras"] - out["lean"]).abs().max())
+        for _ in range(args.repeats):
+            for shape, (ids, mask) in inputs.items():
+                for name, fn in engines.items():
+                    common.sync()
+                    start = time.perf_counter()
+                    fn(ids, mask)
+                    common.sync()
+                    times.setdefault((shape, name), []).append(time.perf_counter() - start)
+
+    rows, results = [], {}
+    for (shape, name), ts in times.items():
+        ms = float(np.median(ts)) * 1e3
+        ideal = flop_per_token * shape[0] * shape[1] / (peak * 1e9) * 1e3
+        results[f"{shape[0]}x{shape[1]}-{name}"] = {"median_ms": ms, "matmul_bound_ms": ideal,
+                                                   "overhead_ms": ms - ideal, "all_ms": [t * 1e3 for t in ts]}
+        rows.append([f"{shape[0]} x {shape[1]}", name, ms, ideal, ms - ideal, f"{deltas[shape]:.1e}"])
+    print(f"\none forward, {args.dtype}, {args.device}, {args.threads} threads, median of {args.repeats} "
+          f"interleaved; matmul peak {peak:.0f} GFLOP/s\n")
+    common.print_table(["tokens", "engine", "ms", "ms at peak (linear FLOPs)", "overhead ms",
+                        "max |Δ logit| keras vs lean"], rows)
+    for shape in SHAPES:
+        k, le = (results[f"{shape[0]}x{shape[1]}-{e}"] for e in ("keras", "lean"))
+        print(f"{shape[0]} x {shape[1]}: lean {k['median_ms'] / le['median_ms']:.2f}x faster, overhead "
+              f"{le['overhead_ms'] / k['overhead_ms']:.2f} of keras-hub's")
+    common.write_result(args.name or f"forward-{args.device}-{args.dtype}-t{args.threads}",
+                        {"peak_gflops": peak, "results": results,
+                         "max_abs_dlogit": {f"{s[0]}x{s[1]}": d for s, d in deltas.items()}}, args.device)
+
+
+if __name__ == "__main__":
+    main()
