@@ -24,6 +24,7 @@ from agile.wire import PayloadError
 
 log = logging.getLogger("agile.worker")
 
+
 class Runtime:
     def __init__(self, settings: QueueSettings):
         self.settings = settings
