@@ -44,7 +44,8 @@ class AdapterMeta:
     objective: str
     max_length: int
     positive_label: str | None = None  # the label whose probability is the "flag" score
-    threshold: float = 0.5  # on p(positive_label), chosen on validation rows
+    threshold: float = 0.5  # on calibrated p(positive_label), chosen on validation rows
+    calibration: dict = field(default_factory=dict)  # agile.calibration.Calibration.to_json(); {} = none
     data_checksum: str = ""
     settings: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)

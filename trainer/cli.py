@@ -26,7 +26,8 @@ def _csv(kind):
 
 
 def _add_data_args(p: argparse.ArgumentParser, default: str | None, what: str) -> None:
-    p.add_argument("--data", default=default, help=f"{what}: 'ethos' (the codelab's split) or a "
+    p.add_argument("--data", default=default, help=f"{what}: 'ethos' (the codelab's split), "
+                   "'ethos:ATTRIBUTE' (one attribute of the multi-label file, e.g. ethos:violence) or a "
                    "CSV / JSONL / Parquet file with a text and a label column" +
                    (f" (default: {default})" if default else ""))
     p.add_argument("--text-column", default="text")
@@ -120,7 +121,7 @@ def cmd_train(args) -> int:
     from agile.adapters import AdapterMeta, save_adapter
     from agile.models import load_model
     from agile.scoring import LabelScorer, ScoringSettings
-    from agile.trainer.data import ETHOS_NAME, validation_split
+    from agile.trainer.data import is_builtin, validation_split
     from agile.trainer.evaluate import (
         binary_metrics,
         binary_truth,
@@ -137,7 +138,7 @@ def cmd_train(args) -> int:
     if args.report:
         check_writable(Path(args.report))
     examples = _examples(args.data, args, template.labels, "train")
-    test_spec = args.test or (ETHOS_NAME if args.data == ETHOS_NAME else None)
+    test_spec = args.test or (args.data if is_builtin(args.data) else None)
     test = _examples(test_spec, args, template.labels, "test") if test_spec else None
     if args.validation_fraction:
         fit, validation = validation_split(examples, args.validation_fraction, args.seed)
@@ -191,7 +192,8 @@ def cmd_train(args) -> int:
         eos=template.eos, rank=settings.rank, target_layers=list(settings.target_layers),
         objective=settings.objective, max_length=settings.max_length, positive_label=positive_label,
         threshold=threshold, data_checksum=examples.checksum(),
-        settings={**asdict(settings), "data": examples.source, "rows": len(examples),
+        settings={**asdict(settings), "data": examples.source, "rows": len(examples), "data_spec": args.data,
+                  "text_column": args.text_column, "label_column": args.label_column, "test_spec": test_spec,
                   "validation_fraction": args.validation_fraction, "validation_seed": args.seed},
         metrics=metrics,
     )
@@ -239,13 +241,13 @@ def cmd_sweep(args) -> int:
         return 0
 
     from agile.models import load_model
-    from agile.trainer.data import ETHOS_NAME
+    from agile.trainer.data import is_builtin
     from agile.trainer.sweep import run_sweep
 
     settings = _settings(args)
     template, positive_label = _template(args)
     train_examples = _examples(args.data, args, template.labels, "train")
-    if not args.test and args.data != ETHOS_NAME:
+    if not args.test and not is_builtin(args.data):
         raise ValueError("--test is required with --data FILE: the sweep scores a held-out test file")
     test_examples = _examples(args.test or args.data, args, template.labels, "test")
     for size in args.sizes:
@@ -280,8 +282,8 @@ def _run(func):
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a LoRA adapter (a policy) from labelled examples")
     _add_data_args(p, "ethos", "training rows")
-    p.add_argument("--test", default=None, help="rows to score once at the end (default for ethos: its "
-                   "test split)")
+    p.add_argument("--test", default=None, help="rows to score once at the end (default for ethos and "
+                   "ethos:ATTRIBUTE: its test split)")
     p.add_argument("--validation-fraction", type=float, default=0.2,
                    help="share of the training rows held out to pick the epoch and threshold (0 = none)")
     p.add_argument("--threshold", type=_probability, default=None,
