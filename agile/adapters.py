@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
@@ -107,6 +108,25 @@ def save_adapter(model, meta: AdapterMeta, path: str | Path) -> Path:
     except OSError as exc:
         raise AdapterError(f"cannot write the adapter: {exc}") from exc
     return path
+
+
+def write_meta(path: str | Path, meta: AdapterMeta) -> None:
+    """Replace an adapter's adapter.json in one rename, weights untouched (e.g. a new calibration)."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{META_FILE}-", dir=path)
+    except OSError as exc:
+        raise AdapterError(f"{path}: cannot rewrite {META_FILE}: {exc}") from exc
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(asdict(meta), indent=2) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; adapters are shared like any file
+        os.replace(tmp, path / META_FILE)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise AdapterError(f"{path}: cannot rewrite {META_FILE}: {exc}") from exc
 
 
 def load_adapter(path: str | Path) -> Adapter:
