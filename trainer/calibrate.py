@@ -22,7 +22,7 @@ import numpy as np
 from scipy.optimize import minimize
 from sklearn import metrics as skm
 
-from agile.calibration import IDENTITY, METHODS, Calibration, expected_calibration_error, logit
+from agile.calibration import IDENTITY, METHODS, Calibration, expected_calibration_error, logit, sigmoid
 
 ISOTONIC_MIN_ROWS = 1000
 BINS = 10  # equal-width bins for the ECE and the reliability diagram
@@ -41,7 +41,7 @@ def _log_loss(params: np.ndarray, z: np.ndarray, t: np.ndarray, with_b: bool) ->
     a, b = np.exp(params[0]), (params[1] if with_b else 0.0)
     s = a * z + b
     loss = float(np.sum(t * np.logaddexp(0, -s) + (1 - t) * np.logaddexp(0, s)))
-    d = 1 / (1 + np.exp(-s)) - t  # d loss / d s
+    d = sigmoid(s) - t  # d loss / d s
     grad = [float(np.sum(d * z) * a)] + ([float(np.sum(d))] if with_b else [])
     return loss, np.array(grad)
 
