@@ -70,7 +70,8 @@ def _add_settings_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     p.add_argument("--lora-targets", default=",".join(d.target_layers),
                    help=f"layer names, or 'all' = {','.join(ALL_TARGETS)}")
     p.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default=d.compute_dtype,
-                   help="dtype of the forward pass (LoRA weights stay float32)")
+                   help="dtype of the forward pass (LoRA weights stay float32); auto = bfloat16 on a GPU "
+                   "or a CPU with native bfloat16, float32 elsewhere")
     if not sweep:
         p.add_argument("--patience", type=int, default=d.patience,
                        help="stop after N epochs without a better validation ROC-AUC (0 = run all)")
@@ -202,7 +203,7 @@ def cmd_train(args) -> int:
 
     metrics: dict = {"history": [asdict(r) for r in result.history], "best_epoch": result.best_epoch,
                      "seconds_per_step": round(result.seconds_per_step, 4),
-                     "train_seconds": round(train_seconds, 1)}
+                     "train_seconds": round(train_seconds, 1), "compute_dtype": result.compute_dtype}
     out = Path(args.out)
     name = args.name or out.name
     val_scores = None

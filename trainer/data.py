@@ -119,7 +119,7 @@ def ethos_attribute_split(
     ratings = pd.to_numeric(df[attribute], errors="coerce")
     bad = np.flatnonzero(~ratings.between(0, 1).to_numpy())
     if len(bad):
-        raise DataError(f"{path}: row {bad[0]}, column {attribute!r}: rating {df[attribute].iloc[bad[0]]!r} "
+        raise DataError(f"{path}: row {bad[0]}, column {attribute!r}: rating {str(df[attribute].iloc[bad[0]])!r} "
                         "is not a number in [0, 1]")
     df = df.assign(has=(ratings >= ETHOS_ATTRIBUTE_CUT).astype(int)).sample(frac=1, random_state=ETHOS_SHUFFLE_SEED)
     name = f"{ETHOS_NAME}:{attribute}"
