@@ -23,6 +23,10 @@ from scipy.optimize import minimize
 from sklearn import metrics as skm
 
 from agile.calibration import IDENTITY, METHODS, Calibration, expected_calibration_error, logit, sigmoid
+from agile.policy import Policy
+from agile.prompt import PromptTemplate
+from agile.trainer.data import Examples
+from agile.trainer.evaluate import binary_metrics, binary_truth
 
 ISOTONIC_MIN_ROWS = 1000
 BINS = 10  # equal-width bins for the ECE and the reliability diagram
@@ -106,6 +110,27 @@ def calibrate_on_validation(y_val, raw_val, method: str, fitted_on: str,
     if why:
         summary["note"] = why
     return calibration, threshold, summary
+
+
+def served_policy(template: PromptTemplate, name: str, positive_label: str, max_length: int,
+                  validation: Examples, probs: np.ndarray, method: str, threshold: float | None,
+                  metrics: dict) -> Policy:
+    """The policy as it will be served: calibration and threshold fitted on the validation rows.
+
+    Records the calibration's summary and the validation metrics (on calibrated scores) in `metrics`.
+    """
+    positive = template.labels.index(positive_label)
+    y_val = binary_truth(validation, positive_label)
+    calibration, threshold, metrics["calibration"] = calibrate_on_validation(
+        y_val, probs[:, positive], method, validation.source, threshold)
+    policy = Policy(template, name, positive_label, threshold, max_length, calibration=calibration)
+    metrics["validation"] = binary_metrics(y_val, policy.calibrated(probs)[:, positive], threshold)
+    errors = metrics["calibration"]["validation"]
+    print(f"calibration {calibration.method} (a={calibration.a:.4g}, b={calibration.b:.4g}): validation ECE "
+          f"{errors['ece_before']:.4f} -> {errors['ece_after']:.4f}; threshold {threshold:.4f} "
+          f"({metrics['calibration']['threshold_rule']}); validation F1 {metrics['validation']['f1']:.4f}, "
+          f"ROC-AUC {metrics['validation']['roc_auc']:.4f}")
+    return policy
 
 
 def reliability_points(y_true, p, bins: int = BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

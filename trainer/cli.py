@@ -126,50 +126,21 @@ def _peak_memory() -> dict:
     return found
 
 
-def _served_policy(template, name: str, positive_label: str, max_length: int, validation, probs,
-                   method: str, threshold: float | None, metrics: dict):
-    """The policy as it will be served: calibration and threshold fitted on the validation rows.
-
-    Records the calibration's summary and the validation metrics (on calibrated scores) in `metrics`.
-    """
-    from agile.policy import Policy
-    from agile.trainer.calibrate import calibrate_on_validation
-    from agile.trainer.evaluate import binary_metrics, binary_truth
-
-    positive = template.labels.index(positive_label)
-    y_val = binary_truth(validation, positive_label)
-    calibration, threshold, metrics["calibration"] = calibrate_on_validation(
-        y_val, probs[:, positive], method, validation.source, threshold)
-    policy = Policy(template, name, positive_label, threshold, max_length, calibration=calibration)
-    metrics["validation"] = binary_metrics(y_val, policy.calibrated(probs)[:, positive], threshold)
-    errors = metrics["calibration"]["validation"]
-    print(f"calibration {calibration.method} (a={calibration.a:.4g}, b={calibration.b:.4g}): validation ECE "
-          f"{errors['ece_before']:.4f} -> {errors['ece_after']:.4f}; threshold {threshold:.4f} "
-          f"({metrics['calibration']['threshold_rule']}); validation F1 {metrics['validation']['f1']:.4f}, "
-          f"ROC-AUC {metrics['validation']['roc_auc']:.4f}")
-    return policy
-
-
-def _test_metrics(test, probs, policy) -> dict:
-    """Test metrics on the scores as `policy` serves them (scored once, everything already fixed)."""
-    from agile.trainer.evaluate import binary_metrics, binary_truth
-
-    y_test = binary_truth(test, policy.positive_label)
-    served = policy.calibrated(probs)[:, policy.labels.index(policy.positive_label)]
-    found = {**binary_metrics(y_test, served, policy.threshold),
-             "f1_at_0.5": binary_metrics(y_test, served, 0.5)["f1"], "data": test.source}
-    print(f"test ({test.source}, {len(test)} rows): F1 {found['f1']:.4f} (at 0.5: {found['f1_at_0.5']:.4f}), "
-          f"ROC-AUC {found['roc_auc']:.4f}")
-    return found
-
-
 def cmd_train(args) -> int:
     from agile.adapters import AdapterMeta, save_adapter
     from agile.models import load_model
     from agile.policy import Policy
     from agile.scoring import LabelScorer, ScoringSettings
+    from agile.trainer.calibrate import served_policy
     from agile.trainer.data import is_builtin, validation_split
-    from agile.trainer.evaluate import binary_metrics, binary_truth, check_writable, score_examples, write_report
+    from agile.trainer.evaluate import (
+        binary_metrics,
+        binary_truth,
+        check_writable,
+        held_out_metrics,
+        score_examples,
+        write_report,
+    )
     from agile.trainer.train import train
 
     settings = _settings(args)
@@ -209,7 +180,7 @@ def cmd_train(args) -> int:
     val_scores = None
     if validation is not None:
         val_scores = score_examples(scorer, validation, desc="validation")[0]
-        policy = _served_policy(template, name, positive_label, settings.max_length, validation, val_scores,
+        policy = served_policy(template, name, positive_label, settings.max_length, validation, val_scores,
                                 args.calibration, args.threshold, metrics)
     else:  # nothing to fit on: raw scores, the given threshold or the codelab's argmax
         policy = Policy(template, name, positive_label, 0.5 if args.threshold is None else args.threshold,
@@ -217,7 +188,7 @@ def cmd_train(args) -> int:
     test_scores = None
     if test is not None:  # scored once, with the epoch, calibration and threshold already fixed
         test_scores = score_examples(scorer, test, desc="test")
-        metrics["test"] = _test_metrics(test, test_scores[0], policy)
+        metrics["test"] = held_out_metrics(test, test_scores[0], policy)
     metrics.update(_peak_memory())
 
     meta = AdapterMeta(
@@ -274,8 +245,9 @@ def cmd_calibrate(args) -> int:
     from agile.adapters import apply_adapter, load_adapter, write_meta
     from agile.models import load_model
     from agile.scoring import LabelScorer, ScoringSettings
+    from agile.trainer.calibrate import served_policy
     from agile.trainer.data import is_builtin, load_examples, validation_split
-    from agile.trainer.evaluate import binary_truth, check_writable, score_examples, write_report
+    from agile.trainer.evaluate import binary_truth, check_writable, held_out_metrics, score_examples, write_report
 
     adapter = load_adapter(args.adapter)
     meta, recorded = adapter.meta, adapter.meta.settings
@@ -304,12 +276,12 @@ def cmd_calibrate(args) -> int:
     val_scores = score_examples(scorer, validation, desc="validation")[0]
     metrics = dict(meta.metrics)
     positive_label = meta.positive_label or meta.labels[1]
-    policy = _served_policy(meta.template, meta.name, positive_label, meta.max_length, validation, val_scores,
+    policy = served_policy(meta.template, meta.name, positive_label, meta.max_length, validation, val_scores,
                             args.calibration, args.threshold, metrics)
     test_scores = None
     if test is not None:
         test_scores = score_examples(scorer, test, desc="test")
-        metrics["test"] = _test_metrics(test, test_scores[0], policy)
+        metrics["test"] = held_out_metrics(test, test_scores[0], policy)
     if args.report:
         write_report(Path(args.report), test, *test_scores, policy,
                      {"adapter": str(adapter.path), "model": model.agile_info.spec},

@@ -58,6 +58,17 @@ def binary_metrics(y_true: np.ndarray, y_score: np.ndarray, threshold: float) ->
     }
 
 
+def held_out_metrics(test: Examples, probs: np.ndarray, policy: Policy) -> dict:
+    """Test metrics on the scores as `policy` serves them (scored once, everything already fixed)."""
+    y_test = binary_truth(test, policy.positive_label)
+    served = policy.calibrated(probs)[:, policy.labels.index(policy.positive_label)]
+    found = {**binary_metrics(y_test, served, policy.threshold),
+             "f1_at_0.5": binary_metrics(y_test, served, 0.5)["f1"], "data": test.source}
+    print(f"test ({test.source}, {len(test)} rows): F1 {found['f1']:.4f} (at 0.5: {found['f1_at_0.5']:.4f}), "
+          f"ROC-AUC {found['roc_auc']:.4f}")
+    return found
+
+
 def save_plots(out: Path, y_true: np.ndarray, y_score: np.ndarray, threshold: float,
                names: tuple[str, str]) -> None:
     """confusion_matrix.png and roc.png, as the codelab draws them."""
