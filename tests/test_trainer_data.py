@@ -135,5 +135,5 @@ def test_bad_attribute_or_file_is_one_clear_error(tmp_path, spec_or_file, messag
     with pytest.raises(DataError, match=message) as info:
         ethos_attribute_split("violence", path, ("none", "violence"))
     assert str(path) in str(info.value)
-    with pytest.raises(DataError, match="give two label words"):
+    with pytest.raises(DataError, match="ETHOS multi-label is binary: give two label words"):
         ethos_attribute_split("violence", labels=("a", "b", "c"))

@@ -73,6 +73,24 @@ class Examples:
             raise DataError(f"{self.source}: no examples of label(s) {empty}; every label needs some")
 
 
+def _read_ethos(path: Path, labels: tuple[str, ...], what: str) -> pd.DataFrame:
+    if len(labels) != 2:
+        raise DataError(f"{what} is binary: give two label words, got {list(labels)}")
+    try:
+        return pd.read_csv(path, delimiter=";", encoding="utf-8")
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: cannot read the {what} file: {exc}") from exc
+
+
+def _shuffled_split(df: pd.DataFrame, truth: pd.Series, labels: tuple[str, ...], name: str,
+                    n_train: int) -> tuple[Examples, Examples]:
+    """Shuffled with the codelab's seed 32; the first `n_train` rows train, the rest test."""
+    df = df.assign(truth=truth.astype(int)).sample(frac=1, random_state=ETHOS_SHUFFLE_SEED)
+    full = Examples(df["comment"].astype(str).tolist(), df["truth"].to_numpy(np.int64), labels, name)
+    return (full.take(np.arange(n_train), f"{name}-train"),
+            full.take(np.arange(n_train, len(full)), f"{name}-test"))
+
+
 def ethos_split(path: str | Path = ETHOS_CSV, labels: tuple[str, ...] = DEFAULT_LABELS) -> tuple[
     Examples, Examples
 ]:
@@ -80,20 +98,8 @@ def ethos_split(path: str | Path = ETHOS_CSV, labels: tuple[str, ...] = DEFAULT_
 
     Label index 1 (the second label word, 'Negative' by default) is hateful, as in the codelab.
     """
-    if len(labels) != 2:
-        raise DataError(f"ETHOS is binary: give two label words, got {list(labels)}")
-    path = Path(path)
-    try:
-        df = pd.read_csv(path, delimiter=";", encoding="utf-8")
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: cannot read the ETHOS file: {exc}") from exc
-    df["hateful"] = (df["isHate"] >= df["isHate"].median()).astype(int)
-    df = df.sample(frac=1, random_state=ETHOS_SHUFFLE_SEED)
-    full = Examples(df["comment"].astype(str).tolist(), df["hateful"].to_numpy(np.int64), labels, "ethos")
-    n = len(full)
-    train = full.take(np.arange(ETHOS_TRAIN_ROWS), "ethos-train")
-    test = full.take(np.arange(ETHOS_TRAIN_ROWS, n), "ethos-test")
-    return train, test
+    df = _read_ethos(Path(path), labels, "ETHOS")
+    return _shuffled_split(df, df["isHate"] >= df["isHate"].median(), labels, ETHOS_NAME, ETHOS_TRAIN_ROWS)
 
 
 def ethos_attribute_split(
@@ -106,13 +112,8 @@ def ethos_attribute_split(
     """
     if attribute not in ETHOS_ATTRIBUTES:
         raise DataError(f"ETHOS has no attribute {attribute!r}; choose one of {', '.join(ETHOS_ATTRIBUTES)}")
-    if len(labels) != 2:
-        raise DataError(f"an ETHOS attribute is binary: give two label words, got {list(labels)}")
     path = Path(path)
-    try:
-        df = pd.read_csv(path, delimiter=";", encoding="utf-8")
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: cannot read the ETHOS multi-label file: {exc}") from exc
+    df = _read_ethos(path, labels, "ETHOS multi-label")
     for column in ("comment", attribute):
         if column not in df.columns:
             raise DataError(f"{path}: no column {column!r} (columns: {', '.join(map(str, df.columns))})")
@@ -121,12 +122,8 @@ def ethos_attribute_split(
     if len(bad):
         raise DataError(f"{path}: row {bad[0]}, column {attribute!r}: rating {str(df[attribute].iloc[bad[0]])!r} "
                         "is not a number in [0, 1]")
-    df = df.assign(has=(ratings >= ETHOS_ATTRIBUTE_CUT).astype(int)).sample(frac=1, random_state=ETHOS_SHUFFLE_SEED)
-    name = f"{ETHOS_NAME}:{attribute}"
-    full = Examples(df["comment"].astype(str).tolist(), df["has"].to_numpy(np.int64), labels, name)
-    n_train = len(full) - round(len(full) * ETHOS_MULTI_TEST_SHARE)
-    return (full.take(np.arange(n_train), f"{name}-train"),
-            full.take(np.arange(n_train, len(full)), f"{name}-test"))
+    n_train = len(df) - round(len(df) * ETHOS_MULTI_TEST_SHARE)
+    return _shuffled_split(df, ratings >= ETHOS_ATTRIBUTE_CUT, labels, f"{ETHOS_NAME}:{attribute}", n_train)
 
 
 def validation_split(examples: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]:
