@@ -87,12 +87,9 @@ class Calibration:
         raw = probs[..., positive]
         calibrated = self.positive(raw)
         rest = 1.0 - raw
-        k = probs.shape[-1]
-        others = np.where(
-            (rest > 0)[..., None], probs * ((1.0 - calibrated) / np.where(rest > 0, rest, 1.0))[..., None],
-            ((1.0 - calibrated) / (k - 1))[..., None],
-        )
-        out = np.array(others)
+        scale = np.divide(1.0 - calibrated, rest, out=np.zeros_like(rest), where=rest > 0)
+        shared = (1.0 - calibrated) / (probs.shape[-1] - 1)  # the other labels had no mass to rescale
+        out = np.where((rest > 0)[..., None], probs * scale[..., None], shared[..., None])
         out[..., positive] = calibrated
         return out
 

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from agile.adapters import Adapter, AdapterError
 from agile.calibration import IDENTITY, Calibration, CalibrationError
 from agile.decision import score_fields
 from agile.prompt import DEFAULT_MAX_LENGTH, PromptTemplate
-
-if TYPE_CHECKING:
-    from agile.adapters import Adapter
 
 ZERO_SHOT = "zero-shot"
 
@@ -48,8 +45,6 @@ class Policy:
 
     @classmethod
     def from_adapter(cls, adapter: Adapter) -> Policy:
-        from agile.adapters import AdapterError
-
         meta = adapter.meta
         try:
             calibration = Calibration.from_json(meta.calibration, str(adapter.path))

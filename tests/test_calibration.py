@@ -126,3 +126,23 @@ def test_one_class_validation_stays_uncalibrated_and_says_why():
     assert cal is IDENTITY and "one class" in summary["note"]
     with pytest.raises(ValueError, match="both classes"):
         fit_calibration(np.ones(5, int), np.full(5, 0.9))
+
+
+def test_an_adapter_with_a_malformed_calibration_is_refused_when_loaded_as_a_policy(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from safetensors.numpy import save_file
+
+    from agile.adapters import AdapterError, AdapterMeta, load_adapter
+
+    meta = AdapterMeta(name="bad", base_model="tiny", base_checksum="0" * 64, labels=["none", "hate"],
+                       instructions="Classify", separator="<separator>", eos="<eos>", rank=1,
+                       target_layers=["query"], objective="label", max_length=64, positive_label="hate",
+                       calibration={"method": "platt", "a": 0.0})
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "adapter.json").write_text(json.dumps(asdict(meta)))
+    save_file({"w": np.zeros(1, np.float32)}, str(tmp_path / "bad" / "lora.safetensors"))
+    with pytest.raises(AdapterError, match="slope a > 0") as info:
+        Policy.from_adapter(load_adapter(tmp_path / "bad"))
+    assert str(tmp_path / "bad") in str(info.value)
