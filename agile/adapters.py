@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import weakref
 from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
@@ -51,7 +52,8 @@ class AdapterMeta:
     objective: str
     max_length: int
     positive_label: str | None = None  # the label whose probability is the "flag" score
-    threshold: float = 0.5  # on p(positive_label), chosen on validation rows
+    threshold: float = 0.5  # on calibrated p(positive_label), chosen on validation rows
+    calibration: dict = field(default_factory=dict)  # agile.calibration.Calibration.to_json(); {} = none
     data_checksum: str = ""
     settings: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
@@ -113,6 +115,25 @@ def save_adapter(model, meta: AdapterMeta, path: str | Path) -> Path:
     except OSError as exc:
         raise AdapterError(f"cannot write the adapter: {exc}") from exc
     return path
+
+
+def write_meta(path: str | Path, meta: AdapterMeta) -> None:
+    """Replace an adapter's adapter.json in one rename, weights untouched (e.g. a new calibration)."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{META_FILE}-", dir=path)
+    except OSError as exc:
+        raise AdapterError(f"{path}: cannot rewrite {META_FILE}: {exc}") from exc
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(asdict(meta), indent=2) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; adapters are shared like any file
+        os.replace(tmp, path / META_FILE)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise AdapterError(f"{path}: cannot rewrite {META_FILE}: {exc}") from exc
 
 
 def load_adapter(path: str | Path) -> Adapter:

@@ -8,7 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agile.trainer.data import DataError, ethos_split, load_table, validation_split
+from agile.trainer.data import (
+    DataError,
+    ethos_attribute_split,
+    ethos_split,
+    is_builtin,
+    load_examples,
+    load_table,
+    validation_split,
+)
 
 
 def test_ethos_split_is_the_codelabs():
@@ -81,3 +89,51 @@ def test_untrainable_sets_are_refused(tmp_path):
         examples.check_trainable(batch_size=4)
     assert examples.checksum() != load_table(path, labels=("Positive", "Other")).checksum()
     assert np.array_equal(examples.labels, [0, 0, 0])
+
+
+ATTRIBUTE_POSITIVES = {"violence": 142, "directed_vs_generalized": 135, "gender": 86, "race": 76,
+                       "national_origin": 74, "disability": 53, "religion": 81, "sexual_orientation": 73}
+
+
+@pytest.mark.parametrize(("attribute", "positives"), ATTRIBUTE_POSITIVES.items())
+def test_ethos_attributes_are_binarised_at_half_the_annotators(attribute, positives):
+    train, test = ethos_attribute_split(attribute, labels=("none", attribute[:4]))
+    assert (len(train), len(test)) == (346, 87)
+    assert int(train.labels.sum() + test.labels.sum()) == positives
+    assert train.source == f"ethos:{attribute}-train" and test.source == f"ethos:{attribute}-test"
+    df = pd.read_csv("data/ethos/Ethos_Dataset_Multi_Label.csv", delimiter=";").sample(frac=1, random_state=32)
+    assert train.texts + test.texts == df["comment"].tolist()  # one shuffle, the same rows for every attribute
+    assert (train.labels.tolist() + test.labels.tolist()) == (df[attribute] >= 0.5).astype(int).tolist()
+
+
+def test_ethos_attribute_specs_load_their_parts():
+    labels = ("none", "violence")
+    train = load_examples("ethos:violence", labels)
+    test = load_examples("ethos:violence", labels, part="test")
+    assert is_builtin("ethos:violence") and is_builtin("ethos") and not is_builtin("ethos.csv")
+    assert len(train) == 346 and len(test) == 87 and not set(train.texts) & set(test.texts)
+    fit, val = validation_split(train, 0.2, seed=1234)
+    assert (len(fit), len(val)) == (277, 69) and val.labels.sum() == round(train.labels.sum() * 0.2)
+
+
+@pytest.mark.parametrize(
+    ("spec_or_file", "message"),
+    [
+        ("ethos:toxicity", "no attribute 'toxicity'; choose one of violence, directed_vs_generalized"),
+        (b"comment;violence\nyou;0.7\nthem;high\n", "row 1, column 'violence': rating 'high' is not a number"),
+        (b"comment;violence\nyou;1.5\n", "row 0, column 'violence': rating '1.5' is not a number"),
+        (b"comment;race\nyou;0.7\n", "no column 'violence'"),
+    ],
+)
+def test_bad_attribute_or_file_is_one_clear_error(tmp_path, spec_or_file, message):
+    if isinstance(spec_or_file, str):
+        with pytest.raises(DataError, match=message):
+            load_examples(spec_or_file, ("none", "violence"))
+        return
+    path = tmp_path / "multi.csv"
+    path.write_bytes(spec_or_file)
+    with pytest.raises(DataError, match=message) as info:
+        ethos_attribute_split("violence", path, ("none", "violence"))
+    assert str(path) in str(info.value)
+    with pytest.raises(DataError, match="ETHOS multi-label is binary: give two label words"):
+        ethos_attribute_split("violence", labels=("a", "b", "c"))

@@ -17,7 +17,7 @@ from agile.testing import make_tiny_preset
 from agile.tokens import PromptTokenizer
 from agile.trainer.data import ethos_split
 from agile.trainer.settings import TrainSettings
-from agile.trainer.train import causal_lm_loss, encode_rows, label_loss, train
+from agile.trainer.train import autocast_bfloat16, causal_lm_loss, encode_rows, label_loss, train
 
 TEMPLATE = PromptTemplate()
 
@@ -126,3 +126,16 @@ def test_adapter_metadata_is_validated(tiny, examples, tmp_path):
     other = load_model(str(make_tiny_preset(tmp_path / "other", seed=1)))
     with pytest.raises(AdapterError, match="adapter was trained on"):
         apply_adapter(other, load_adapter(path))
+
+
+def test_auto_compute_dtype_uses_bfloat16_only_where_the_hardware_has_it(monkeypatch, tmp_path):
+    from agile.trainer import train as train_module
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert autocast_bfloat16("bfloat16", cpu) and not autocast_bfloat16("float32", gpu)
+    assert autocast_bfloat16("auto", gpu)
+    for flags, native in (("fpu avx avx2 fma", False), ("avx2 avx512f avx512_bf16", True), ("avx2 amx_bf16", True)):
+        cpuinfo = tmp_path / f"cpuinfo-{native}-{len(flags)}"
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(train_module, "Path", lambda _, f=cpuinfo: f)
+        assert autocast_bfloat16("auto", cpu) is native

@@ -12,7 +12,7 @@ import json
 import resource
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from agile.prompt import DEFAULT_EOS, DEFAULT_INSTRUCTIONS, DEFAULT_LABELS, DEFAULT_SEPARATOR, PromptTemplate
@@ -26,7 +26,8 @@ def _csv(kind):
 
 
 def _add_data_args(p: argparse.ArgumentParser, default: str | None, what: str) -> None:
-    p.add_argument("--data", default=default, help=f"{what}: 'ethos' (the codelab's split) or a "
+    p.add_argument("--data", default=default, help=f"{what}: 'ethos' (the codelab's split), "
+                   "'ethos:ATTRIBUTE' (one attribute of the multi-label file, e.g. ethos:violence) or a "
                    "CSV / JSONL / Parquet file with a text and a label column" +
                    (f" (default: {default})" if default else ""))
     p.add_argument("--text-column", default="text")
@@ -42,6 +43,14 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
                    help="the label whose probability is the flag score (default: the second label)")
     p.add_argument("--instructions", default=DEFAULT_INSTRUCTIONS)
     p.add_argument("--separator", default=DEFAULT_SEPARATOR)
+
+
+def _add_calibration_args(p: argparse.ArgumentParser) -> None:
+    from agile.calibration import METHODS
+
+    p.add_argument("--calibration", choices=METHODS, default="platt",
+                   help="how p(positive label) is calibrated on the validation rows (default: platt; "
+                   "isotonic needs 1000+ validation rows; identity = none)")
 
 
 def _add_settings_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
@@ -61,7 +70,8 @@ def _add_settings_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     p.add_argument("--lora-targets", default=",".join(d.target_layers),
                    help=f"layer names, or 'all' = {','.join(ALL_TARGETS)}")
     p.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default=d.compute_dtype,
-                   help="dtype of the forward pass (LoRA weights stay float32)")
+                   help="dtype of the forward pass (LoRA weights stay float32); auto = bfloat16 on a GPU "
+                   "or a CPU with native bfloat16, float32 elsewhere")
     if not sweep:
         p.add_argument("--patience", type=int, default=d.patience,
                        help="stop after N epochs without a better validation ROC-AUC (0 = run all)")
@@ -119,13 +129,15 @@ def _peak_memory() -> dict:
 def cmd_train(args) -> int:
     from agile.adapters import AdapterMeta, save_adapter
     from agile.models import load_model
+    from agile.policy import Policy
     from agile.scoring import LabelScorer, ScoringSettings
-    from agile.trainer.data import ETHOS_NAME, validation_split
+    from agile.trainer.calibrate import served_policy
+    from agile.trainer.data import is_builtin, validation_split
     from agile.trainer.evaluate import (
         binary_metrics,
         binary_truth,
         check_writable,
-        choose_threshold,
+        held_out_metrics,
         score_examples,
         write_report,
     )
@@ -137,7 +149,7 @@ def cmd_train(args) -> int:
     if args.report:
         check_writable(Path(args.report))
     examples = _examples(args.data, args, template.labels, "train")
-    test_spec = args.test or (ETHOS_NAME if args.data == ETHOS_NAME else None)
+    test_spec = args.test or (args.data if is_builtin(args.data) else None)
     test = _examples(test_spec, args, template.labels, "test") if test_spec else None
     if args.validation_fraction:
         fit, validation = validation_split(examples, args.validation_fraction, args.seed)
@@ -162,44 +174,40 @@ def cmd_train(args) -> int:
 
     metrics: dict = {"history": [asdict(r) for r in result.history], "best_epoch": result.best_epoch,
                      "seconds_per_step": round(result.seconds_per_step, 4),
-                     "train_seconds": round(train_seconds, 1)}
-    threshold = 0.5 if args.threshold is None else args.threshold
+                     "train_seconds": round(train_seconds, 1), "compute_dtype": result.compute_dtype}
+    out = Path(args.out)
+    name = args.name or out.name
+    val_scores = None
     if validation is not None:
-        probs, _ = score_examples(scorer, validation, desc="validation")
-        y_val = binary_truth(validation, positive_label)
-        how = "fixed by --threshold"
-        if args.threshold is None:
-            threshold, how = choose_threshold(y_val, probs[:, positive]), "best F1 on validation"
-        metrics["validation"] = binary_metrics(y_val, probs[:, positive], threshold)
-        print(f"threshold {threshold:.4f} ({how}); validation: "
-              f"F1 {metrics['validation']['f1']:.4f}, ROC-AUC {metrics['validation']['roc_auc']:.4f}")
+        val_scores = score_examples(scorer, validation, desc="validation")[0]
+        policy = served_policy(template, name, positive_label, settings.max_length, validation, val_scores,
+                                args.calibration, args.threshold, metrics)
+    else:  # nothing to fit on: raw scores, the given threshold or the codelab's argmax
+        policy = Policy(template, name, positive_label, 0.5 if args.threshold is None else args.threshold,
+                        settings.max_length)
     test_scores = None
-    if test is not None:  # scored once, with the epoch and threshold already fixed
+    if test is not None:  # scored once, with the epoch, calibration and threshold already fixed
         test_scores = score_examples(scorer, test, desc="test")
-        y_test = binary_truth(test, positive_label)
-        metrics["test"] = binary_metrics(y_test, test_scores[0][:, positive], threshold)
-        metrics["test"]["f1_at_0.5"] = binary_metrics(y_test, test_scores[0][:, positive], 0.5)["f1"]
-        metrics["test"]["data"] = test.source
-        print(f"test ({test.source}, {len(test)} rows): F1 {metrics['test']['f1']:.4f} "
-              f"(at 0.5: {metrics['test']['f1_at_0.5']:.4f}), ROC-AUC {metrics['test']['roc_auc']:.4f}")
+        metrics["test"] = held_out_metrics(test, test_scores[0], policy)
     metrics.update(_peak_memory())
 
-    out = Path(args.out)
     meta = AdapterMeta(
-        name=args.name or out.name, base_model=model.agile_info.spec, base_checksum=model.agile_info.checksum,
+        name=name, base_model=model.agile_info.spec, base_checksum=model.agile_info.checksum,
         labels=list(template.labels), instructions=template.instructions, separator=template.separator,
         eos=template.eos, rank=settings.rank, target_layers=list(settings.target_layers),
         objective=settings.objective, max_length=settings.max_length, positive_label=positive_label,
-        threshold=threshold, data_checksum=examples.checksum(),
-        settings={**asdict(settings), "data": examples.source, "rows": len(examples),
+        threshold=policy.threshold, calibration=policy.calibration.to_json(), data_checksum=examples.checksum(),
+        settings={**asdict(settings), "data": examples.source, "rows": len(examples), "data_spec": args.data,
+                  "text_column": args.text_column, "label_column": args.label_column, "test_spec": test_spec,
                   "validation_fraction": args.validation_fraction, "validation_seed": args.seed},
         metrics=metrics,
     )
     save_adapter(model, meta, out)
     print(f"adapter written to {out}")
     if args.report and test_scores is not None:
-        write_report(Path(args.report), test, *test_scores, positive_label, threshold,
-                     {"adapter": str(out), "model": model.agile_info.spec})
+        val = None if validation is None else (binary_truth(validation, positive_label), val_scores)
+        write_report(Path(args.report), test, *test_scores, policy,
+                     {"adapter": str(out), "model": model.agile_info.spec}, validation=val)
         print(f"report written to {args.report}")
     print(f"peak RSS {metrics['peak_rss_mb']} MB; {train_seconds:.0f} s training")
     return 0
@@ -208,23 +216,80 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from agile.adapters import apply_adapter, load_adapter
     from agile.models import load_model
+    from agile.policy import Policy
     from agile.scoring import LabelScorer, ScoringSettings
     from agile.trainer.evaluate import check_writable, score_examples, write_report
 
     adapter = load_adapter(args.adapter)
     meta = adapter.meta
+    policy = Policy.from_adapter(adapter)
+    if policy.positive_label is None:  # adapters written before positive labels were recorded
+        policy = replace(policy, positive_label=meta.labels[1])
     check_writable(Path(args.report))
     examples = _examples(args.data, args, tuple(meta.labels), "test")
     model = load_model(args.model or meta.base_model, sequence_length=meta.max_length)
     apply_adapter(model, adapter)
     scorer = LabelScorer(model, meta.template, ScoringSettings(meta.max_length, args.batch_size))
     probs, truncated = score_examples(scorer, examples, desc="evaluate")
-    positive = meta.positive_label or meta.labels[1]
-    found = write_report(Path(args.report), examples, probs, truncated, positive, meta.threshold,
+    found = write_report(Path(args.report), examples, probs, truncated, policy,
                          {"adapter": str(adapter.path), "model": model.agile_info.spec})
     print(json.dumps({k: found[k] for k in ("n", "threshold", "f1", "f1_at_0.5", "roc_auc", "precision",
                                              "recall", "accuracy", "confusion_matrix")}))
+    print(json.dumps({"calibration": found["calibration"]}))
     print(f"report written to {args.report}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    """Fit an adapter's calibration and threshold on its own validation rows, rebuilt from adapter.json."""
+    from agile.adapters import apply_adapter, load_adapter, write_meta
+    from agile.models import load_model
+    from agile.scoring import LabelScorer, ScoringSettings
+    from agile.trainer.calibrate import served_policy
+    from agile.trainer.data import is_builtin, load_examples, validation_split
+    from agile.trainer.evaluate import binary_truth, check_writable, held_out_metrics, score_examples, write_report
+
+    adapter = load_adapter(args.adapter)
+    meta, recorded = adapter.meta, adapter.meta.settings
+    spec = args.data or recorded.get("data_spec")
+    if not spec:
+        raise ValueError(f"{adapter.path}: adapter.json does not record its training data; name it with --data")
+    if not recorded.get("validation_fraction"):
+        raise ValueError(f"{adapter.path}: trained without a validation split (--validation-fraction 0), so no "
+                         "held-out training rows are left to fit a calibration on")
+    columns = {"text_column": args.text_column or recorded.get("text_column", "text"),
+               "label_column": args.label_column or recorded.get("label_column", "label")}
+    examples = load_examples(spec, tuple(meta.labels), "train", **columns)
+    if examples.checksum() != meta.data_checksum:
+        raise ValueError(f"{spec}: not the rows {adapter.path} was trained on (the data checksum differs)")
+    _, validation = validation_split(examples, recorded["validation_fraction"], recorded["validation_seed"])
+    test_spec = args.test or recorded.get("test_spec") or (spec if is_builtin(spec) else None)
+    if args.report:
+        check_writable(Path(args.report))
+        if not test_spec:
+            raise ValueError("--report scores a test split: name it with --test")
+    test = load_examples(test_spec, tuple(meta.labels), "test", **columns) if test_spec else None
+
+    model = load_model(args.model or meta.base_model, sequence_length=meta.max_length)
+    apply_adapter(model, adapter)
+    scorer = LabelScorer(model, meta.template, ScoringSettings(meta.max_length))
+    val_scores = score_examples(scorer, validation, desc="validation")[0]
+    metrics = dict(meta.metrics)
+    positive_label = meta.positive_label or meta.labels[1]
+    policy = served_policy(meta.template, meta.name, positive_label, meta.max_length, validation, val_scores,
+                            args.calibration, args.threshold, metrics)
+    test_scores = None
+    if test is not None:
+        test_scores = score_examples(scorer, test, desc="test")
+        metrics["test"] = held_out_metrics(test, test_scores[0], policy)
+    if args.report:
+        write_report(Path(args.report), test, *test_scores, policy,
+                     {"adapter": str(adapter.path), "model": model.agile_info.spec},
+                     validation=(binary_truth(validation, positive_label), val_scores))
+        print(f"report written to {args.report}")
+    write_meta(adapter.path, replace(meta, positive_label=positive_label, threshold=policy.threshold,
+                                     calibration=policy.calibration.to_json(), metrics=metrics))
+    print(f"calibration written to {adapter.path / 'adapter.json'}")
     return 0
 
 
@@ -239,13 +304,13 @@ def cmd_sweep(args) -> int:
         return 0
 
     from agile.models import load_model
-    from agile.trainer.data import ETHOS_NAME
+    from agile.trainer.data import is_builtin
     from agile.trainer.sweep import run_sweep
 
     settings = _settings(args)
     template, positive_label = _template(args)
     train_examples = _examples(args.data, args, template.labels, "train")
-    if not args.test and args.data != ETHOS_NAME:
+    if not args.test and not is_builtin(args.data):
         raise ValueError("--test is required with --data FILE: the sweep scores a held-out test file")
     test_examples = _examples(args.test or args.data, args, template.labels, "test")
     for size in args.sizes:
@@ -280,13 +345,14 @@ def _run(func):
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a LoRA adapter (a policy) from labelled examples")
     _add_data_args(p, "ethos", "training rows")
-    p.add_argument("--test", default=None, help="rows to score once at the end (default for ethos: its "
-                   "test split)")
+    p.add_argument("--test", default=None, help="rows to score once at the end (default for ethos and "
+                   "ethos:ATTRIBUTE: its test split)")
     p.add_argument("--validation-fraction", type=float, default=0.2,
                    help="share of the training rows held out to pick the epoch and threshold (0 = none)")
     p.add_argument("--threshold", type=_probability, default=None,
-                   help="flag when p(positive label) >= this (default: the best F1 on the validation "
-                   "rows; 0.5 without them, the codelab's argmax)")
+                   help="flag when calibrated p(positive label) >= this (default: the best F1 on the "
+                   "validation rows; 0.5 without them, the codelab's argmax)")
+    _add_calibration_args(p)
     _add_prompt_args(p)
     _add_settings_args(p)
     p.add_argument("-o", "--out", required=True, help="adapter directory to write")
@@ -301,6 +367,21 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--report", required=True, help="directory for metrics.json, plots and scores.csv")
     p.set_defaults(func=_run(cmd_evaluate), command="evaluate")
+
+    p = subparsers.add_parser("calibrate", help="fit an adapter's calibration and threshold on its own "
+                              "validation rows (no retraining)")
+    p.add_argument("--adapter", required=True, help="adapter directory (its adapter.json is rewritten)")
+    p.add_argument("--data", default=None, help="its training data (default: the one adapter.json records; "
+                   "'ethos' for adapters from before that was recorded)")
+    p.add_argument("--text-column", default=None)
+    p.add_argument("--label-column", default=None)
+    p.add_argument("--test", default=None, help="test rows to score once (default: the recorded test split)")
+    p.add_argument("--threshold", type=_probability, default=None,
+                   help="fix the threshold on calibrated p(positive label) (default: best F1 on validation)")
+    _add_calibration_args(p)
+    p.add_argument("--model", default=None, help="model spec (default: the adapter's base model)")
+    p.add_argument("--report", default=None, help="write the test report (metrics, plots, reliability) here")
+    p.set_defaults(func=_run(cmd_calibrate), command="calibrate")
 
     p = subparsers.add_parser("sweep", help="training size x epoch sweep, scored on the test rows")
     _add_data_args(p, "ethos", "training rows")

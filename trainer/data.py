@@ -22,6 +22,12 @@ ETHOS_CSV = Path(__file__).resolve().parent.parent / "data" / "ethos" / "Ethos_D
 ETHOS_TRAIN_ROWS = 800  # the codelab: first 800 shuffled rows train, the other 198 test
 ETHOS_SHUFFLE_SEED = 32
 ETHOS_NAME = "ethos"  # `--data ethos` means the codelab's split of the file above
+# `--data ethos:ATTRIBUTE`: one column of the multi-label file (432 hateful comments), binarised.
+ETHOS_MULTI_CSV = ETHOS_CSV.with_name("Ethos_Dataset_Multi_Label.csv")
+ETHOS_ATTRIBUTES = ("violence", "directed_vs_generalized", "gender", "race", "national_origin",
+                    "disability", "religion", "sexual_orientation")
+ETHOS_ATTRIBUTE_CUT = 0.5  # a comment has the attribute when at least half its annotators said so
+ETHOS_MULTI_TEST_SHARE = 0.2  # after the same seed-32 shuffle: the last 20% of rows (87 of 433) test
 
 
 class DataError(ValueError):
@@ -67,6 +73,24 @@ class Examples:
             raise DataError(f"{self.source}: no examples of label(s) {empty}; every label needs some")
 
 
+def _read_ethos(path: Path, labels: tuple[str, ...], what: str) -> pd.DataFrame:
+    if len(labels) != 2:
+        raise DataError(f"{what} is binary: give two label words, got {list(labels)}")
+    try:
+        return pd.read_csv(path, delimiter=";", encoding="utf-8")
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: cannot read the {what} file: {exc}") from exc
+
+
+def _shuffled_split(df: pd.DataFrame, truth: pd.Series, labels: tuple[str, ...], name: str,
+                    n_train: int) -> tuple[Examples, Examples]:
+    """Shuffled with the codelab's seed 32; the first `n_train` rows train, the rest test."""
+    df = df.assign(truth=truth.astype(int)).sample(frac=1, random_state=ETHOS_SHUFFLE_SEED)
+    full = Examples(df["comment"].astype(str).tolist(), df["truth"].to_numpy(np.int64), labels, name)
+    return (full.take(np.arange(n_train), f"{name}-train"),
+            full.take(np.arange(n_train, len(full)), f"{name}-test"))
+
+
 def ethos_split(path: str | Path = ETHOS_CSV, labels: tuple[str, ...] = DEFAULT_LABELS) -> tuple[
     Examples, Examples
 ]:
@@ -74,20 +98,32 @@ def ethos_split(path: str | Path = ETHOS_CSV, labels: tuple[str, ...] = DEFAULT_
 
     Label index 1 (the second label word, 'Negative' by default) is hateful, as in the codelab.
     """
-    if len(labels) != 2:
-        raise DataError(f"ETHOS is binary: give two label words, got {list(labels)}")
+    df = _read_ethos(Path(path), labels, "ETHOS")
+    return _shuffled_split(df, df["isHate"] >= df["isHate"].median(), labels, ETHOS_NAME, ETHOS_TRAIN_ROWS)
+
+
+def ethos_attribute_split(
+    attribute: str, path: str | Path = ETHOS_MULTI_CSV, labels: tuple[str, ...] = DEFAULT_LABELS
+) -> tuple[Examples, Examples]:
+    """One attribute of the multi-label file as a binary task: label index 1 = rating >= 0.5.
+
+    Rows are shuffled with seed 32 (as the binary split); the first 80% train, the rest
+    test, the same rows for every attribute, so no attribute's test row trained another.
+    """
+    if attribute not in ETHOS_ATTRIBUTES:
+        raise DataError(f"ETHOS has no attribute {attribute!r}; choose one of {', '.join(ETHOS_ATTRIBUTES)}")
     path = Path(path)
-    try:
-        df = pd.read_csv(path, delimiter=";", encoding="utf-8")
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: cannot read the ETHOS file: {exc}") from exc
-    df["hateful"] = (df["isHate"] >= df["isHate"].median()).astype(int)
-    df = df.sample(frac=1, random_state=ETHOS_SHUFFLE_SEED)
-    full = Examples(df["comment"].astype(str).tolist(), df["hateful"].to_numpy(np.int64), labels, "ethos")
-    n = len(full)
-    train = full.take(np.arange(ETHOS_TRAIN_ROWS), "ethos-train")
-    test = full.take(np.arange(ETHOS_TRAIN_ROWS, n), "ethos-test")
-    return train, test
+    df = _read_ethos(path, labels, "ETHOS multi-label")
+    for column in ("comment", attribute):
+        if column not in df.columns:
+            raise DataError(f"{path}: no column {column!r} (columns: {', '.join(map(str, df.columns))})")
+    ratings = pd.to_numeric(df[attribute], errors="coerce")
+    bad = np.flatnonzero(~ratings.between(0, 1).to_numpy())
+    if len(bad):
+        raise DataError(f"{path}: row {bad[0]}, column {attribute!r}: rating {str(df[attribute].iloc[bad[0]])!r} "
+                        "is not a number in [0, 1]")
+    n_train = len(df) - round(len(df) * ETHOS_MULTI_TEST_SHARE)
+    return _shuffled_split(df, ratings >= ETHOS_ATTRIBUTE_CUT, labels, f"{ETHOS_NAME}:{attribute}", n_train)
 
 
 def validation_split(examples: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]:
@@ -181,11 +217,18 @@ def load_table(
     return Examples(texts, np.asarray(index, dtype=np.int64), tuple(labels), str(path))
 
 
+def is_builtin(spec: str) -> bool:
+    """`ethos` or `ethos:ATTRIBUTE`: a split shipped with the repository, its test part included."""
+    return spec == ETHOS_NAME or spec.startswith(f"{ETHOS_NAME}:")
+
+
 def load_examples(
     spec: str, labels: tuple[str, ...] = DEFAULT_LABELS, part: str = "train", **table_args
 ) -> Examples:
-    """`ethos` -> the codelab split's `part` ('train' or 'test'); anything else -> a table file."""
-    if spec == ETHOS_NAME:
-        train, test = ethos_split(labels=labels)
+    """`ethos` -> the codelab split's `part` ('train' or 'test'); `ethos:ATTRIBUTE` -> that
+    attribute's split; anything else -> a table file."""
+    if is_builtin(spec):
+        _, _, attribute = spec.partition(":")
+        train, test = ethos_attribute_split(attribute, labels=labels) if attribute else ethos_split(labels=labels)
         return train if part == "train" else test
     return load_table(spec, labels=labels, **table_args)

@@ -1,8 +1,9 @@
 """How good an adapter is: scores on labelled rows, metrics, plots, and a report directory.
 
-The flag score of a row is p(positive_label); a row is flagged when that score
-reaches the adapter's threshold (chosen on validation rows, never on the test
-split). Metrics come from scikit-learn; plots use matplotlib's Agg backend.
+The flag score of a row is p(positive_label) as the policy serves it (calibrated
+when the adapter has a calibration); a row is flagged when that score reaches the
+adapter's threshold (chosen on validation rows, never on the test split).
+Metrics come from scikit-learn; plots use matplotlib's Agg backend.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tqdm import tqdm
 
 from agile.adapters import META_FILE
 from agile.files import atomic_directory
+from agile.policy import Policy
 from agile.tables import TableWriter
 from agile.trainer.data import Examples
 
@@ -56,12 +58,15 @@ def binary_metrics(y_true: np.ndarray, y_score: np.ndarray, threshold: float) ->
     }
 
 
-def choose_threshold(y_true: np.ndarray, y_score: np.ndarray) -> float:
-    """The cut-off that maximizes F1 on these (validation) rows: midway between adjacent scores."""
-    scores = np.unique(np.asarray(y_score, dtype=np.float64))
-    cuts = np.concatenate([[scores[0]], (scores[:-1] + scores[1:]) / 2])
-    f1s = [skm.f1_score(y_true, (y_score >= c).astype(int), zero_division=0) for c in cuts]
-    return float(cuts[int(np.argmax(f1s))])
+def held_out_metrics(test: Examples, probs: np.ndarray, policy: Policy) -> dict:
+    """Test metrics on the scores as `policy` serves them (scored once, everything already fixed)."""
+    y_test = binary_truth(test, policy.positive_label)
+    served = policy.calibrated(probs)[:, policy.labels.index(policy.positive_label)]
+    found = {**binary_metrics(y_test, served, policy.threshold),
+             "f1_at_0.5": binary_metrics(y_test, served, 0.5)["f1"], "data": test.source}
+    print(f"test ({test.source}, {len(test)} rows): F1 {found['f1']:.4f} (at 0.5: {found['f1_at_0.5']:.4f}), "
+          f"ROC-AUC {found['roc_auc']:.4f}")
+    return found
 
 
 def save_plots(out: Path, y_true: np.ndarray, y_score: np.ndarray, threshold: float,
@@ -102,32 +107,50 @@ def check_writable(path: Path) -> None:
 
 
 def write_report(
-    report: Path, examples: Examples, probs: np.ndarray, truncated: np.ndarray,
-    positive_label: str, threshold: float, extra: dict,
+    report: Path, examples: Examples, probs: np.ndarray, truncated: np.ndarray, policy: Policy,
+    extra: dict, validation: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict:
-    """metrics.json, confusion_matrix.png, roc.png and scores.csv in `report`, written atomically."""
+    """metrics.json, confusion_matrix.png, roc.png, reliability.png and scores.csv in `report`, atomically.
+
+    `probs` are the model's raw label probabilities; the report shows them as `policy`
+    serves them (calibrated) and measures the calibration error before and after, on
+    these rows and, given `validation` = (0/1 truth, raw probabilities), on the validation rows.
+    """
+    from agile.trainer.calibrate import calibration_errors, save_reliability
+
     report = Path(report)
     if (report / META_FILE).exists():
         raise OSError(f"{report}: is an adapter directory; write the report to a directory of its own")
     check_writable(report)
+    positive_label = policy.positive_label
     positive = examples.label_names.index(positive_label)
     y_true = binary_truth(examples, positive_label)
-    y_score = probs[:, positive]
-    result = binary_metrics(y_true, y_score, threshold)
+    raw = probs[:, positive]
+    y_score = policy.calibrated(probs)[:, positive]
+    result = binary_metrics(y_true, y_score, policy.threshold)
     result["f1_at_0.5"] = binary_metrics(y_true, y_score, 0.5)["f1"]
     result.update(data=examples.source, positive_label=positive_label, **extra)
+    panels = {"test": (y_true, raw, y_score)}
+    result["calibration"] = {"method": policy.calibration.method, "test": calibration_errors(y_true, raw, y_score)}
+    if validation is not None:
+        y_val, probs_val = validation
+        raw_val, served = probs_val[:, positive], policy.calibrated(probs_val)[:, positive]
+        panels = {"validation": (y_val, raw_val, served), **panels}
+        result["calibration"]["validation"] = calibration_errors(y_val, raw_val, served)
     other = " / ".join(n for n in examples.label_names if n != positive_label)
 
     with atomic_directory(report) as work:
         (work / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-        save_plots(work, y_true, y_score, threshold, (other, positive_label))
+        save_plots(work, y_true, y_score, policy.threshold, (other, positive_label))
+        save_reliability(work / "reliability.png", panels)
         with TableWriter(work / "scores.csv") as writer:
             writer.write([
                 {
                     "row": i,
                     "label": examples.label_names[examples.labels[i]],
                     f"p_{positive_label}": round(float(y_score[i]), 6),
-                    "flagged": int(y_score[i] >= threshold),
+                    f"raw_p_{positive_label}": round(float(raw[i]), 6),
+                    "flagged": int(y_score[i] >= policy.threshold),
                     "truncated": int(truncated[i]),
                     "text": examples.texts[i],
                 }

@@ -12,7 +12,7 @@ from agile.prompt import DEFAULT_MAX_LENGTH
 OBJECTIVES = ("label", "causal-lm")
 CODELAB_TARGETS = ("query", "value")  # keras-hub's default LoRA layers for Gemma 3
 ALL_TARGETS = ("query", "key", "value", "attention_output", "ffw_gating", "ffw_gating_2", "ffw_linear")
-COMPUTE_DTYPES = ("bfloat16", "float32")
+COMPUTE_DTYPES = ("auto", "bfloat16", "float32")
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,9 @@ class TrainSettings:
     epochs: int = 4
     seed: int = 1234  # the codelab's keras.utils.set_random_seed(1234)
     target_layers: tuple[str, ...] = CODELAB_TARGETS
-    compute_dtype: str = "bfloat16"  # forward pass under autocast; LoRA weights stay float32 (measured faster)
+    # The forward pass's dtype; LoRA weights stay float32. "auto": bfloat16 autocast where the hardware
+    # has it (a GPU, or a CPU with AVX512-BF16 / AMX), float32 elsewhere (see train.autocast_bfloat16).
+    compute_dtype: str = "auto"
     patience: int = 0  # with validation: stop after this many epochs without a better ROC-AUC (0 = off)
     max_steps: int = 0  # stop after this many steps in all (0 = no limit); for timing runs
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -50,6 +51,25 @@ class TrainResult:
     history: list[EpochRecord] = field(default_factory=list)
     best_epoch: int = 0  # the epoch whose weights the model holds now
     seconds_per_step: float = 0.0
+    compute_dtype: str = ""  # what the forward pass ran in ("auto" resolved)
+
+
+def autocast_bfloat16(setting: str, device: torch.device) -> bool:
+    """Whether the forward pass runs under bfloat16 autocast.
+
+    "auto" says yes on a GPU and on CPUs with native bfloat16 (AVX512-BF16, AMX), where it
+    measured faster than float32; an AVX2-only CPU emulates it: a 256x640 @ 640x2048 matmul
+    took 1.9 s in bfloat16 against 12 ms in float32 on this project's 2-core AMD EPYC.
+    """
+    if setting != "auto":
+        return setting == "bfloat16"
+    if device.type != "cpu":
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def enable_lora(model, rank: int, target_layers: tuple[str, ...]) -> list[torch.nn.Parameter]:
@@ -136,10 +156,10 @@ def train(
     label_ids = tokenizer.label_ids(template.labels)
     rows = encode_rows(model, template, examples, settings)
     rng = np.random.default_rng(settings.seed)
-    autocast = settings.compute_dtype == "bfloat16"
     device = params[0].device  # cpu, or cuda where Keras put the model
+    autocast = autocast_bfloat16(settings.compute_dtype, device)
 
-    result = TrainResult()
+    result = TrainResult(compute_dtype="bfloat16" if autocast else "float32")
     best_auc, best_state, steps_done, step_seconds = -1.0, None, 0, []
     for epoch in range(1, settings.epochs + 1):
         order = rng.permutation(len(rows))
