@@ -55,11 +55,16 @@ class Policy:
     def with_max_length(self, max_length: int | None) -> Policy:
         return replace(self, max_length=max_length) if max_length else self
 
-    def fields(self, probs, truncated: bool) -> dict:
-        """One comment's result fields (`p_<label>`, prediction, flagged, truncated)."""
-        return score_fields(self.labels, probs, truncated, self.positive_label, self.threshold)
+    def fields(self, probs, truncated: bool, threshold: float | None = None) -> dict:
+        """One comment's result fields (`p_<label>`, prediction, flagged, truncated); `threshold` overrides."""
+        return score_fields(self.labels, probs, truncated, self.positive_label,
+                            self.threshold if threshold is None else threshold)
 
-    def rows(self, ids: Sequence[str], probs: np.ndarray, truncated: np.ndarray, model: str) -> list[dict]:
+    def rows(self, ids: Sequence[str], probs: np.ndarray, truncated: np.ndarray, model: str,
+             threshold: float | None = None, observe: bool = False) -> list[dict]:
         """One output row per comment, in the schema `agile.output` defines for every output file."""
-        return [output.row(self.labels, cid, self.fields(probs[i], truncated[i]), model, self.name)
-                for i, cid in enumerate(ids)]
+        from agile.policy_set import observed
+
+        fields = (self.fields(probs[i], truncated[i], threshold) for i in range(len(ids)))
+        return [output.row(self.labels, cid, observed(f) if observe else f, model, self.name)
+                for cid, f in zip(ids, fields, strict=True)]

@@ -167,27 +167,34 @@ class Supervisor:
 
 @pytest.fixture(scope="session")
 def adapter_dir(tmp_path_factory, tiny_preset) -> Path:
-    """A directory holding the adapter `tiny-toxic`: random LoRA weights on the tiny model."""
+    """A directory holding two adapters on the tiny model, random LoRA weights of the same layout:
+    `tiny-toxic` (labels Toxic/Safe) and `tiny-threat` (positive label Negative, as ethos-hate's; another seed),
+    for policy sets."""
+    root = tmp_path_factory.mktemp("queue-adapters")
+    for name, labels, seed in (("tiny-toxic", ["Toxic", "Safe"], 0), ("tiny-threat", ["Negative", "Positive"], 1)):
+        _random_adapter(tiny_preset, root / name, name, labels, seed)
+    return root
+
+
+def _random_adapter(preset: Path, path: Path, name: str, labels: list[str], seed: int) -> None:
     import numpy as np
 
     from agile.adapters import AdapterMeta, save_adapter
     from agile.models import load_model
 
-    model = load_model(str(tiny_preset))
+    model = load_model(str(preset))
     model.backbone.enable_lora(2, target_layer_names=["query", "value"])
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for v in model.backbone.weights:
         if "lora_kernel" in v.path:
             v.assign(rng.normal(0, 0.5, v.shape).astype("float32"))
     meta = AdapterMeta(
-        name="tiny-toxic", base_model=str(tiny_preset), base_checksum=model.agile_info.checksum,
-        labels=["Toxic", "Safe"], instructions="Classify the following text into one of the following classes",
+        name=name, base_model=str(preset), base_checksum=model.agile_info.checksum,
+        labels=labels, instructions="Classify the following text into one of the following classes",
         separator="<separator>", eos="<eos>", rank=2, target_layers=["query", "value"], objective="label",
-        max_length=128, positive_label="Toxic", threshold=0.5,
+        max_length=128, positive_label=labels[0], threshold=0.5,
     )
-    root = tmp_path_factory.mktemp("queue-adapters")
-    save_adapter(model, meta, root / "tiny-toxic")
-    return root
+    save_adapter(model, meta, path)
 
 
 def queue_env(redis_url: str, model: Path, adapters: Path | None = None, **settings) -> dict[str, str]:
