@@ -215,8 +215,9 @@ def describe(status) -> str:
     if status.eta is not None:
         parts.append(f"ETA {status.eta:.0f} s")
     for version in status.versions:
-        parts.append(f"model {version.get('model')}, adapter {version.get('adapter')}"
-                     f"@{version.get('adapter_version')}")
+        adapters = version.get("adapters") or {version.get("adapter"): version.get("adapter_version")}
+        parts.append(f"model {version.get('model')}, "
+                     + ", ".join(f"adapter {name}@{v}" for name, v in adapters.items()))
     return ", ".join(parts)
 
 

@@ -280,6 +280,27 @@ def module_processes(tmp_path_factory):
     p.close()
 
 
+def use_env(env: dict[str, str], monkeypatch) -> dict[str, str]:
+    """Make a fleet's AGILE_* settings (its own Redis, queue and key prefix) this test's environment."""
+    for key, value in env.items():
+        if key.startswith("AGILE_"):
+            monkeypatch.setenv(key, value)
+    return env
+
+
+def job_keys(fleet: dict) -> list[str]:
+    """Every Redis key under a fleet's key prefix."""
+    prefix = fleet["env"]["AGILE_KEY_PREFIX"]
+    return sorted(fleet["redis"].client().keys(f"{prefix}:*"))
+
+
+def drop_jobs(fleet: dict) -> None:
+    """Delete every key under a fleet's key prefix (a test starts with no job of an earlier one)."""
+    client = fleet["redis"].client()
+    for key in job_keys(fleet):
+        client.delete(key)
+
+
 def write_csv(path: Path, n: int, id_prefix: str = "c", extra: dict[int, str] | None = None) -> Path:
     """A comment file of n rows with ids `<prefix><row>`; `extra` replaces chosen rows' text."""
     import csv

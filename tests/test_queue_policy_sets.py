@@ -19,10 +19,13 @@ from celery import Celery
 from queue_fixtures import (  # noqa: F401  (fixtures)
     ROOT,
     adapter_dir,
+    drop_jobs,
+    job_keys,
     module_processes,
     queue_env,
     read_output,
     run_cli,
+    use_env,
     wait_for,
     write_csv,
 )
@@ -46,21 +49,12 @@ def fleet(module_processes, tiny_preset, adapter_dir):  # noqa: F811
 
 @pytest.fixture
 def env(fleet, monkeypatch):
-    for key, value in fleet["env"].items():
-        if key.startswith("AGILE_"):
-            monkeypatch.setenv(key, value)
-    return fleet["env"]
-
-
-def job_keys(fleet) -> list[str]:
-    return sorted(fleet["redis"].client().keys(f"{fleet['env']['AGILE_KEY_PREFIX']}:*"))
+    return use_env(fleet["env"], monkeypatch)
 
 
 @pytest.fixture(autouse=True)
 def no_jobs_left_over(fleet):
-    client = fleet["redis"].client()
-    for key in job_keys(fleet):
-        client.delete(key)
+    drop_jobs(fleet)
     yield
 
 
