@@ -67,11 +67,19 @@ class Policy:
             return np.asarray(probs, dtype=np.float64)
         return self.calibration.apply(probs, self.labels.index(self.positive_label))
 
-    def fields(self, probs, truncated: bool) -> dict:
-        """One comment's result fields (`p_<label>` calibrated, prediction, flagged, truncated)."""
-        return score_fields(self.labels, self.calibrated(probs), truncated, self.positive_label, self.threshold)
+    def fields(self, probs, truncated: bool, threshold: float | None = None) -> dict:
+        """One comment's result fields (`p_<label>` calibrated, prediction, flagged, truncated).
 
-    def rows(self, ids: Sequence[str], probs: np.ndarray, truncated: np.ndarray, model: str) -> list[dict]:
+        `threshold` overrides the policy's own for one job or request.
+        """
+        return score_fields(self.labels, self.calibrated(probs), truncated, self.positive_label,
+                            self.threshold if threshold is None else threshold)
+
+    def rows(self, ids: Sequence[str], probs: np.ndarray, truncated: np.ndarray, model: str,
+             threshold: float | None = None, observe: bool = False) -> list[dict]:
         """One output row per comment, in the schema `agile.output` defines for every output file."""
-        return [output.row(self.labels, cid, self.fields(probs[i], truncated[i]), model, self.name)
-                for i, cid in enumerate(ids)]
+        from agile.policy_set import observed
+
+        fields = (self.fields(probs[i], truncated[i], threshold) for i in range(len(ids)))
+        return [output.row(self.labels, cid, observed(f) if observe else f, model, self.name)
+                for cid, f in zip(ids, fields, strict=True)]

@@ -15,7 +15,9 @@ DEFAULT_QUEUE = "agile"
 MAX_ITEMS = 1024  # per task: a bigger batch gains nothing on one GPU and lengthens redelivery
 MAX_TEXT_CHARS = 200_000  # longer texts are refused; up to this they are scored truncated
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # job and batch ids: safe inside Redis key names
-PAYLOAD_KEYS = ("items", "job_id", "batch_id", "adapter", "model", "labels", "instructions")
+PAYLOAD_KEYS = ("items", "job_id", "batch_id", "adapter", "model", "labels", "instructions", "threshold",
+                "observe", "policies")
+SET_KEYS = ("adapter", "threshold", "if")  # one entry of `policies`
 
 
 class PayloadError(ValueError):
@@ -43,6 +45,9 @@ class BatchRequest:
     model: str | None = None  # must be the worker's model when given
     labels: list[str] | None = None  # zero-shot only
     instructions: str | None = None  # zero-shot only
+    threshold: float | None = None  # with `adapter`: flag at this probability instead of the adapter's
+    observe: bool | None = None  # score, flag nothing (for tuning thresholds)
+    policies: list[dict] | None = None  # a policy set: [{"adapter", "threshold"?, "if"?}], instead of `adapter`
     problems: dict[str, str] = field(default_factory=dict)  # id -> why this item cannot be scored
 
     def to_kwargs(self) -> dict:
@@ -85,12 +90,53 @@ class BatchRequest:
             if not (isinstance(labels, list) and len(labels) >= 2
                     and all(isinstance(x, str) for x in labels)):
                 raise PayloadError(f"labels must be a list of at least two strings, got {labels!r:.80}")
+        threshold, observe = kwargs.get("threshold"), kwargs.get("observe")
+        if threshold is not None:
+            if not kwargs.get("adapter"):
+                raise PayloadError("threshold needs an adapter (zero-shot policies flag nothing)")
+            _check_threshold("threshold", threshold)
+        if observe is not None and not isinstance(observe, bool):
+            raise PayloadError(f"observe must be true or false, got {observe!r:.80}")
+        policies = kwargs.get("policies")
+        if policies is not None:
+            if any(kwargs.get(k) is not None for k in ("adapter", "labels", "instructions", "threshold")):
+                raise PayloadError("policies is a policy set: give adapter, labels, instructions and threshold "
+                                   "inside its entries, not beside it")
+            _check_set(policies)
         items, problems = _items(kwargs["items"])
         return cls(
             items=items, job_id=job_id, batch_id=batch_id, adapter=kwargs.get("adapter"),
             model=kwargs.get("model"), labels=labels, instructions=kwargs.get("instructions"),
-            problems=problems,
+            threshold=threshold, observe=observe, policies=policies, problems=problems,
         )
+
+
+def _check_threshold(where: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise PayloadError(f"{where} must be a number within [0, 1], got {value!r:.80}")
+
+
+def _check_set(policies) -> None:
+    """A policy set: adapters, each named once; an `if` names an earlier entry (its gate)."""
+    if not isinstance(policies, list) or not policies:
+        raise PayloadError(f"policies must be a non-empty list of {{'adapter': ...}}, got {policies!r:.80}")
+    seen: list[str] = []
+    for n, entry in enumerate(policies):
+        where = f"policies[{n}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("adapter"), str) or not entry["adapter"]:
+            raise PayloadError(f"{where} must be an object with an 'adapter' name, got {entry!r:.80}")
+        unknown = sorted(set(entry) - set(SET_KEYS))
+        if unknown:
+            raise PayloadError(f"{where}: unknown key(s) {unknown}; allowed: {list(SET_KEYS)}")
+        name = entry["adapter"]
+        if name in seen:
+            raise PayloadError(f"{where}: policy {name!r} appears twice in the set")
+        if entry.get("threshold") is not None:
+            _check_threshold(f"{where}.threshold", entry["threshold"])
+        gate = entry.get("if")
+        if gate is not None and gate not in seen:
+            raise PayloadError(f"{where} ({name}): 'if' must name a policy earlier in the set, got {gate!r:.80}")
+        seen.append(name)
 
 
 def _items(raw) -> tuple[list[Item], dict[str, str]]:

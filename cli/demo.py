@@ -108,7 +108,7 @@ def main() -> int:
 
         OUT.parent.mkdir(exist_ok=True)
         print(f"demo: moderating {SAMPLE.relative_to(ROOT)} (first run converts the embedded model, ~30 s)")
-        summary = moderate(settings, FileSource.of(SAMPLE), OUT, {"adapter": ADAPTER}, on_wait=worker_alive)
+        summary = moderate(settings, FileSource.of(SAMPLE), OUT, [{"adapter": ADAPTER}], on_wait=worker_alive)
     counts = ", ".join(f"{label} {n}" for label, n in sorted(summary.totals.predictions.items()))
     print(f"demo: {summary.rows} comments in {summary.seconds:.1f} s ({summary.rate:.1f} comments/s, "
           "model loading included)")

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from agile.policy_set import add_arguments as add_set_arguments
 from agile.prompt import DEFAULT_INSTRUCTIONS, DEFAULT_LABELS, DEFAULT_MAX_LENGTH, DEFAULT_SEPARATOR
 
 
@@ -21,6 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--output", "-o", type=Path, help="output file (.csv/.jsonl/.parquet); default: stdout CSV")
     p.add_argument("--model", default=None, help="model spec (default: the adapter's base, else gemma3_270m)")
     p.add_argument("--adapter", help="adapter directory, or a name in adapters/ or AGILE_ADAPTER_PATH")
+    add_set_arguments(p)
     p.add_argument("--labels", help=f"comma-separated label words (zero-shot; default {','.join(DEFAULT_LABELS)})")
     p.add_argument("--instructions", help="instructions (zero-shot)")
     p.add_argument("--separator", help=f"separator token (zero-shot; default {DEFAULT_SEPARATOR})")
@@ -34,19 +36,27 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _adapter_policy(name: str, max_length: int | None):
+    """An adapter's policy (weights loaded) from its directory or its name in the adapter directories."""
+    from agile.adapters import load_adapter, resolve_adapter
+    from agile.policy import Policy
+
+    path = Path(name)
+    if not path.is_dir():
+        path = resolve_adapter(name)
+    return Policy.from_adapter(load_adapter(path)).with_max_length(max_length)
+
+
 def _policy(args: argparse.Namespace):
     """The policy to score with (its adapter loaded), from --adapter or the zero-shot flags."""
-    from agile.adapters import AdapterError, load_adapter, resolve_adapter
+    from agile.adapters import AdapterError
     from agile.policy import Policy
     from agile.prompt import PromptTemplate
 
     if args.adapter:
         if args.labels or args.instructions or args.separator:
             raise SystemExit("agile score: --labels/--instructions/--separator come from the adapter; drop them")
-        path = Path(args.adapter)
-        if not path.is_dir():
-            path = resolve_adapter(args.adapter)
-        return Policy.from_adapter(load_adapter(path)).with_max_length(args.max_length)
+        return _adapter_policy(args.adapter, args.max_length)
     labels = tuple(s.strip() for s in args.labels.split(",")) if args.labels else DEFAULT_LABELS
     template = PromptTemplate(
         labels, args.instructions or DEFAULT_INSTRUCTIONS, args.separator or DEFAULT_SEPARATOR
@@ -62,12 +72,20 @@ def run(args: argparse.Namespace) -> int:
     from agile.adapters import AdapterError, merge_adapter
     from agile.models import DEFAULT_MODEL, ModelLoadError, load_model, model_info
     from agile.output import arrow_schema
+    from agile.policy_set import PolicySetError, from_args
     from agile.scoring import LabelScorer, ScoringSettings
     from agile.tables import Chunk, TableError, TableWriter, read_chunks
     from agile.tokens import LabelError
 
     writer = None
     try:
+        if args.separator and (args.policy or args.policy_set):
+            raise PolicySetError("--separator is for zero-shot scoring; an adapter brings its own")
+        entries = from_args(args)
+        if entries and (len(entries) > 1 or entries[0].gate):
+            return _run_set(args, entries)
+        threshold = entries[0].threshold if entries else None
+        args.adapter = entries[0].name if entries else None
         policy = _policy(args)
         adapter = policy.adapter
         spec = args.model or (adapter.meta.base_model if adapter else DEFAULT_MODEL)
@@ -87,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         with tqdm(unit="comment", disable=args.input is None, file=sys.stderr) as bar:
             for chunk in chunks:
                 scores = scorer.score(chunk.texts)
-                writer.write(policy.rows(chunk.ids, scores.probs, scores.truncated, name))
+                writer.write(policy.rows(chunk.ids, scores.probs, scores.truncated, name, threshold, args.observe))
                 n_cut += int(scores.truncated.sum())
                 bar.update(len(chunk.texts))
         writer.close()
@@ -96,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
               f" comments/s); {n_cut} comment(s) cut to fit {policy.max_length} tokens"
               + (f"; wrote {args.output}" if args.output else ""), file=sys.stderr)
         return 0
-    except (TableError, AdapterError, ModelLoadError, LabelError, ValueError) as exc:
+    except (TableError, AdapterError, ModelLoadError, LabelError, ValueError) as exc:  # PolicySetError too
         if writer is not None:
             kept = writer.abort(keep=True)
             if kept:
@@ -104,3 +122,43 @@ def run(args: argparse.Namespace) -> int:
                       f"{args.output} was not touched", file=sys.stderr)
         print(f"agile score: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _run_set(args: argparse.Namespace, entries) -> int:
+    """A policy set in this process: one model, each adapter merged in per chunk, one row per comment."""
+    from agile.adapters import merge_adapter
+    from agile.models import load_model, model_info
+    from agile.policy_set import arrow_schema, row, score_set
+    from agile.scoring import LabelScorer, ScoringSettings
+    from agile.tables import Chunk, TableWriter, read_chunks
+
+    if args.input is None and not args.texts:
+        raise SystemExit("agile score: nothing to score: give texts as arguments or --input FILE")
+    policies = {e.name: _adapter_policy(e.name, args.max_length) for e in entries}
+    first = next(iter(policies.values()))
+    model = load_model(args.model or first.adapter.meta.base_model, dtype=args.dtype,
+                       sequence_length=max(p.max_length for p in policies.values()))
+    scorers = {n: LabelScorer(model, p.template, ScoringSettings(p.max_length, args.batch_size))
+               for n, p in policies.items()}
+
+    def score(policy, texts):
+        merge_adapter(model, policy.adapter)  # any rank and targets may follow any other
+        return scorers[policy.name].score(texts)
+
+    names = list(policies)
+    positive = {n: p.positive_label for n, p in policies.items()}
+    versions = {n: p.version for n, p in policies.items()}
+    spec = model_info(model).spec
+    if args.input:
+        chunks = read_chunks(args.input, args.text_column, args.id_column, args.chunk_rows, delimiter=args.delimiter)
+    else:
+        chunks = iter([Chunk(0, [str(i) for i in range(len(args.texts))], list(args.texts))])
+    with TableWriter(args.output, schema=arrow_schema(names)) if args.output else \
+            TableWriter(sys.stdout, fmt="csv") as writer:
+        for chunk in chunks:
+            results, _ = score_set(entries, policies.__getitem__, score, chunk.texts, args.observe)
+            writer.write([row(names, positive, versions, cid, r, spec) for cid, r in zip(chunk.ids, results,
+                                                                                        strict=True)])
+    print(f"agile score: {writer.rows} rows under {len(names)} policies ({', '.join(names)})"
+          + (f"; wrote {args.output}" if args.output else ""), file=sys.stderr)
+    return 0

@@ -11,6 +11,8 @@ import functools
 import sys
 import time
 
+from agile.policy_set import add_arguments as add_set_arguments
+
 
 def register(subparsers) -> None:
     common = argparse.ArgumentParser(add_help=False)
@@ -20,6 +22,7 @@ def register(subparsers) -> None:
     source = argparse.ArgumentParser(add_help=False, parents=[common])
     source.add_argument("file", help="comments: .csv, .jsonl or .parquet, read in chunks")
     source.add_argument("--adapter", help="adapter name, e.g. ethos-hate (default: zero-shot, --labels)")
+    add_set_arguments(source)
     source.add_argument("--labels", help="zero-shot labels, comma-separated (default Positive,Negative)")
     source.add_argument("--instructions", help="zero-shot instructions")
     source.add_argument("--model", help="the model the workers must serve (checked by each worker)")
@@ -64,6 +67,7 @@ def _fails_clearly(func):
     def run(args) -> int:
         from redis.exceptions import RedisError
 
+        from agile.policy_set import PolicySetError
         from agile.producer.jobs import JobError
         from agile.settings import SettingsError
         from agile.tables import TableError
@@ -71,7 +75,8 @@ def _fails_clearly(func):
 
         try:
             return func(args)
-        except (SettingsError, TableError, JobError, PayloadError, FileNotFoundError, TimeoutError) as exc:
+        except (SettingsError, TableError, JobError, PayloadError, PolicySetError, FileNotFoundError,
+                TimeoutError) as exc:
             _say(f"agile: error: {exc}", exc)
         except RedisError as exc:
             _say(f"agile: error: Redis: {exc}", exc)
@@ -97,9 +102,15 @@ def _settings(args):
                                   max_in_flight=getattr(args, "max_in_flight", None))
 
 
-def _policy(args) -> dict:
+def _policies(args) -> list[dict]:
+    """The job's policies: a set (`--policy`, `--policy-set`, `--adapter`), or one zero-shot policy."""
+    from agile.policy_set import from_args
+
+    entries = from_args(args)
+    if entries is not None:
+        return [{**e.to_wire(), "model": args.model} for e in entries]
     labels = [x.strip() for x in args.labels.split(",")] if args.labels is not None else None
-    return dict(adapter=args.adapter, labels=labels, instructions=args.instructions, model=args.model)
+    return [dict(labels=labels, instructions=args.instructions, model=args.model)]
 
 
 def _source(args):
@@ -120,7 +131,7 @@ def _progress():
 def _cmd_submit(args) -> int:
     from agile.producer.pipeline import submit
 
-    job = submit(_settings(args), _source(args), _policy(args), progress=_progress())
+    job = submit(_settings(args), _source(args), _policies(args), progress=_progress(), observe=args.observe)
     print(job.job_id)
     return 0
 
@@ -161,8 +172,8 @@ def _cmd_results(args) -> int:
 def _cmd_moderate(args) -> int:
     from agile.producer.pipeline import moderate
 
-    summary = moderate(_settings(args), _source(args), args.out, _policy(args), fmt=args.out_format,
-                       job_id=args.job, progress=_progress())
+    summary = moderate(_settings(args), _source(args), args.out, _policies(args), fmt=args.out_format,
+                       job_id=args.job, progress=_progress(), observe=args.observe)
     return _report(summary)
 
 
@@ -204,8 +215,9 @@ def describe(status) -> str:
     if status.eta is not None:
         parts.append(f"ETA {status.eta:.0f} s")
     for version in status.versions:
-        parts.append(f"model {version.get('model')}, adapter {version.get('adapter')}"
-                     f"@{version.get('adapter_version')}")
+        adapters = version.get("adapters") or {version.get("adapter"): version.get("adapter_version")}
+        parts.append(f"model {version.get('model')}, "
+                     + ", ".join(f"adapter {name}@{v}" for name, v in adapters.items()))
     return ", ".join(parts)
 
 

@@ -32,7 +32,7 @@ class ScoringClient:
         self.settings = settings or QueueSettings.from_env()
         self.policy = {k: v for k, v in dict(adapter=adapter, model=model, labels=labels,
                                              instructions=instructions).items() if v is not None}
-        check_policy(self.policy)
+        check_policy([self.policy])
         self.redis = self.settings.redis_client()
         self.app = celery_app(self.settings)
         self._sources: dict[str, MemorySource] = {}  # job id -> its rows, to resend lost batches
@@ -42,7 +42,7 @@ class ScoringClient:
         source = MemorySource(tuple((str(i), t) for i, t in items))
         size = self.settings.batch_size
         plan = Plan(len(source.items), -(-len(source.items) // size), 0)
-        job = Job.create(self.settings, self.policy, plan, size, {"source_kind": "client"}, self.redis, self.app)
+        job = Job.create(self.settings, [self.policy], plan, size, {"source_kind": "client"}, self.redis, self.app)
         self._sources[job.job_id] = source
         run_job(self.settings, job, source)
         return job

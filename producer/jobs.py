@@ -65,14 +65,29 @@ def celery_app(settings: QueueSettings):
     return app
 
 
-def check_policy(policy: dict) -> None:
-    """The worker's own checks on a policy (payload parser, label rules), run before a job exists."""
+def payload(policies: list[dict], observe: bool = False) -> dict:
+    """The task keys (besides items, job and batch) that carry a job's policies.
+
+    One policy goes as the plain single-policy payload (`adapter`, `labels`, ...);
+    several, or one with a gate, as a policy set (`policies`).
+    """
+    policies = [{k: v for k, v in p.items() if v is not None} for p in policies]
+    flag = {"observe": True} if observe else {}
+    if len(policies) == 1 and "if" not in policies[0]:
+        return {**policies[0], **flag}
+    model = {"model": policies[0]["model"]} if policies[0].get("model") else {}
+    return {"policies": [{k: v for k, v in p.items() if k != "model"} for p in policies], **model, **flag}
+
+
+def check_policy(policies: list[dict], observe: bool = False) -> None:
+    """The worker's own checks on a job's policies (payload parser, label rules), run before a job exists."""
+    kwargs = payload(policies, observe)
     try:
         BatchRequest.from_task((), {"items": [{"id": "0", "text": "x"}], "job_id": "check", "batch_id": "b0",
-                                    **policy})
-        if not policy.get("adapter"):
-            PromptTemplate(tuple(policy.get("labels") or DEFAULT_LABELS),
-                           policy.get("instructions") or DEFAULT_INSTRUCTIONS)
+                                    **kwargs})
+        if not kwargs.get("adapter") and not kwargs.get("policies"):
+            PromptTemplate(tuple(kwargs.get("labels") or DEFAULT_LABELS),
+                           kwargs.get("instructions") or DEFAULT_INSTRUCTIONS)
     except ValueError as exc:  # PayloadError, or PromptTemplate's label rules
         raise PayloadError(f"the workers would refuse this policy: {exc}") from None
 
@@ -146,12 +161,12 @@ class Job:
         return self._app
 
     @classmethod
-    def create(cls, settings: QueueSettings, policy: dict, plan: Plan, batch_size: int, source: dict[str, str],
-               redis=None, app=None) -> Job:
+    def create(cls, settings: QueueSettings, policies: list[dict], plan: Plan, batch_size: int,
+               source: dict[str, str], redis=None, app=None, observe: bool = False) -> Job:
         """Record a new job (state submitting) with everything needed to finish it."""
-        policy = {k: v for k, v in policy.items() if v is not None}
+        policies = [{k: v for k, v in p.items() if v is not None} for p in policies]
         meta = {"created": f"{time.time():.3f}", "status": "submitting", "batch_size": str(batch_size),
-                "policies": json.dumps([policy]), "total_rows": str(plan.rows),
+                "policies": json.dumps(policies), "observe": "1" if observe else "0", "total_rows": str(plan.rows),
                 "total_batches": str(plan.batches), "next_batch": "0", "duplicate_ids": str(plan.duplicates),
                 "duplicate_examples": json.dumps(plan.examples), **source}
         job = cls(settings, uuid.uuid4().hex[:16], meta, redis, app)
@@ -171,8 +186,22 @@ class Job:
         return cls(settings, job_id, meta, redis)
 
     @property
+    def policies(self) -> list[dict]:
+        return json.loads(self.meta["policies"])
+
+    @property
     def policy(self) -> dict:
-        return json.loads(self.meta["policies"])[0]  # one per job for now; a list so a job can hold several
+        """The first (for a single-policy job, the only) policy."""
+        return self.policies[0]
+
+    @property
+    def observe(self) -> bool:
+        return self.meta.get("observe") == "1"
+
+    @property
+    def is_set(self) -> bool:
+        """Scored as a policy set (several policies, or one behind a gate): the set's output columns."""
+        return "policies" in payload(self.policies)
 
     @property
     def batch_size(self) -> int:
@@ -198,7 +227,8 @@ class Job:
     # ------------------------------------------------------------ sending
 
     def _kwargs(self, batch: Batch) -> dict:
-        return BatchRequest(batch.items(), job_id=self.job_id, batch_id=batch.id, **self.policy).to_kwargs()
+        return BatchRequest(batch.items(), job_id=self.job_id, batch_id=batch.id,
+                            **payload(self.policies, self.observe)).to_kwargs()
 
     def send(self, batch: Batch, resend: bool = False) -> None:
         """Queue one batch: recorded in flight (and the frontier moved) before the message goes out."""

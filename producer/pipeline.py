@@ -48,10 +48,10 @@ class Summary:
         return 1 if self.totals.failed else 0
 
 
-def prepare(settings: QueueSettings, source: FileSource, policy: dict, out: str | Path | None = None,
-            fmt: str | None = None) -> Plan:
-    """Everything that can be checked before a job exists: policy, output path, every row of the dump."""
-    check_policy({k: v for k, v in policy.items() if v is not None})
+def prepare(settings: QueueSettings, source: FileSource, policies: list[dict], out: str | Path | None = None,
+            fmt: str | None = None, observe: bool = False) -> Plan:
+    """Everything that can be checked before a job exists: policies, output path, every row of the dump."""
+    check_policy(policies, observe)
     if out is not None:
         table_format(out, fmt)
         if not Path(out).resolve().parent.is_dir():
@@ -65,9 +65,11 @@ def prepare(settings: QueueSettings, source: FileSource, policy: dict, out: str 
     return plan
 
 
-def start(settings: QueueSettings, source: FileSource, policy: dict, plan: Plan) -> Job:
-    return Job.create(settings, policy, plan, settings.batch_size,
-                      {"source": source.to_json(), "fingerprint": json.dumps(source.fingerprint())})
+def start(settings: QueueSettings, source: FileSource, policies: list[dict], plan: Plan,
+          observe: bool = False) -> Job:
+    return Job.create(settings, policies, plan, settings.batch_size,
+                      {"source": source.to_json(), "fingerprint": json.dumps(source.fingerprint())},
+                      observe=observe)
 
 
 def job_source(job: Job) -> FileSource:
@@ -137,7 +139,8 @@ def collect(settings: QueueSettings, job: Job, out: str | Path, fmt: str | None 
     drain = Drain(job, out, fmt)
     try:
         status = run_job(settings, job, source, drain, progress, timeout, on_wait)
-        totals = drain.finish(source.rows(), job.batch_size, int(job.meta["total_rows"]), _labels(job))
+        names = [p["adapter"] for p in job.policies] if job.is_set else None
+        totals = drain.finish(source.rows(), job.batch_size, int(job.meta["total_rows"]), _labels(job), names)
     except BaseException as exc:
         if drain.spool.exists():
             exc.add_note(f"the scores collected so far are kept in {drain.spool}; "
@@ -147,10 +150,10 @@ def collect(settings: QueueSettings, job: Job, out: str | Path, fmt: str | None 
     return Summary(job.job_id, drain.out, totals, time.monotonic() - started, status)
 
 
-def submit(settings: QueueSettings, source: FileSource, policy: dict,
-           progress: Callable[[JobStatus], None] | None = None) -> Job:
+def submit(settings: QueueSettings, source: FileSource, policies: list[dict],
+           progress: Callable[[JobStatus], None] | None = None, observe: bool = False) -> Job:
     """Check, then queue every row of the file as one job (blocks while the job has no room in flight)."""
-    job = start(settings, source, policy, prepare(settings, source, policy))
+    job = start(settings, source, policies, prepare(settings, source, policies, observe=observe), observe)
     try:
         run_job(settings, job, source, progress=progress)
     except BaseException as exc:
@@ -160,8 +163,8 @@ def submit(settings: QueueSettings, source: FileSource, policy: dict,
     return job
 
 
-def moderate(settings: QueueSettings, source: FileSource, out: str | Path, policy: dict, *,
-             fmt: str | None = None, job_id: str | None = None,
+def moderate(settings: QueueSettings, source: FileSource, out: str | Path, policies: list[dict], *,
+             fmt: str | None = None, job_id: str | None = None, observe: bool = False,
              progress: Callable[[JobStatus], None] | None = None, timeout: float | None = None,
              on_wait: Callable[[], None] | None = None) -> Summary:
     """Check, submit, follow and collect in one go; with `job_id`, carry that job on instead."""
@@ -172,7 +175,7 @@ def moderate(settings: QueueSettings, source: FileSource, out: str | Path, polic
         if not same_file(made_from, source.path):
             raise JobError(f"job {job_id} was made from {made_from or 'a client'}, not {source.path}")
     else:
-        job = start(settings, source, policy, prepare(settings, source, policy, out, fmt))
+        job = start(settings, source, policies, prepare(settings, source, policies, out, fmt, observe), observe)
     summary = collect(settings, job, out, fmt, progress=progress, timeout=timeout, on_wait=on_wait)
     summary.seconds = time.monotonic() - started
     return summary

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
-from agile import output
+from agile import output, policy_set
 from agile.producer.jobs import Job, JobError
 from agile.producer.source import SourceChanged
 from agile.tables import TableError, TableWriter, table_format
@@ -151,13 +151,17 @@ class Drain:
         return hint
 
     def finish(self, rows: Iterable[tuple[str, str]], batch_size: int, total_rows: int,
-               labels: list[str]) -> Totals:
-        """Write the output (one row per input row, in order) in one rename; remove the spool."""
+               labels: list[str], names: list[str] | None = None) -> Totals:
+        """Write the output (one row per input row, in order) in one rename; remove the spool.
+
+        `names`: the job is a policy set of these policies (the set's columns, `agile.policy_set.row`).
+        """
         total_batches = -(-total_rows // batch_size)
-        labels = self._labels(total_batches, labels)
+        labels = [] if names else self._labels(total_batches, labels)
+        schema = policy_set.arrow_schema(names) if names else output.arrow_schema(labels)
         totals = Totals()
         rows = iter(rows)
-        with TableWriter(self.out, self.fmt, schema=output.arrow_schema(labels)) as writer:
+        with TableWriter(self.out, self.fmt, schema=schema) as writer:
             page: list[dict] = []
             for n, record in enumerate(self._records(total_batches)):
                 chunk = list(islice(rows, batch_size))
@@ -166,8 +170,16 @@ class Drain:
                 model, policy = record.get("model", ""), record.get("policy", "")
                 for (row_id, _), result in zip(chunk, record_results(record, len(chunk)), strict=True):
                     error = result.get("error", "")
-                    page.append(output.row(labels, row_id, None if error else result, model, policy, error))
-                    totals.predictions["failed" if error else result.get("prediction", "")] += 1
+                    fields = None if error else result
+                    if names:
+                        page.append(policy_set.row(names, record.get("positive_labels", {}),
+                                                   record.get("versions", {}), row_id, fields, model, error))
+                        counted = [f"{n} flagged" for n in names if fields and (fields.get(n) or {}).get("flagged")]
+                    else:
+                        page.append(output.row(labels, row_id, fields, model, policy, error))
+                        counted = [] if error else [result.get("prediction", "")]
+                    for key in counted + (["failed"] if error else []):
+                        totals.predictions[key] += 1
                     totals.failed += bool(error)
                 if len(page) >= WRITE_ROWS:
                     writer.write(page)

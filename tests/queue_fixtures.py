@@ -167,27 +167,34 @@ class Supervisor:
 
 @pytest.fixture(scope="session")
 def adapter_dir(tmp_path_factory, tiny_preset) -> Path:
-    """A directory holding the adapter `tiny-toxic`: random LoRA weights on the tiny model."""
+    """A directory holding two adapters on the tiny model, random LoRA weights of the same layout:
+    `tiny-toxic` (labels Toxic/Safe) and `tiny-threat` (positive label Negative, as ethos-hate's; another seed),
+    for policy sets."""
+    root = tmp_path_factory.mktemp("queue-adapters")
+    for name, labels, seed in (("tiny-toxic", ["Toxic", "Safe"], 0), ("tiny-threat", ["Negative", "Positive"], 1)):
+        _random_adapter(tiny_preset, root / name, name, labels, seed)
+    return root
+
+
+def _random_adapter(preset: Path, path: Path, name: str, labels: list[str], seed: int) -> None:
     import numpy as np
 
     from agile.adapters import AdapterMeta, save_adapter
     from agile.models import load_model
 
-    model = load_model(str(tiny_preset))
+    model = load_model(str(preset))
     model.backbone.enable_lora(2, target_layer_names=["query", "value"])
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for v in model.backbone.weights:
         if "lora_kernel" in v.path:
             v.assign(rng.normal(0, 0.5, v.shape).astype("float32"))
     meta = AdapterMeta(
-        name="tiny-toxic", base_model=str(tiny_preset), base_checksum=model.agile_info.checksum,
-        labels=["Toxic", "Safe"], instructions="Classify the following text into one of the following classes",
+        name=name, base_model=str(preset), base_checksum=model.agile_info.checksum,
+        labels=labels, instructions="Classify the following text into one of the following classes",
         separator="<separator>", eos="<eos>", rank=2, target_layers=["query", "value"], objective="label",
-        max_length=128, positive_label="Toxic", threshold=0.5,
+        max_length=128, positive_label=labels[0], threshold=0.5,
     )
-    root = tmp_path_factory.mktemp("queue-adapters")
-    save_adapter(model, meta, root / "tiny-toxic")
-    return root
+    save_adapter(model, meta, path)
 
 
 def queue_env(redis_url: str, model: Path, adapters: Path | None = None, **settings) -> dict[str, str]:
@@ -271,6 +278,27 @@ def module_processes(tmp_path_factory):
     p = Processes(tmp_path_factory.mktemp("queue-procs"))
     yield p
     p.close()
+
+
+def use_env(env: dict[str, str], monkeypatch) -> dict[str, str]:
+    """Make a fleet's AGILE_* settings (its own Redis, queue and key prefix) this test's environment."""
+    for key, value in env.items():
+        if key.startswith("AGILE_"):
+            monkeypatch.setenv(key, value)
+    return env
+
+
+def job_keys(fleet: dict) -> list[str]:
+    """Every Redis key under a fleet's key prefix."""
+    prefix = fleet["env"]["AGILE_KEY_PREFIX"]
+    return sorted(fleet["redis"].client().keys(f"{prefix}:*"))
+
+
+def drop_jobs(fleet: dict) -> None:
+    """Delete every key under a fleet's key prefix (a test starts with no job of an earlier one)."""
+    client = fleet["redis"].client()
+    for key in job_keys(fleet):
+        client.delete(key)
 
 
 def write_csv(path: Path, n: int, id_prefix: str = "c", extra: dict[int, str] | None = None) -> Path:

@@ -24,7 +24,7 @@ def job(redis_settings, tmp_path):  # noqa: F811
     path.write_text("id,text\n0012,a\nx,b\nx,c\n,d\ny,\nz,f\nw,g\nv,h\nu,i\nt,j\n")
     source = FileSource.of(path)
     plan = source.inspect(4)
-    job = Job.create(redis_settings, {"adapter": "tiny-toxic"}, plan, 4,
+    job = Job.create(redis_settings, [{"adapter": "tiny-toxic"}], plan, 4,
                      {"source": source.to_json(), "fingerprint": json.dumps(source.fingerprint())})
     return job, source
 

@@ -49,7 +49,7 @@ def test_reading_a_big_dump_keeps_memory_flat(tmp_path):
 ])
 def test_a_policy_the_workers_would_refuse_is_refused_here(policy, says):
     with pytest.raises(PayloadError, match=says):
-        check_policy(policy)
+        check_policy([policy])
 
 
 def test_bad_input_is_refused_before_a_job_exists(redis_settings, tmp_path):  # noqa: F811
@@ -63,7 +63,7 @@ def test_bad_input_is_refused_before_a_job_exists(redis_settings, tmp_path):  # 
              (FileSource.of(good), {"labels": ["A"]}, "labels")]
     for source, policy, says in cases:
         with pytest.raises((TableError, PayloadError), match=says):
-            prepare(redis_settings, source, policy, tmp_path / "out.csv")
+            prepare(redis_settings, source, [policy], tmp_path / "out.csv")
     assert redis_settings.redis_client().keys("*") == []  # nothing in Redis: no job, no batch
 
 
@@ -75,7 +75,7 @@ def _write_back_one(job: Job, store: Store, batch) -> None:
 
 def test_backpressure_is_per_job_in_redis_and_holds_across_processes(redis_settings, tmp_path):  # noqa: F811
     source = FileSource.of(write_csv(tmp_path / "dump.csv", 40))
-    job = start(redis_settings, source, {}, prepare(redis_settings, source, {}))
+    job = start(redis_settings, source, [{}], prepare(redis_settings, source, [{}]))
     r = redis_settings.redis_client()
     thread = threading.Thread(target=run_job, args=(redis_settings, job, source), daemon=True)
     thread.start()
@@ -99,7 +99,7 @@ def test_backpressure_is_per_job_in_redis_and_holds_across_processes(redis_setti
 def test_bytes_in_flight_are_bounded_too(redis_settings, tmp_path):  # noqa: F811
     settings = redis_settings.with_(max_bytes_in_flight=100, max_in_flight=30)
     source = FileSource.of(write_csv(tmp_path / "dump.csv", 12))
-    job = start(settings, source, {}, prepare(settings, source, {}))
+    job = start(settings, source, [{}], prepare(settings, source, [{}]))
     threading.Thread(target=run_job, args=(settings, job, source), daemon=True).start()
     wait_for(lambda: job.in_flight()[0] == 1, 10, "one batch in flight")
     time.sleep(0.5)

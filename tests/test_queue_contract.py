@@ -22,11 +22,14 @@ import pytest
 from celery import Celery
 from queue_fixtures import (  # noqa: F401  (fixtures)
     ROOT,
+    drop_jobs,
+    job_keys,
     module_processes,
     queue_env,
     read_output,
     run_cli,
     settings_of,
+    use_env,
     wait_for,
     write_csv,
 )
@@ -47,10 +50,7 @@ def fleet(module_processes, tiny_preset):  # noqa: F811
 
 @pytest.fixture
 def env(fleet, monkeypatch):
-    for key, value in fleet["env"].items():
-        if key.startswith("AGILE_"):
-            monkeypatch.setenv(key, value)
-    return fleet["env"]
+    return use_env(fleet["env"], monkeypatch)
 
 
 def agile(env, *argv, **popen) -> subprocess.Popen:
@@ -58,11 +58,6 @@ def agile(env, *argv, **popen) -> subprocess.Popen:
     popen.setdefault("stdout", subprocess.PIPE)
     popen.setdefault("stderr", subprocess.PIPE)
     return subprocess.Popen([sys.executable, "-m", "agile.cli.main", *argv], cwd=ROOT, env=env, text=True, **popen)
-
-
-def job_keys(fleet) -> list[str]:
-    prefix = fleet["env"]["AGILE_KEY_PREFIX"]
-    return sorted(fleet["redis"].client().keys(f"{prefix}:*"))
 
 
 def only_job(fleet) -> str:
@@ -73,9 +68,7 @@ def only_job(fleet) -> str:
 
 @pytest.fixture(autouse=True)
 def no_jobs_left_over(fleet):
-    client = fleet["redis"].client()
-    for key in job_keys(fleet):
-        client.delete(key)
+    drop_jobs(fleet)
     yield
 
 

@@ -36,7 +36,7 @@ def started(client) -> list[dict]:
 def run_job(env, source, out):
     """`moderate` in a thread, as a user's shell would run it while things break."""
     pool = ThreadPoolExecutor(1)
-    future = pool.submit(moderate, settings_of(env), FileSource.of(source), out, {}, timeout=120)
+    future = pool.submit(moderate, settings_of(env), FileSource.of(source), out, [{}], timeout=120)
     pool.shutdown(wait=False)
     return future
 

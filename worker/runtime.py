@@ -50,11 +50,12 @@ class Runtime:
         policy = self._policies.get(key)
         if policy is None:
             policy = self._build(adapter, labels, instructions)
-            self._policies[key] = policy
-            self._scorers[policy] = LabelScorer(
+            scorer = LabelScorer(  # may refuse the labels: then nothing half-made stays cached
                 self.model, policy.template,
                 ScoringSettings(max_length=policy.max_length, batch_size=self.settings.scoring_batch),
             )
+            self._policies[key] = policy
+            self._scorers[policy] = scorer
             while len(self._policies) > self.settings.adapter_cache:
                 self._scorers.pop(self._policies.popitem(last=False)[1], None)
         self._policies.move_to_end(key)

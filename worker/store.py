@@ -135,6 +135,18 @@ class Store:
                   "adapter_version": (version or {}).get("adapter_version", "")}
         return self.write_record(req.job_id, req.batch_id, record, len(results) - failed, failed, version)
 
+    def finish_set(self, req: BatchRequest, task_id: str, results: list[dict], info, versions: dict[str, str],
+                   positive: dict[str, str]) -> int:
+        """Write a policy set batch's results (one per item: {policy: fields or None} or {"error"})."""
+        if not req.job_id:
+            self.forget(task_id)
+            return 1
+        failed = sum(1 for r in results if "error" in r)
+        record = {"ids": [item.id for item in req.items], "results": results, "model": info.spec,
+                  "policies": list(versions), "versions": versions, "positive_labels": positive}
+        version = {"model": info.spec, "model_checksum": info.checksum, "adapters": versions}
+        return self.write_record(req.job_id, req.batch_id, record, len(results) - failed, failed, version)
+
     def refuse(self, job_id: str, batch_id: str, n_items: int, reason: str) -> int:
         """A payload the worker cannot parse, but whose batch it can name: all its rows fail with `reason`."""
         return self.write_record(job_id, batch_id, {"error": reason, "n": n_items}, 0, n_items, None)

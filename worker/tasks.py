@@ -19,6 +19,8 @@ from celery.exceptions import Reject
 from redis.exceptions import RedisError
 
 from agile.adapters import AdapterError
+from agile.policy_set import SetEntry, observed
+from agile.policy_set import score_set as score_set_rows
 from agile.tokens import LabelError
 from agile.wire import NAME, TASK_NAME, BatchFailed, BatchRequest, PayloadError
 from agile.worker import metrics
@@ -86,6 +88,8 @@ def score(req: BatchRequest, task_id: str) -> dict:
 
     runtime = get_runtime(settings())
     runtime.check_model(req.model)
+    if req.policies:
+        return score_set(req, task_id, runtime)
     try:
         policy = runtime.policy(req.adapter, req.labels, req.instructions)
     except ValueError as exc:  # PromptTemplate's own checks on zero-shot labels
@@ -102,21 +106,14 @@ def score(req: BatchRequest, task_id: str) -> dict:
         if item.id in req.problems:
             results.append({"error": req.problems[item.id]})
         else:
-            results.append(policy.fields(scores.probs[n], scores.truncated[n]))
+            fields = policy.fields(scores.probs[n], scores.truncated[n], req.threshold)
+            results.append(observed(fields) if req.observe else fields)
             n += 1
     version = {"model": runtime.info.spec, "model_checksum": runtime.info.checksum,
                "adapter": req.adapter, "adapter_version": policy.version}
     store().finish(req, task_id, results, version, runtime.info.spec, policy.name)
     tokens = int(scores.n_tokens.sum()) if scores is not None else 0
-    metrics.batch_done(policy.name, len(todo), len(req.problems), tokens, seconds)
-    log.info("batch %s: %d scored, %d failed in %.3f s", req.batch_key or "(no job)", len(todo),
-             len(req.problems), seconds,
-             extra={**ids_of(req), "scored": len(todo), "failed": len(req.problems),
-                    "seconds": round(seconds, 4), "adapter": policy.name})
-    if seconds > settings().visibility_timeout / 2:
-        log.warning("a batch took %.0f s, over half the visibility timeout (%d s): raise "
-                    "AGILE_VISIBILITY_TIMEOUT or lower AGILE_BATCH_SIZE, or batches will be delivered twice",
-                    seconds, settings().visibility_timeout)
+    done(req, policy.name, len(todo), tokens, seconds)
     if req.job_id:
         return {**ids_of(req), "scored": len(todo), "failed": len(req.problems)}
     # positive_label / threshold: what `flagged` means, so a client can read the policy's score
@@ -126,10 +123,54 @@ def score(req: BatchRequest, task_id: str) -> dict:
             "results": {item.id: result for item, result in zip(req.items, results, strict=True)}}
 
 
+def score_set(req: BatchRequest, task_id: str, runtime) -> dict:
+    """A policy set: each policy back to back on this worker's one model; one result per item and policy."""
+    entries = [SetEntry.from_wire(e) for e in req.policies]
+    todo = [item for item in req.items if item.id not in req.problems]
+    tokens = 0
+
+    def scored(policy, texts):
+        nonlocal tokens
+        metrics.ADAPTERS.labels(policy.name, policy.version).set(1)
+        out = runtime.score(policy, texts)
+        tokens += int(out.n_tokens.sum())
+        return out
+
+    start = time.perf_counter()
+    rows, used = score_set_rows(entries, lambda name: runtime.policy(name, None, None), scored,
+                                [item.text for item in todo], bool(req.observe))
+    seconds = time.perf_counter() - start
+    by_id = dict(zip((item.id for item in todo), rows, strict=True))
+    results = [{"error": req.problems[item.id]} if item.id in req.problems else by_id[item.id]
+               for item in req.items]
+    versions = {name: p.version for name, p in used.items()}
+    positive = {name: p.positive_label for name, p in used.items()}
+    store().finish_set(req, task_id, results, runtime.info, versions, positive)
+    name = "+".join(versions)
+    done(req, name, len(todo), tokens, seconds)
+    if req.job_id:
+        return {**ids_of(req), "scored": len(todo), "failed": len(req.problems)}
+    return {"model": runtime.info.spec, "model_checksum": runtime.info.checksum, "versions": versions,
+            "positive_labels": positive,
+            "results": {item.id: result for item, result in zip(req.items, results, strict=True)}}
+
+
+def done(req: BatchRequest, name: str, scored: int, tokens: int, seconds: float) -> None:
+    metrics.batch_done(name, scored, len(req.problems), tokens, seconds)
+    log.info("batch %s: %d scored, %d failed in %.3f s", req.batch_key or "(no job)", scored,
+             len(req.problems), seconds,
+             extra={**ids_of(req), "scored": scored, "failed": len(req.problems),
+                    "seconds": round(seconds, 4), "adapter": name})
+    if seconds > settings().visibility_timeout / 2:
+        log.warning("a batch took %.0f s, over half the visibility timeout (%d s): raise "
+                    "AGILE_VISIBILITY_TIMEOUT or lower AGILE_BATCH_SIZE, or batches will be delivered twice",
+                    seconds, settings().visibility_timeout)
+
+
 def fail_all(req: BatchRequest, task_id: str, reason: str) -> None:
     """Mark every item of the batch failed with `reason` (the job still completes)."""
     store().finish(req, task_id, [{"error": reason}] * len(req.items), None)
-    metrics.FAILED.labels(req.adapter or "zero-shot").inc(len(req.items))
+    metrics.FAILED.labels(req.adapter or ("policy-set" if req.policies else "zero-shot")).inc(len(req.items))
     log.warning("batch %s: %d items failed: %s", req.batch_key or "(no job)", len(req.items), reason,
                 extra={**ids_of(req), "failed": len(req.items)})
 
