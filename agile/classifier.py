@@ -3,7 +3,8 @@
 Single texts give the codelab's shapes (a list of probabilities, an int); lists
 give arrays. `predict_proba(model, texts)` is the scikit-learn style batch entry
 point. A classifier built with `from_adapter` carries its model, so `model` may
-be None in every call.
+be None in every call, and its adapter's calibration: it answers the calibrated
+probabilities the workers serve (`calibrated=False` gives the model's own).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class AgileClassifier:
     end_of_text_token: str = DEFAULT_EOS
     settings: ScoringSettings = field(default_factory=ScoringSettings)
     model: object = field(default=None, repr=False)
+    policy: Policy | None = field(default=None, repr=False)  # its calibration is applied when set
     _scorers: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -54,7 +56,7 @@ class AgileClassifier:
         t = policy.template
         return cls(labels=t.labels, instructions=t.instructions, separator_token=t.separator,
                    end_of_text_token=t.eos, settings=ScoringSettings(max_length=policy.max_length),
-                   model=model)
+                   model=model, policy=policy)
 
     def encode_for_prediction(self, x_text: str) -> str:
         return self.template.prompt(x_text)
@@ -72,11 +74,12 @@ class AgileClassifier:
             self._scorers[key] = LabelScorer(model, self.template, self.settings)
         return self._scorers[key]
 
-    def predict_proba(self, model, texts: Sequence[str]) -> np.ndarray:
-        """[n_texts, n_labels] label probabilities, rows summing to 1."""
+    def predict_proba(self, model, texts: Sequence[str], calibrated: bool = True) -> np.ndarray:
+        """[n_texts, n_labels] label probabilities, rows summing to 1 (calibrated when the policy is)."""
         if isinstance(texts, str):
             raise TypeError("predict_proba takes a list of texts; use predict_score for one text")
-        return self._scorer(model).score(list(texts)).probs
+        probs = self._scorer(model).score(list(texts)).probs
+        return self.policy.calibrated(probs) if calibrated and self.policy is not None else probs
 
     def predict_score(self, model, x_text: str | Sequence[str]):
         """Label probabilities: a list for one text, an [n, n_labels] array for a list."""

@@ -69,6 +69,7 @@ def _policy(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from agile import output
     from agile.adapters import AdapterError, merge_adapter
     from agile.models import DEFAULT_MODEL, ModelLoadError, load_model, model_info
     from agile.output import arrow_schema
@@ -101,19 +102,23 @@ def run(args: argparse.Namespace) -> int:
         schema = arrow_schema(policy.labels)
         writer = TableWriter(args.output, schema=schema) if args.output else TableWriter(sys.stdout, fmt="csv")
         name = model_info(model).spec
-        start, n_cut = time.perf_counter(), 0
+        start, n_cut, failed = time.perf_counter(), 0, Failures()
         with tqdm(unit="comment", disable=args.input is None, file=sys.stderr) as bar:
             for chunk in chunks:
-                scores = scorer.score(chunk.texts)
-                writer.write(policy.rows(chunk.ids, scores.probs, scores.truncated, name, threshold, args.observe))
-                n_cut += int(scores.truncated.sum())
+                todo, problems = failed.check(chunk)
+                scores = scorer.score([chunk.texts[i] for i in todo]) if todo else None
+                scored = policy.rows([chunk.ids[i] for i in todo], scores.probs, scores.truncated, name,
+                                     threshold, args.observe) if todo else []
+                writer.write(in_order(chunk.ids, problems, scored,
+                                      lambda cid, why: output.row(policy.labels, cid, None, name, policy.name, why)))
+                n_cut += int(scores.truncated.sum()) if todo else 0
                 bar.update(len(chunk.texts))
         writer.close()
         elapsed = time.perf_counter() - start
         print(f"agile score: {writer.rows} rows in {elapsed:.1f} s ({writer.rows / max(elapsed, 1e-9):.1f}"
               f" comments/s); {n_cut} comment(s) cut to fit {policy.max_length} tokens"
               + (f"; wrote {args.output}" if args.output else ""), file=sys.stderr)
-        return 0
+        return failed.report()
     except (TableError, AdapterError, ModelLoadError, LabelError, ValueError) as exc:  # PolicySetError too
         if writer is not None:
             kept = writer.abort(keep=True)
@@ -138,12 +143,12 @@ def _run_set(args: argparse.Namespace, entries) -> int:
     first = next(iter(policies.values()))
     model = load_model(args.model or first.adapter.meta.base_model, dtype=args.dtype,
                        sequence_length=max(p.max_length for p in policies.values()))
-    scorers = {n: LabelScorer(model, p.template, ScoringSettings(p.max_length, args.batch_size))
-               for n, p in policies.items()}
+    scorers = {id(p): LabelScorer(model, p.template, ScoringSettings(p.max_length, args.batch_size))
+               for p in policies.values()}  # by identity: an entry may name its adapter by path
 
     def score(policy, texts):
         merge_adapter(model, policy.adapter)  # any rank and targets may follow any other
-        return scorers[policy.name].score(texts)
+        return scorers[id(policy)].score(texts)
 
     names = list(policies)
     positive = {n: p.positive_label for n, p in policies.items()}
@@ -153,12 +158,50 @@ def _run_set(args: argparse.Namespace, entries) -> int:
         chunks = read_chunks(args.input, args.text_column, args.id_column, args.chunk_rows, delimiter=args.delimiter)
     else:
         chunks = iter([Chunk(0, [str(i) for i in range(len(args.texts))], list(args.texts))])
+    failed = Failures()
     with TableWriter(args.output, schema=arrow_schema(names)) if args.output else \
             TableWriter(sys.stdout, fmt="csv") as writer:
         for chunk in chunks:
-            results, _ = score_set(entries, policies.__getitem__, score, chunk.texts, args.observe)
-            writer.write([row(names, positive, versions, cid, r, spec) for cid, r in zip(chunk.ids, results,
-                                                                                        strict=True)])
+            todo, problems = failed.check(chunk)
+            results, _ = score_set(entries, policies.__getitem__, score, [chunk.texts[i] for i in todo],
+                                   args.observe) if todo else ([], {})
+            scored = [row(names, positive, versions, chunk.ids[i], r, spec) for i, r in zip(todo, results,
+                                                                                             strict=True)]
+            writer.write(in_order(chunk.ids, problems, scored,
+                                  lambda cid, why: row(names, positive, versions, cid, None, spec, why)))
     print(f"agile score: {writer.rows} rows under {len(names)} policies ({', '.join(names)})"
           + (f"; wrote {args.output}" if args.output else ""), file=sys.stderr)
-    return 0
+    return failed.report()
+
+
+class Failures:
+    """Rows that cannot be scored (empty, too long, not a string), found by the rule the workers
+    apply (`agile.wire.text_problem`), so `agile score` and a queue job fail the same rows."""
+
+    def __init__(self) -> None:
+        self.count, self.first = 0, ""
+
+    def check(self, chunk) -> tuple[list[int], list[str | None]]:
+        """The chunk's rows to score, and each row's problem (None for a good row)."""
+        from agile.wire import text_problem
+
+        problems = [text_problem(t) for t in chunk.texts]
+        for n, why in enumerate(problems):
+            if why is not None:
+                self.count += 1
+                self.first = self.first or f"row {chunk.start + n} (id {chunk.ids[n]!r}): {why}"
+        return [i for i, why in enumerate(problems) if why is None], problems
+
+    def report(self) -> int:
+        """The exit status a queue job gives: 1 when some rows failed, 0 when all were scored."""
+        if not self.count:
+            return 0
+        print(f"agile score: {self.count} row(s) could not be scored and carry an error (first: {self.first})",
+              file=sys.stderr)
+        return 1
+
+
+def in_order(ids: list[str], problems: list[str | None], scored: list[dict], failed) -> list[dict]:
+    """One row per input row, in input order: the next scored row, or `failed(id, problem)`."""
+    rows = iter(scored)
+    return [next(rows) if why is None else failed(cid, why) for cid, why in zip(ids, problems, strict=True)]

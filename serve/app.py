@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from agile.serve import errors, metrics, native, perspective
+from agile.serve import discovery, errors, metrics, native, perspective
 from agile.serve.attributes import AttributeMap
 from agile.serve.errors import ApiError
 from agile.serve.models import Error, Health
@@ -57,6 +57,7 @@ def create_app(settings: ServeSettings, queue: QueueSettings, keys: frozenset[st
     errors.install(app)
     app.include_router(perspective.router)
     app.include_router(native.router)
+    app.include_router(discovery.router)
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Error}}, summary="Redis reachable")
     async def healthz(request: Request) -> Health:
@@ -101,6 +102,7 @@ def _document(app: FastAPI, settings: ServeSettings, attributes: AttributeMap) -
         "enum": sorted(attributes.attributes)}
     policies = schemas["ScoreRequest"]["properties"]["policies"]
     policies["items"]["enum"], policies["uniqueItems"] = attributes.policies, True
+    schemas["ScoreRequest"]["properties"]["thresholds"]["propertyNames"] = {"enum": attributes.policies}
     schemas["ScoreRequest"]["properties"]["comments"]["maxItems"] = settings.max_comments
     schemas["TextEntry"]["properties"]["text"]["minLength"] = 1  # checked by the route, with a clearer message
     app.openapi_schema = doc

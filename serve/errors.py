@@ -61,7 +61,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(ApiError(400, _validation_message(exc)))
+        from agile.serve.keys import key_error  # the body is read before the key dependency runs
+
+        return error_response(key_error(request) or ApiError(400, _validation_message(exc)))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

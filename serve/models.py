@@ -6,7 +6,7 @@ Unknown fields are refused, as Google's JSON parser refuses them.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -88,6 +88,9 @@ class CommentIn(_Strict):
 class ScoreRequest(_Strict):
     comments: list[CommentIn] = Field(min_length=1, description="At most AGILE_SERVE_MAX_COMMENTS, ids unique.")
     policies: list[str] = Field(min_length=1, max_length=16, description="Policy (adapter) names served here.")
+    thresholds: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict, description="Flag these policies at this probability in this request instead "
+                                          "of at their adapters' thresholds; keys among `policies`.")
     doNotStore: bool = False
 
 

@@ -70,6 +70,25 @@ def test_save_then_load_gives_identical_scores(saved_adapter, tiny_preset):
     assert sorted(p.name for p in path.iterdir()) == ["adapter.json", "lora.safetensors"]
 
 
+def test_from_adapter_answers_calibrated_probabilities(saved_adapter, tiny_preset):
+    """The codelab's interface serves what the workers serve: the adapter's calibration applied."""
+    from agile.calibration import Calibration
+
+    path, _ = saved_adapter
+    cal = Calibration("platt", a=0.5, b=1.0, fitted_on="a test", rows=10)
+    meta = json.loads((path / META_FILE).read_text())
+    meta["calibration"] = cal.to_json()
+    (path / META_FILE).write_text(json.dumps(meta))
+    texts = ["you look nice", "go away", "a b c"]
+    clf = AgileClassifier.from_adapter(path, model=load_model(str(tiny_preset)))
+    raw = clf.predict_proba(None, texts, calibrated=False)
+    served = clf.predict_proba(None, texts)
+    np.testing.assert_allclose(served[:, 1], cal.positive(raw[:, 1]), atol=1e-9)
+    np.testing.assert_allclose(served.sum(axis=1), 1.0, atol=1e-9)
+    assert np.abs(served - raw).max() > 0.01
+    np.testing.assert_allclose(clf.predict_score(None, texts[0]), served[0], atol=1e-9)
+
+
 def test_adapter_for_another_base_is_refused(saved_adapter, tiny_preset):
     path, _ = saved_adapter
     meta = json.loads((path / META_FILE).read_text())

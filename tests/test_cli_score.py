@@ -2,6 +2,7 @@
 
 import pandas as pd
 import pytest
+from queue_fixtures import adapter_dir  # noqa: F401  (fixture)
 
 from agile.cli.main import main
 
@@ -16,19 +17,43 @@ def comments(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", ["csv", "jsonl", "parquet"])
-def test_scores_a_file_one_row_per_input_row(tiny_preset, comments, tmp_path, suffix):
+def test_scores_a_file_one_row_per_input_row(tiny_preset, comments, tmp_path, suffix, capsys):
     out = tmp_path / f"scores.{suffix}"
     code = main(["score", "--model", str(tiny_preset), "--input", str(comments), "--output", str(out),
                  "--text-column", "body", "--id-column", "cid", "--max-length", "256"])
-    assert code == 0
+    assert code == 1  # the empty row fails, as it does in a queue job; the others are scored
+    assert "1 row(s) could not be scored" in capsys.readouterr().err
     df = {"csv": pd.read_csv, "jsonl": lambda p: pd.read_json(p, lines=True), "parquet": pd.read_parquet}[
         suffix](out)
     assert df["id"].astype(str).tolist() == ["a", "b", "c"]
     assert list(df.columns) == ["id", "p_Positive", "p_Negative", "prediction", "flagged", "truncated", "model",
                                 "policy", "error"]
-    assert ((df["p_Positive"] + df["p_Negative"]) - 1).abs().max() < 1e-5
-    assert df["truncated"].tolist() == [False, False, True]
-    assert set(df["prediction"]) <= {"Positive", "Negative"}
+    scored = df[df["id"].astype(str) != "b"]
+    assert ((scored["p_Positive"] + scored["p_Negative"]) - 1).abs().max() < 1e-5
+    assert scored["truncated"].tolist() == [False, True]
+    assert set(scored["prediction"]) <= {"Positive", "Negative"}
+    empty = df[df["id"].astype(str) == "b"].iloc[0]
+    assert empty["error"] == "text is empty" and pd.isna(empty["p_Positive"]) and pd.isna(empty["truncated"])
+
+
+@pytest.mark.parametrize("by", ["name", "path"])
+def test_failed_rows_stay_in_place_under_a_policy_set(tiny_preset, adapter_dir, tmp_path, capsys,  # noqa: F811
+                                                       monkeypatch, by):
+    """Empty rows fail the same way under a set, in their place, and the rest are scored."""
+    monkeypatch.setenv("AGILE_ADAPTER_PATH", str(adapter_dir))
+    toxic, threat = ("tiny-toxic", "tiny-threat") if by == "name" else (
+        str(adapter_dir / "tiny-toxic"), str(adapter_dir / "tiny-threat"))
+    path = tmp_path / "c.csv"
+    pd.DataFrame({"id": ["0012", "x", "y", "z"], "text": ["fine", "   ", "ok then", ""]}).to_csv(path, index=False)
+    out = tmp_path / "o.csv"
+    code = main(["score", "--model", str(tiny_preset), "-i", str(path), "-o", str(out), "--max-length", "256",
+                 "--policy", toxic, "--policy", threat])
+    assert code == 1
+    assert "2 row(s) could not be scored" in capsys.readouterr().err
+    df = pd.read_csv(out, dtype={"id": str}, keep_default_na=False)
+    assert df["id"].tolist() == ["0012", "x", "y", "z"]
+    assert df["error"].tolist() == ["", "text is empty", "", "text is empty"]
+    assert (df[f"p_{toxic}"] != "").tolist() == [True, False, True, False]
 
 
 def test_texts_as_arguments_with_zero_shot_labels(tiny_preset, capsys):

@@ -106,6 +106,21 @@ def test_api_keys_as_google_checks_them(stack, how, code, status):  # noqa: F811
         assert method(f"{stack['server'].url}{path}", timeout=10).status_code == 403
 
 
+@pytest.mark.parametrize("path", ["/v1alpha1/comments:analyze", "/v1/score"])
+@pytest.mark.parametrize("payload", ["{", '{"comment": 5}', ""])
+def test_the_key_is_checked_before_the_body_is_read(stack, path, payload):  # noqa: F811
+    """A client without a key hears 403 whatever its body says; a wrong key, the key's 400; a good key,
+    the body's 400."""
+    url = f"{stack['server'].url}{path}"
+    headers = {"Content-Type": "application/json"}
+    answers = {None: (403, "missing a valid API key"), "nope": (400, "API key not valid"),
+               KEYS[0]: (400, "Invalid JSON payload received")}
+    for key, (code, says) in answers.items():
+        r = httpx.post(url, content=payload, headers=headers, params={"key": key} if key else None, timeout=10)
+        assert r.status_code == code, (key, r.text)
+        assert says in r.json()["error"]["message"]
+
+
 SECRET = "a-very-secret-comment-8c1f"
 
 
@@ -202,6 +217,28 @@ def test_native_batch_keeps_ids_and_order_and_marks_bad_rows(stack):  # noqa: F8
                       ({"comments": [{"id": "a", "text": "x"}], "policies": ["ethos-hate"]}, "policies must be"),
                       ({"comments": [], "policies": ["tiny-toxic"]}, "'comments'")]:
         r = httpx.post(f"{stack['server'].url}/v1/score", params={"key": KEYS[0]}, json=bad, timeout=30)
+        assert r.status_code == 400 and says in r.json()["error"]["message"], r.text
+
+
+def test_a_request_may_flag_at_its_own_threshold(stack):  # noqa: F811
+    url = f"{stack['server'].url}/v1/score"
+    comments = [{"id": str(i), "text": f"comment number {i}"} for i in range(6)]
+    plain = httpx.post(url, params={"key": KEYS[0]}, json={"comments": comments, "policies": ["tiny-toxic"]},
+                       timeout=60).json()["results"]
+    probs = sorted(x["scores"]["tiny-toxic"]["probability"] for x in plain)
+    cut = (probs[2] + probs[3]) / 2  # half the comments above it, whatever the adapter's own threshold
+    r = httpx.post(url, params={"key": KEYS[0]}, timeout=60, json={
+        "comments": comments, "policies": ["tiny-toxic", "tiny-safe"], "thresholds": {"tiny-toxic": cut}})
+    assert r.status_code == 200, r.text
+    for before, after in zip(plain, r.json()["results"], strict=True):
+        toxic = after["scores"]["tiny-toxic"]
+        assert toxic["probability"] == before["scores"]["tiny-toxic"]["probability"]  # the score is unchanged
+        assert toxic["threshold"] == cut and toxic["flagged"] == (toxic["probability"] >= cut)
+        assert after["scores"]["tiny-safe"]["threshold"] == 0.5  # the other policy keeps its own
+    assert sum(x["scores"]["tiny-toxic"]["flagged"] for x in r.json()["results"]) == 3
+    for bad, says in [({"tiny-safe": 0.2}, "not among this request's policies"), ({"tiny-toxic": 1.5}, "thresholds")]:
+        r = httpx.post(url, params={"key": KEYS[0]}, timeout=30,
+                       json={"comments": comments, "policies": ["tiny-toxic"], "thresholds": bad})
         assert r.status_code == 400 and says in r.json()["error"]["message"], r.text
 
 
