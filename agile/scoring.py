@@ -38,13 +38,16 @@ log = logging.getLogger("agile.scoring")
 # budget; the one shared-CPU run (BENCHMARKS.md section 0) leaned to 2,048 but its rounds overlapped.
 # CUDA: a guess of the order a 270M needs to fill an H200, not yet measured (bench/bench_gpu.sh does).
 DEFAULT_TOKEN_BUDGET = {"cpu": 0, "cuda": 16384}
+# Rows per forward pass by device type. CPU: 16 (BENCHMARKS.md); CUDA: enough rows that the token
+# budget, not the row count, bounds a pass (16 rows of ETHOS comments are ~800 positions).
+DEFAULT_BATCH_ROWS = {"cpu": 16, "cuda": 512}
 __all__ = ["LabelScorer", "Scores", "ScoringSettings", "label_logits", "micro_batches", "pad_batch"]
 
 
 @dataclass(frozen=True)
 class ScoringSettings:
     max_length: int = DEFAULT_MAX_LENGTH  # tokens per prompt, BOS included
-    batch_size: int = 16  # at most this many rows per forward pass
+    batch_size: int | None = None  # at most this many rows per forward pass; None: DEFAULT_BATCH_ROWS
     # Run the prompt head shared by every row (instructions, labels, "Text:") once and
     # reuse its keys/values: a quarter to a third fewer positions per row.
     reuse_prefix: bool = True
@@ -62,7 +65,7 @@ class ScoringSettings:
                 f"max_length must be between 16 and {MAX_SUPPORTED_LENGTH} tokens, "
                 f"got {self.max_length}"
             )
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.engine not in ("lean", "keras"):
             raise ValueError(f"engine must be 'lean' or 'keras', got {self.engine!r}")
@@ -143,13 +146,15 @@ class LabelScorer:
         prefix = self.shared_prefix() if self.settings.reuse_prefix else []
         cut = np.array([bool(prefix) and r[: len(prefix)] == prefix for r in rows], dtype=bool)
         widths = np.array([len(r) - len(prefix) * c for r, c in zip(rows, cut, strict=True)], dtype=np.int64)
+        device = self._device().type
         budget = self.settings.token_budget
         if budget is None:
-            budget = DEFAULT_TOKEN_BUDGET.get(self._device().type, 0)
+            budget = DEFAULT_TOKEN_BUDGET.get(device, 0)
+        rows_per_pass = self.settings.batch_size or DEFAULT_BATCH_ROWS.get(device, DEFAULT_BATCH_ROWS["cpu"])
         passes = []
         for reuse in (True, False):
             group = np.flatnonzero(cut == reuse)
-            passes += [(reuse, group[b]) for b in micro_batches(widths[group], self.settings.batch_size, budget)]
+            passes += [(reuse, group[b]) for b in micro_batches(widths[group], rows_per_pass, budget)]
         return prefix, passes
 
     def _device(self) -> torch.device:

@@ -36,10 +36,10 @@ class QueueSettings:
     model: str = "gemma3_270m"  # the one model a worker serves
     key_prefix: str = "agile"  # Redis keys of jobs: <prefix>:job:<id>:...
     max_deliveries: int = 3  # a batch that failed or killed its worker this often is marked failed
-    batch_size: int = 64  # comments per queued task
+    batch_size: int = 0  # comments per queued task; 0: sized by the live workers (agile.broker.task_size)
     max_in_flight: int = 32  # batches of one job sent and not yet written back (Redis memory bound)
     max_bytes_in_flight: int = 64 << 20  # and their payload bytes (long comments)
-    scoring_batch: int = 16  # rows per forward pass inside a worker (raise on GPUs)
+    scoring_batch: int = 0  # rows per forward pass inside a worker; 0: the device's default (16 CPU, 512 GPU)
     adapter_cache: int = 4  # adapters kept loaded per worker
     metrics_port: int = 9808  # Prometheus; 0 disables
     log_format: str = "text"  # or json
@@ -50,11 +50,15 @@ class QueueSettings:
         scheme = urlsplit(self.redis_url).scheme
         if scheme not in ("redis", "rediss", "unix"):
             raise SettingsError(f"AGILE_REDIS_URL must be redis://, rediss:// or unix://, got {scheme!r}://")
-        positive = ("visibility_timeout", "max_deliveries", "batch_size", "max_in_flight", "max_bytes_in_flight",
-                    "scoring_batch", "adapter_cache", "job_ttl")
+        positive = ("visibility_timeout", "max_deliveries", "max_in_flight", "max_bytes_in_flight",
+                    "adapter_cache", "job_ttl")
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{env_name(name)} must be at least 1, got {getattr(self, name)}")
+        for name in ("batch_size", "scoring_batch"):  # 0: chosen for the device
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{env_name(name)} must be at least 1, or 0 for the default, "
+                                    f"got {getattr(self, name)}")
         if self.batch_size > MAX_ITEMS:
             raise SettingsError(f"AGILE_BATCH_SIZE must be at most {MAX_ITEMS}, got {self.batch_size}")
         if not 0 <= self.metrics_port < 65536:

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--id-column", default="id", help="id column; rows without one get their row number")
     p.add_argument("--delimiter", help="CSV delimiter (detected when omitted)")
     p.add_argument("--max-length", type=int, help=f"tokens per prompt (default: adapter's, else {DEFAULT_MAX_LENGTH})")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, help="rows per forward pass (default: 16 on a CPU, 512 on a GPU)")
     p.add_argument("--chunk-rows", type=int, default=2048, help="rows read and scored per step")
     p.add_argument("--dtype", help="float32 | bfloat16 (default: the model's)")
     p.set_defaults(func=run)

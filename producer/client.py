@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Iterator
 
 from agile.producer.jobs import POLL_SECONDS, Job, celery_app, check_policy
-from agile.producer.pipeline import run_job
+from agile.producer.pipeline import run_job, sized
 from agile.producer.results import drain_pages, record_results
 from agile.producer.source import MemorySource, Plan, batches
 from agile.settings import QueueSettings
@@ -34,6 +34,7 @@ class ScoringClient:
                                              instructions=instructions).items() if v is not None}
         check_policy([self.policy])
         self.redis = self.settings.redis_client()
+        self.settings = sized(self.settings, self.redis)
         self.app = celery_app(self.settings)
         self._sources: dict[str, MemorySource] = {}  # job id -> its rows, to resend lost batches
 
@@ -41,7 +42,7 @@ class ScoringClient:
         """Queue (id, text) pairs as one job; returns once every batch is queued."""
         source = MemorySource(tuple((str(i), t) for i, t in items))
         size = self.settings.batch_size
-        plan = Plan(len(source.items), -(-len(source.items) // size), 0)
+        plan = Plan(len(source.items), -(-len(source.items) // size), 0, batch_size=size)
         job = Job.create(self.settings, [self.policy], plan, size, {"source_kind": "client"}, self.redis, self.app)
         self._sources[job.job_id] = source
         run_job(self.settings, job, source)

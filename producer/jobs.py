@@ -164,6 +164,8 @@ class Job:
     def create(cls, settings: QueueSettings, policies: list[dict], plan: Plan, batch_size: int,
                source: dict[str, str], redis=None, app=None, observe: bool = False) -> Job:
         """Record a new job (state submitting) with everything needed to finish it."""
+        if batch_size < 1:
+            raise ValueError(f"a job needs a task size of at least 1 comment, got {batch_size}")
         policies = [{k: v for k, v in p.items() if v is not None} for p in policies]
         meta = {"created": f"{time.time():.3f}", "status": "submitting", "batch_size": str(batch_size),
                 "policies": json.dumps(policies), "observe": "1" if observe else "0", "total_rows": str(plan.rows),

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agile.broker import live_workers, task_size
 from agile.producer.jobs import POLL_SECONDS, Job, JobError, JobStatus, check_policy
 from agile.producer.results import Drain, Totals
 from agile.producer.source import FileSource, MemorySource, Plan, batches, same_file
@@ -56,7 +57,7 @@ def prepare(settings: QueueSettings, source: FileSource, policies: list[dict], o
         table_format(out, fmt)
         if not Path(out).resolve().parent.is_dir():
             raise TableError(f"{out}: directory {Path(out).resolve().parent} does not exist")
-    plan = source.inspect(settings.batch_size)
+    plan = source.inspect(sized(settings).batch_size)
     if plan.rows == 0:
         raise TableError(f"{source.path}: no rows to score")
     if plan.duplicates:
@@ -65,9 +66,28 @@ def prepare(settings: QueueSettings, source: FileSource, policies: list[dict], o
     return plan
 
 
+def sized(settings: QueueSettings, client=None) -> QueueSettings:
+    """The settings with a task size: AGILE_BATCH_SIZE / --batch-size when given, else one for the
+    workers up now (512 comments once one has a GPU, 64 otherwise; `agile.broker.task_size`)."""
+    if settings.batch_size:
+        return settings
+    own = client is None
+    client = settings.redis_client() if own else client
+    try:
+        workers = live_workers(client, settings.key_prefix, settings.queue)
+    finally:
+        if own:
+            client.close()
+    size = task_size(workers)
+    devices = sorted(set(workers.values()))
+    log.info("%d comments per task, for %s", size, f"{len(workers)} live worker(s) on {', '.join(devices)}"
+             if workers else "no worker up yet (CPU-sized)")
+    return settings.with_(batch_size=size)
+
+
 def start(settings: QueueSettings, source: FileSource, policies: list[dict], plan: Plan,
           observe: bool = False) -> Job:
-    return Job.create(settings, policies, plan, settings.batch_size,
+    return Job.create(settings, policies, plan, plan.batch_size,
                       {"source": source.to_json(), "fingerprint": json.dumps(source.fingerprint())},
                       observe=observe)
 

@@ -67,6 +67,7 @@ class Plan:
     batches: int
     duplicates: int  # rows whose id an earlier row already had (blank ids not counted)
     examples: list[str] = field(default_factory=list)  # the first few of those ids
+    batch_size: int = 0  # comments per task the batches were counted with
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class FileSource:
             n += 1
         values = np.frombuffer(hashes, dtype=np.int64) if hashes else np.zeros(0, np.int64)
         duplicates = int(len(values) - len(np.unique(values)))
-        return Plan(n, -(-n // batch_size), duplicates, examples)
+        return Plan(n, -(-n // batch_size), duplicates, examples, batch_size)
 
     def fingerprint(self) -> dict:
         path = Path(self.path)

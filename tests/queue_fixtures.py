@@ -289,9 +289,12 @@ def use_env(env: dict[str, str], monkeypatch) -> dict[str, str]:
 
 
 def job_keys(fleet: dict) -> list[str]:
-    """Every Redis key under a fleet's key prefix."""
+    """Every Redis key under a fleet's key prefix but the workers' own registry (agile.broker)."""
+    from agile.broker import workers_key
+
     prefix = fleet["env"]["AGILE_KEY_PREFIX"]
-    return sorted(fleet["redis"].client().keys(f"{prefix}:*"))
+    registry = workers_key(prefix, fleet["env"]["AGILE_QUEUE"])
+    return sorted(k for k in fleet["redis"].client().keys(f"{prefix}:*") if k != registry)
 
 
 def drop_jobs(fleet: dict) -> None:

@@ -118,3 +118,17 @@ def test_micro_batches_keep_to_rows_and_token_budget():
         assert widths[b].max() == widths[b[-1]]  # sorted: the last row is the widest
     assert [widths[b].tolist() for b in batches] == [[5, 7, 12], [12], [30], [40], [100]]
     assert [len(b) for b in micro_batches(widths, max_rows=4)] == [4, 3]  # no budget: rows decide
+
+
+def test_rows_per_pass_default_to_the_devices(tiny_model):
+    """Unset, rows per pass follow the model's device (16 on a CPU); set, the setting wins."""
+    from agile.scoring import DEFAULT_BATCH_ROWS
+
+    texts = [f"comment {i}" for i in range(40)]
+    default = LabelScorer(tiny_model, TEMPLATE, ScoringSettings(TINY_MAX_LENGTH))
+    rows, _ = default.encode(texts)
+    sizes = [len(idx) for _, idx in default.plan(rows)[1]]
+    assert max(sizes) == DEFAULT_BATCH_ROWS["cpu"] == 16 and sum(sizes) == 40
+    five = LabelScorer(tiny_model, TEMPLATE, ScoringSettings(TINY_MAX_LENGTH, 5))
+    assert max(len(idx) for _, idx in five.plan(rows)[1]) == 5
+    np.testing.assert_allclose(default.score(texts).probs, five.score(texts).probs, atol=1e-6)

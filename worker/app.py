@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_ready
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_ready, worker_shutdown
 
 from agile.settings import QueueSettings
+from agile.worker.presence import Presence
 
 log = logging.getLogger("agile.worker")
-
+_presence: Presence | None = None  # this process's announcement of itself, from start to shutdown
 
 
 @functools.cache
@@ -60,6 +62,15 @@ def _start(sender=None, **_) -> None:
         raise SystemExit(2) from exc
     metrics.MODEL.labels(runtime.info.spec, runtime.info.checksum[:12]).set(1)
     metrics.serve(config)
+    global _presence
+    _presence = Presence(config, getattr(sender, "hostname", None) or f"pid{os.getpid()}", runtime.device).start()
+    log.info("model on %s", runtime.device)
+
+
+@worker_shutdown.connect
+def _stop(**_) -> None:
+    if _presence is not None:
+        _presence.stop()
 
 
 @worker_ready.connect

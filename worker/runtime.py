@@ -36,6 +36,11 @@ class Runtime:
         self._scorers: dict[Policy, LabelScorer] = {}  # one per cached policy
         self._applied: str | None = None  # version of the adapter whose LoRA weights are in the model
 
+    @property
+    def device(self) -> str:
+        """Where the model's weights are: 'cpu' or 'cuda' (what producers size their tasks by)."""
+        return self.model.backbone.token_embedding.embeddings.value.device.type
+
     def check_model(self, requested: str | None) -> None:
         if requested is not None and requested not in (self.settings.model, self.info.spec):
             raise PayloadError(
@@ -52,7 +57,7 @@ class Runtime:
             policy = self._build(adapter, labels, instructions)
             scorer = LabelScorer(  # may refuse the labels: then nothing half-made stays cached
                 self.model, policy.template,
-                ScoringSettings(max_length=policy.max_length, batch_size=self.settings.scoring_batch),
+                ScoringSettings(max_length=policy.max_length, batch_size=self.settings.scoring_batch or None),
             )
             self._policies[key] = policy
             self._scorers[policy] = scorer
