@@ -128,7 +128,7 @@ class LabelScorer:
         self.model = model
         self.template = template
         self.settings = settings or ScoringSettings()
-        self.tokenizer = PromptTokenizer.from_model(model)
+        self.tokenizer = PromptTokenizer.from_model(model, threads=torch.get_num_threads())  # as the forward
         self.label_ids = self.tokenizer.label_ids(template.labels)
         self._lean: LeanForward | None = None
         self._said_why = False

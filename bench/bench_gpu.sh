@@ -122,7 +122,7 @@ pd.DataFrame({"id": range(n), "text": texts[:n]}).to_csv(f"{tmp}/comments.csv", 
 warm = min(2048, n)
 pd.DataFrame({"id": range(warm), "text": texts[:warm]}).to_csv(f"{tmp}/warm.csv", index=False)
 EOF
-    # progress bars go to the log; the summary line ("N comments in S s") to stdout
+    # progress bars go to the log; the summary line ("job J: N rows in S s ...") to stdout
     "$AGILE" moderate "$tmp/warm.csv" -o "$tmp/warm_scores.csv" --redis-url "$url" --batch-size "$QUEUE_BATCH" \
         2> "$tmp/warm.log"  # warm-up: every batch shape the timed run will see
     start=$(date +%s.%N)
@@ -135,7 +135,8 @@ import sys
 import time
 sys.path.insert(0, "bench")
 import common
-common.setup(sys.argv[4], 16)
+import torch
+common.setup(sys.argv[4], torch.get_num_threads())  # the worker's own default (OMP_NUM_THREADS, else the cores)
 import pandas as pd
 from agile.models import load_model
 from agile.prompt import PromptTemplate
@@ -144,7 +145,11 @@ tmp, start, end, device = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), s
 qb = int(sys.argv[5])
 rows = len(pd.read_csv(f"{tmp}/scores.csv"))
 # the job's own clock (submit to last score written); the wall time adds the CLI's start-up
-seconds = float(re.search(r"comments in ([0-9.]+) s", open(f"{tmp}/summary.txt").read()).group(1))
+summary = open(f"{tmp}/summary.txt").read()
+found = re.search(r"(\d+) rows in ([0-9.]+) s", summary)  # agile moderate: "job J: N rows in S s (R/s): ..."
+if found is None:
+    sys.exit(f"no 'N rows in S s' in the summary of agile moderate: {summary!r}")
+seconds = float(found.group(2))
 # the same comments in the same tasks, scored in this process with the worker's settings
 texts = pd.read_csv(f"{tmp}/comments.csv")["text"].fillna("").tolist()
 scorer = LabelScorer(load_model(), PromptTemplate(), ScoringSettings(batch_size=qb))  # the worker's settings

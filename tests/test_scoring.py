@@ -132,3 +132,12 @@ def test_rows_per_pass_default_to_the_devices(tiny_model):
     five = LabelScorer(tiny_model, TEMPLATE, ScoringSettings(TINY_MAX_LENGTH, 5))
     assert max(len(idx) for _, idx in five.plan(rows)[1]) == 5
     np.testing.assert_allclose(default.score(texts).probs, five.score(texts).probs, atol=1e-6)
+
+
+def test_threaded_tokenizing_gives_the_same_rows(tiny_model, ethos_comments):
+    from agile.tokens import PromptTokenizer
+
+    texts = list(ethos_comments[:150])  # over the threaded threshold
+    one = PromptTokenizer.from_model(tiny_model, threads=1).encode_prompts(TEMPLATE, texts, TINY_MAX_LENGTH)
+    many = PromptTokenizer.from_model(tiny_model, threads=2).encode_prompts(TEMPLATE, texts, TINY_MAX_LENGTH)
+    assert one[0] == many[0] and (one[1] == many[1]).all()
