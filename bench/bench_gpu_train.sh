@@ -18,7 +18,7 @@
 # Inside one 10-minute window, run fewer jobs (JOBS=protocol, or SEEDS=1234).
 # Logs, adapters and reports land in $RESULTS; the summary table is printed at the end.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 PY=${PY:-.venv/bin/python}
 MODEL=${MODEL:-gemma3_270m}
@@ -51,6 +51,7 @@ fi
 run() {  # run NAME ARGS...: one background job with its own log
     local name=$1
     shift
+    # shellcheck disable=SC2086  # EXTRA holds several flags
     timeout "$DEADLINE" "$PY" -m agile.trainer.cli "$@" --model "$MODEL" $EXTRA > "$RESULTS/$name.log" 2>&1 &
 }
 
@@ -82,7 +83,9 @@ while [ "$(jobs -r | wc -l)" -gt 0 ]; do  # GPU memory while they run
 done
 wait
 
-csvs=$(ls "$RESULTS"/sweep-*/sweep.csv 2> /dev/null | paste -sd, -)
+shopt -s nullglob
+sweeps=("$RESULTS"/sweep-*/sweep.csv)
+csvs=$(IFS=,; echo "${sweeps[*]}")
 [ -n "$csvs" ] && "$PY" -m agile.trainer.cli sweep --merge "$csvs" --out "$RESULTS/sweep"
 "$PY" - "$RESULTS" <<'EOF' | tee "$RESULTS/summary.txt"
 import csv, json, sys
