@@ -120,13 +120,22 @@ def run(args: argparse.Namespace) -> int:
               + (f"; wrote {args.output}" if args.output else ""), file=sys.stderr)
         return failed.report()
     except (TableError, AdapterError, ModelLoadError, LabelError, ValueError) as exc:  # PolicySetError too
-        if writer is not None:
-            kept = writer.abort(keep=True)
-            if kept:
-                print(f"agile score: the {writer.rows} rows scored before the error are in {kept}; "
-                      f"{args.output} was not touched", file=sys.stderr)
+        keep_partial(writer, args.output, "the error")
         print(f"agile score: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        keep_partial(writer, args.output, "Ctrl-C")
+        raise
+
+
+def keep_partial(writer, output: Path | None, why: str) -> None:
+    """Rows already scored are not lost: they move to OUTPUT.partial.EXT; OUTPUT itself is untouched."""
+    if writer is None:
+        return
+    kept = writer.abort(keep=True)
+    if kept:
+        print(f"agile score: the {writer.rows} rows scored before {why} are in {kept}; {output} was not touched",
+              file=sys.stderr)
 
 
 def _run_set(args: argparse.Namespace, entries) -> int:
@@ -159,8 +168,8 @@ def _run_set(args: argparse.Namespace, entries) -> int:
     else:
         chunks = iter([Chunk(0, [str(i) for i in range(len(args.texts))], list(args.texts))])
     failed = Failures()
-    with TableWriter(args.output, schema=arrow_schema(names)) if args.output else \
-            TableWriter(sys.stdout, fmt="csv") as writer:
+    writer = TableWriter(args.output, schema=arrow_schema(names)) if args.output else TableWriter(sys.stdout, fmt="csv")
+    try:
         for chunk in chunks:
             todo, problems = failed.check(chunk)
             results, _ = score_set(entries, policies.__getitem__, score, [chunk.texts[i] for i in todo],
@@ -169,6 +178,10 @@ def _run_set(args: argparse.Namespace, entries) -> int:
                                                                                              strict=True)]
             writer.write(in_order(chunk.ids, problems, scored,
                                   lambda cid, why: row(names, positive, versions, cid, None, spec, why)))
+    except (Exception, KeyboardInterrupt) as exc:
+        keep_partial(writer, args.output, "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "the error")
+        raise
+    writer.close()
     print(f"agile score: {writer.rows} rows under {len(names)} policies ({', '.join(names)})"
           + (f"; wrote {args.output}" if args.output else ""), file=sys.stderr)
     return failed.report()

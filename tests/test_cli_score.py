@@ -90,3 +90,35 @@ def test_label_not_in_vocabulary(tiny_preset, capsys):
     code = main(["score", "--model", str(tiny_preset), "--labels", "Positive,Zyxwvutsrq", "hi"])
     assert code == 2
     assert "'Zyxwvutsrq' is not a single token" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("policies", [[], ["--policy", "tiny-toxic", "--policy", "tiny-threat"]])
+def test_ctrl_c_keeps_the_rows_already_scored(tiny_preset, adapter_dir, tmp_path, policies):  # noqa: F811
+    """A real `agile score` process interrupted mid-file: exit 130, the scored rows kept in order in
+    o.partial.csv, the existing output untouched, no temporary file left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "big.csv"
+    pd.DataFrame({"id": [f"{i:05d}" for i in range(20_000)], "text": ["a fine comment"] * 20_000}).to_csv(
+        path, index=False)
+    out = tmp_path / "o.csv"
+    out.write_text("id,earlier\n1,run\n")
+    env = {**os.environ, "AGILE_ADAPTER_PATH": str(adapter_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "agile.cli.main", "score", "--model", str(tiny_preset), "-i",
+                             str(path), "-o", str(out), "--chunk-rows", "100", "--max-length", "64", *policies],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(w.stat().st_size > 5000 for w in tmp_path.glob(".o.csv.*")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    partial = pd.read_csv(tmp_path / "o.partial.csv", dtype={"id": str})
+    assert 100 <= len(partial) < 20_000 and len(partial) % 100 == 0
+    assert partial["id"].tolist() == [f"{i:05d}" for i in range(len(partial))]
+    assert f"the {len(partial)} rows scored before Ctrl-C are in" in err
+    assert out.read_text() == "id,earlier\n1,run\n" and not list(tmp_path.glob(".o.csv*"))
