@@ -45,9 +45,21 @@ def _rms_norm(layer, x: torch.Tensor) -> torch.Tensor:
     return (y * (1 + layer.scale.value.float())).to(x.dtype)
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, with rotate_half = roll by half and the sign folded into the table."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
+
+
+_GELU_C = 2 * math.sqrt(2 / math.pi)
+
+
+def _gelu_gate(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """tanh-GELU(gate) * up. On CPU as gate * sigmoid(2z), the same function: torch's tanh-GELU
+    kernel there is unvectorised (9.5 vs 6.6 ms on 16 x 64 x 2048); on a GPU its fused kernel wins."""
+    if gate.device.type != "cpu":
+        return F.gelu(gate, approximate="tanh") * up
+    z = (gate * gate).mul_(0.044715 * _GELU_C).add_(_GELU_C).mul_(gate)
+    return torch.sigmoid_(z).mul_(gate).mul_(up)
 
 
 def _project_heads(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -82,14 +94,15 @@ class LeanForward:
         return x * torch.tensor(math.sqrt(self.backbone.hidden_dim), dtype=torch.float32).to(x.dtype)
 
     def _tables(self, start: int, length: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """cos/sin per block, positions start .. start+length-1 (computed once per frequency set)."""
+        """(cos, signed sin) per block, positions start .. start+length-1 (once per frequency set)."""
         if device not in self._on_device:
             self._on_device[device] = [f.to(device) for f in self._freqs]
         positions = torch.arange(start, start + length, dtype=torch.float32, device=device)
         by_freq = []
         for inv in self._on_device[device]:
-            emb = torch.outer(positions, inv).repeat(1, 2)
-            by_freq.append((emb.cos().to(self.dtype), emb.sin().to(self.dtype)))
+            emb = torch.outer(positions, inv)
+            sin = emb.sin()
+            by_freq.append((emb.cos().repeat(1, 2).to(self.dtype), torch.cat((-sin, sin), dim=1).to(self.dtype)))
         return [by_freq[j] for j in self._freq_of]
 
     def _masks(self, key_valid: torch.Tensor, start: int, length: int) -> dict:
@@ -119,8 +132,8 @@ class LeanForward:
         v = _project_heads(x, attention.value_dense.kernel.value)
         if getattr(attention, "use_query_key_norm", False):
             q, k = _rms_norm(attention.query_norm, q), _rms_norm(attention.key_norm, k)
-        cos, sin = tables[i]
-        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        cos, signed_sin = tables[i]
+        q, k = _rope(q, cos, signed_sin), _rope(k, cos, signed_sin)
         new = (k, v)
         if cache is not None:
             pk, pv = cache
@@ -151,7 +164,7 @@ class LeanForward:
             attn = _rms_norm(block.post_attention_norm, attn)
         x = x + attn
         h = _rms_norm(block.pre_ffw_norm, x)
-        h = F.gelu(h @ block.gating_ffw.kernel.value, approximate="tanh") * (h @ block.gating_ffw_2.kernel.value)
+        h = _gelu_gate(h @ block.gating_ffw.kernel.value, h @ block.gating_ffw_2.kernel.value)
         h = h @ block.ffw_linear.kernel.value
         if block.use_post_ffw_norm:
             h = _rms_norm(block.post_ffw_norm, h)

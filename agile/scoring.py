@@ -6,6 +6,8 @@ hidden state only at that position, and multiply it only by the label tokens'
 embedding rows: two dot products per row instead of 262,144-word logits at every
 position. Rows are sorted by length and cut into micro-batches by a token budget
 (positions computed, padding included), padded per micro-batch, not to a fixed 128.
+On a GPU a call goes in groups of texts, tokenized while the device runs the last group,
+with one copy back to the host at the end.
 The model-side computation, for each Gemma family, is `agile.forward`.
 """
 
@@ -41,6 +43,10 @@ DEFAULT_TOKEN_BUDGET = {"cpu": 0, "cuda": 16384}
 # Rows per forward pass by device type. CPU: 16 (BENCHMARKS.md); CUDA: enough rows that the token
 # budget, not the row count, bounds a pass (16 rows of ETHOS comments are ~800 positions).
 DEFAULT_BATCH_ROWS = {"cpu": 16, "cuda": 512}
+# Texts tokenized and launched together. On CUDA a launch returns at once, so the host tokenizes
+# group k+1 while the device runs group k; 0 takes the whole call at once (the best length sort),
+# the CPU default, where nothing runs beside the host. 256 is unmeasured on a GPU (bench_gpu.sh).
+DEFAULT_PIPELINE_ROWS = {"cpu": 0, "cuda": 256}
 __all__ = ["LabelScorer", "Scores", "ScoringSettings", "label_logits", "micro_batches", "pad_batch"]
 
 
@@ -58,6 +64,8 @@ class ScoringSettings:
     # "lean": agile.lean's torch forward over the model's own weights (inference only; falls
     # back to keras-hub's when it cannot run the model); "keras": keras-hub's layers.
     engine: str = "lean"
+    # Texts per tokenize-and-launch group; 0: all at once; None: DEFAULT_PIPELINE_ROWS for the device.
+    pipeline_rows: int | None = None
 
     def __post_init__(self) -> None:
         if not 16 <= self.max_length <= MAX_SUPPORTED_LENGTH:
@@ -71,6 +79,8 @@ class ScoringSettings:
             raise ValueError(f"engine must be 'lean' or 'keras', got {self.engine!r}")
         if self.token_budget is not None and self.token_budget < 0:
             raise ValueError(f"token_budget must be 0 (off) or positive, got {self.token_budget}")
+        if self.pipeline_rows is not None and self.pipeline_rows < 0:
+            raise ValueError(f"pipeline_rows must be 0 (off) or positive, got {self.pipeline_rows}")
 
 
 @dataclass
@@ -176,27 +186,35 @@ class LabelScorer:
         return self._lean
 
     def score(self, texts: Sequence[str]) -> Scores:
-        rows, truncated = self.encode(texts)
-        lengths = np.array([len(r) for r in rows], dtype=np.int64)
-        prefix, passes = self.plan(rows)
-        lean, backbone = self._engine(), self.model.backbone
         device = self._device()
-        caches, chunks = None, []
+        step = self.settings.pipeline_rows
+        if step is None:
+            step = DEFAULT_PIPELINE_ROWS.get(device.type, 0)
+        step = step or max(len(texts), 1)
+        lean, backbone = self._engine(), self.model.backbone
+        caches, chunks, order, truncated, lengths = None, [], [], [], []
         with torch.inference_mode():
-            for reuse, idx in passes:
-                batch = [rows[i][len(prefix) :] if reuse else rows[i] for i in idx]
-                ids, mask = (_device_tensor(a, device) for a in pad_batch(batch, self.tokenizer.pad_id))
-                if reuse and caches is None:
-                    # Built per call (one short forward pass), so it always matches the current weights.
-                    caches = lean.prefix_cache(prefix, device) if lean else prefix_cache(backbone, prefix)
-                if lean:
-                    chunks.append(lean.label_logits(ids, mask, self.label_ids, caches if reuse else None))
-                elif reuse:
-                    chunks.append(suffix_label_logits(self.model, caches, ids, mask, self.label_ids))
-                else:
-                    chunks.append(label_logits(self.model, ids, mask, self.label_ids))
-            probs = np.zeros((len(rows), len(self.label_ids)), dtype=np.float32)
+            for start in range(0, max(len(texts), 1), step):
+                # Nothing here waits for the device: on CUDA the next group tokenizes while this one runs.
+                rows, cut = self.encode(texts[start : start + step])
+                truncated.append(cut)
+                lengths.append(np.array([len(r) for r in rows], dtype=np.int64))
+                prefix, passes = self.plan(rows)
+                for reuse, idx in passes:
+                    batch = [rows[i][len(prefix) :] if reuse else rows[i] for i in idx]
+                    ids, mask = (_device_tensor(a, device) for a in pad_batch(batch, self.tokenizer.pad_id))
+                    if reuse and caches is None:
+                        # Built per call (one short forward pass), so it always matches the current weights.
+                        caches = lean.prefix_cache(prefix, device) if lean else prefix_cache(backbone, prefix)
+                    if lean:
+                        chunks.append(lean.label_logits(ids, mask, self.label_ids, caches if reuse else None))
+                    elif reuse:
+                        chunks.append(suffix_label_logits(self.model, caches, ids, mask, self.label_ids))
+                    else:
+                        chunks.append(label_logits(self.model, ids, mask, self.label_ids))
+                    order.append(idx + start)
+            probs = np.zeros((len(texts), len(self.label_ids)), dtype=np.float32)
             if chunks:  # one copy to the host per call, not one per forward pass
-                order = np.concatenate([idx for _, idx in passes])
-                probs[order] = ops.convert_to_numpy(ops.softmax(ops.concatenate(chunks, axis=0), axis=-1))
-        return Scores(probs=probs, truncated=truncated, n_tokens=lengths)
+                probs[np.concatenate(order)] = ops.convert_to_numpy(
+                    ops.softmax(ops.concatenate(chunks, axis=0), axis=-1))
+        return Scores(probs=probs, truncated=np.concatenate(truncated), n_tokens=np.concatenate(lengths))

@@ -39,7 +39,7 @@ def main() -> None:
     from agile.lean import LeanForward
     from agile.models import load_model
 
-    peak = common.peak_gflops(args.device, (args.dtype,))[args.dtype]
+    peak = common.Peak(args.device, (args.dtype,))
     model = load_model(dtype=args.dtype)
     lean = LeanForward(model.backbone)
     flop_per_token = 2 * common.non_embedding_params(model)
@@ -74,11 +74,14 @@ def main() -> None:
                     fn(ids, mask)
                     common.sync()
                     times.setdefault((shape, name), []).append(time.perf_counter() - start)
+            peak.sample()
+    peak = peak[args.dtype]
 
     rows, results = [], {}
     for (shape, name), ts in times.items():
         ms = float(np.median(ts)) * 1e3
         ideal = flop_per_token * shape[0] * shape[1] / (peak * 1e9) * 1e3
+        common.Peak.check(f"{name} at {shape[0]} x {shape[1]}: the linear FLOPs' rate", ideal / ms)
         results[f"{shape[0]}x{shape[1]}-{name}"] = {"median_ms": ms, "matmul_bound_ms": ideal,
                                                    "overhead_ms": ms - ideal, "all_ms": [t * 1e3 for t in ts]}
         rows.append([f"{shape[0]} x {shape[1]}", name, ms, ideal, ms - ideal, f"{deltas[shape]:.1e}"])

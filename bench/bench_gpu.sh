@@ -84,6 +84,10 @@ tables() {
             --skip-codelab --skip-hf --repeats 3 --name "scoring-$DEVICE-n$N-budget$budget"
     done
     keep "scoring-$DEVICE-n$N-budget"
+    # tokenizing the next group while the device runs this one (the CUDA default) against all at once
+    "$PY" bench/bench_scoring.py --device "$DEVICE" --n "$N" --batch-size "$ROWS" --token-budget 16384 \
+        --pipeline-rows 0 --skip-codelab --skip-hf --repeats 3 --name "scoring-$DEVICE-n$N-nopipeline"
+    keep "scoring-$DEVICE-n$N-nopipeline"
 }
 
 PIDS=()

@@ -67,6 +67,7 @@ def main() -> None:
         runs[dtype] = {"seconds": seconds, "comments_per_s": args.n / seconds, "real_tokens_per_s": tokens / seconds,
                        "achieved_gflops": flops / seconds / 1e9, "mfu": flops / seconds / (ceiling * 1e9),
                        "load_s": load_s}
+        common.Peak.check(f"the {dtype} MFU", runs[dtype]["mfu"])
         del model, scorer
         keras.backend.clear_session()
 

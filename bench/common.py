@@ -34,6 +34,8 @@ def add_common_args(parser: argparse.ArgumentParser, n: int = 256, batch_size: i
     parser.add_argument("--token-budget", type=int, default=None,
                         help="positions per forward pass (rows x padded width); 0: --batch-size rows decide; "
                              "default: ScoringSettings' for the device")
+    parser.add_argument("--pipeline-rows", type=int, default=None,
+                        help="texts per tokenize-and-launch group; 0: all at once; default: ScoringSettings'")
     parser.add_argument("--engine", default="lean", choices=("lean", "keras"), help="LabelScorer's forward")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
@@ -109,17 +111,39 @@ def peak_size(device: str) -> int:
     return 8192 if device == "cuda" else 2048
 
 
-def peak_gflops(device: str, dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> dict[str, float]:
-    """Square matmul GFLOP/s per dtype, measured now, in this process."""
-    size = peak_size(device)
-    return {dtype: matmul_gflops(dtype, device, size, size, size) for dtype in dtypes}
+class Peak:
+    """Square matmul GFLOP/s per dtype, sampled at the start and again in every round; the best is kept.
+
+    One sample can land in a slow moment of a shared machine (2048^2 float32 on one thread read
+    88 to 158 GFLOP/s in runs minutes apart here), and too low a peak gives an impossible MFU
+    (over 100%) or a negative overhead. `check` refuses such a figure instead of printing it.
+    """
+
+    def __init__(self, device: str, dtypes: tuple[str, ...]):
+        self.device, self.size = device, peak_size(device)
+        self.gflops = {dtype: 0.0 for dtype in dtypes}
+        self.sample(seconds=1.0)
+
+    def sample(self, seconds: float = 0.3) -> None:
+        for dtype, best in self.gflops.items():
+            self.gflops[dtype] = max(best, matmul_gflops(dtype, self.device, self.size, self.size, self.size, seconds))
+
+    def __getitem__(self, dtype: str) -> float:
+        return self.gflops[dtype]
+
+    @staticmethod
+    def check(what: str, utilisation: float) -> None:
+        if utilisation > 1:
+            raise SystemExit(f"{what} is {utilisation:.0%} of the measured peak: the peak was under-measured "
+                             "(a busy machine?); rerun on a quiet one")
 
 
 def scoring_settings(args, **overrides):
     """The ScoringSettings the flags ask for (max_length 128: every method sees the same rows)."""
     from agile.scoring import ScoringSettings
 
-    values = dict(max_length=128, batch_size=args.batch_size, token_budget=args.token_budget, engine=args.engine)
+    values = dict(max_length=128, batch_size=args.batch_size, token_budget=args.token_budget, engine=args.engine,
+                  pipeline_rows=args.pipeline_rows)
     return ScoringSettings(**{**values, **overrides})
 
 

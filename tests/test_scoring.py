@@ -141,3 +141,32 @@ def test_threaded_tokenizing_gives_the_same_rows(tiny_model, ethos_comments):
     one = PromptTokenizer.from_model(tiny_model, threads=1).encode_prompts(TEMPLATE, texts, TINY_MAX_LENGTH)
     many = PromptTokenizer.from_model(tiny_model, threads=2).encode_prompts(TEMPLATE, texts, TINY_MAX_LENGTH)
     assert one[0] == many[0] and (one[1] == many[1]).all()
+
+
+@pytest.mark.parametrize("engine", ["lean", "keras"])
+@pytest.mark.parametrize("group", [1, 5, 7])
+def test_texts_in_pipeline_groups_score_as_one_call(tiny_model, ethos_comments, engine, group):
+    """Tokenized and launched group by group (the CUDA default), every row still comes back in place."""
+    texts = [*mixed_texts(ethos_comments), "", "word " * 600, ":)"]  # one empty, one cut to max_length
+    whole = LabelScorer(tiny_model, TEMPLATE, ScoringSettings(128, 4, engine=engine, pipeline_rows=0))
+    grouped = LabelScorer(tiny_model, TEMPLATE, ScoringSettings(128, 4, engine=engine, pipeline_rows=group))
+    seen = []
+    encode = grouped.encode
+    grouped.encode = lambda chunk: seen.append(len(chunk)) or encode(chunk)
+    got, base = grouped.score(texts), whole.score(texts)
+    assert seen == [group] * (len(texts) // group) + ([len(texts) % group] if len(texts) % group else [])
+    assert got.truncated.tolist() == base.truncated.tolist() and got.truncated[-2]
+    assert got.n_tokens.tolist() == base.n_tokens.tolist()
+    np.testing.assert_allclose(got.probs, base.probs, atol=1e-6)
+    ref = predict_proba_one_at_a_time(tiny_model, TEMPLATE, texts[:-2], grouped.label_ids)  # rows before the cut one
+    np.testing.assert_allclose(got.probs[:-2], ref, atol=1e-5)
+
+
+def test_no_texts_score_to_no_rows(tiny_model):
+    scores = LabelScorer(tiny_model, TEMPLATE, ScoringSettings(pipeline_rows=3)).score([])
+    assert scores.probs.shape == (0, 2) and len(scores.truncated) == len(scores.n_tokens) == 0
+
+
+def test_negative_pipeline_rows_are_refused():
+    with pytest.raises(ValueError, match="pipeline_rows"):
+        ScoringSettings(pipeline_rows=-1)
