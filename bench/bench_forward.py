@@ -9,6 +9,10 @@ the rest ("overhead") beside it, and max |Δ logit| between the engines.
     python bench/bench_forward.py --threads 1 --repeats 15
     python bench/bench_forward.py --threads 1 --repeats 7 --compile   # + torch.compile of the lean forward
 
+"matmuls only" runs just the forward's linear matmuls at each shape, over the same weights in
+place (random activations): lean minus it is the time outside the BLAS (norms, RoPE, attention,
+Python), and it minus the time at peak is what the BLAS itself loses at that shape.
+
 With `--compile` a third engine, `torch.compile(lean.label_logits)` (inductor, static shapes:
 one compile per shape), runs beside the two; its compile time and max |Δ logit| against the
 eager lean forward are reported (the issue's parity bar is 1e-5 in float32).
@@ -36,7 +40,7 @@ def main() -> None:
     import torch
 
     from agile.forward import label_logits
-    from agile.lean import LeanForward
+    from agile.lean import LeanForward, _project_heads
     from agile.models import load_model
 
     peak = common.Peak(args.device, (args.dtype,))
@@ -46,6 +50,26 @@ def main() -> None:
     labels = [236743, 236799]
     engines = {"keras": lambda ids, mask: label_logits(model, ids, mask, labels),
                "lean": lambda ids, mask: lean.label_logits(ids, mask, labels)}
+
+    activations: dict[tuple, dict[int, torch.Tensor]] = {}
+
+    def matmuls_only(ids, mask):
+        """The lean forward's linear matmuls alone, at its shapes, over the blocks' own kernels."""
+        first = lean.blocks[0]
+        widths = {model.backbone.hidden_dim, first.ffw_linear.kernel.shape[0],
+                  first.attention.num_query_heads * first.attention.head_dim}
+        x = activations.setdefault(ids.shape, {w: torch.randn(*ids.shape, w, dtype=lean.dtype, device=args.device)
+                                               for w in widths})
+        for block in lean.blocks:
+            a, h = block.attention, x[model.backbone.hidden_dim]
+            for dense in (a.query_dense, a.key_dense, a.value_dense):
+                _project_heads(h, dense.kernel.value)
+            out = a.output_dense.kernel.value.reshape(-1, model.backbone.hidden_dim)
+            x[out.shape[0]] @ out
+            h @ block.gating_ffw.kernel.value, h @ block.gating_ffw_2.kernel.value
+            x[block.ffw_linear.kernel.shape[0]] @ block.ffw_linear.kernel.value
+
+    engines["matmuls only"] = matmuls_only
     if args.compile:
         compiled = torch.compile(lean.label_logits, dynamic=False)
         engines["compiled"] = lambda ids, mask: compiled(ids, mask, labels)
@@ -93,6 +117,9 @@ def main() -> None:
         k, le = (results[f"{shape[0]}x{shape[1]}-{e}"] for e in ("keras", "lean"))
         print(f"{shape[0]} x {shape[1]}: lean {k['median_ms'] / le['median_ms']:.2f}x faster, overhead "
               f"{le['overhead_ms'] / k['overhead_ms']:.2f} of keras-hub's")
+        mm = results[f"{shape[0]}x{shape[1]}-matmuls only"]
+        print(f"{shape[0]} x {shape[1]}: of lean's overhead, {mm['overhead_ms']:.1f} ms is the BLAS short of its peak "
+              f"at these shapes, {le['median_ms'] - mm['median_ms']:.1f} ms is outside the matmuls")
         if args.compile:
             c = results[f"{shape[0]}x{shape[1]}-compiled"]
             print(f"{shape[0]} x {shape[1]}: compiled {le['median_ms'] / c['median_ms']:.2f}x faster than lean, "
