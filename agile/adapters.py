@@ -29,7 +29,10 @@ from agile.prompt import PromptTemplate
 META_FILE = "adapter.json"
 WEIGHTS_FILE = "lora.safetensors"
 FORMAT_VERSION = 1
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "adapters"
+_PACKAGE = Path(__file__).resolve().parent
+# The shipped adapters: `agile/shipped/` in an installed wheel (pyproject maps `adapters/` there),
+# the checkout's `adapters/` in a source tree or an editable install.
+SHIPPED_DIR = _PACKAGE / "shipped" if (_PACKAGE / "shipped").is_dir() else _PACKAGE.parent / "adapters"
 
 
 class AdapterError(ValueError):
@@ -153,7 +156,7 @@ def load_adapter(path: str | Path) -> Adapter:
 
 
 def adapter_dirs(extra: str | None = None) -> list[Path]:
-    """The shipped `adapters/` plus the directories on AGILE_ADAPTER_PATH (or `extra`)."""
+    """The shipped adapters (SHIPPED_DIR) plus the directories on AGILE_ADAPTER_PATH (or `extra`)."""
     spec = extra if extra is not None else os.environ.get("AGILE_ADAPTER_PATH", "")
     return [SHIPPED_DIR] + [Path(p).expanduser().resolve() for p in spec.split(os.pathsep) if p]
 

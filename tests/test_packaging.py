@@ -9,7 +9,8 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("pyproject.toml", "README.md", "requirements.txt", "agile", "cli", "producer", "serve", "trainer", "worker")
+SOURCES = ("pyproject.toml", "README.md", "requirements.txt", "agile", "cli", "producer", "serve", "trainer", "worker",
+           "adapters")
 
 
 def test_the_wheel_installs_agile_alone(tmp_path):
@@ -31,3 +32,18 @@ def test_the_wheel_installs_agile_alone(tmp_path):
         assert module in names, module
     entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "agile = agile.cli.main:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    shipped = sorted(p.name for p in (ROOT / "adapters").iterdir() if (p / "adapter.json").is_file())
+    assert shipped, "no shipped adapters in the checkout"
+    for name in shipped:  # what serving needs, not the reports
+        assert f"agile/shipped/{name}/adapter.json" in names and f"agile/shipped/{name}/lora.safetensors" in names
+    assert not [n for n in names if "/report/" in n]
+
+    # Installed from the wheel, away from the checkout, `ethos-hate` resolves inside the install.
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); from agile.adapters import resolve_adapter; "
+             f"print(*(resolve_adapter(n) for n in {shipped!r}))")
+    out = subprocess.run([sys.executable, "-c", probe, str(site)], cwd=tmp_path, check=True, capture_output=True,
+                         text=True).stdout.split()
+    assert out == [str((site / "agile" / "shipped" / n).resolve()) for n in shipped], out
