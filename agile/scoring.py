@@ -185,12 +185,15 @@ class LabelScorer:
             self._lean = LeanForward(self.model.backbone)
         return self._lean
 
-    def score(self, texts: Sequence[str]) -> Scores:
-        device = self._device()
+    def group_size(self, n: int) -> int:
+        """Texts per tokenize-and-launch group in a call of `n` texts (all of them when grouping is off)."""
         step = self.settings.pipeline_rows
         if step is None:
-            step = DEFAULT_PIPELINE_ROWS.get(device.type, 0)
-        step = step or max(len(texts), 1)
+            step = DEFAULT_PIPELINE_ROWS.get(self._device().type, 0)
+        return step or max(n, 1)
+
+    def score(self, texts: Sequence[str]) -> Scores:
+        device, step = self._device(), self.group_size(len(texts))
         lean, backbone = self._engine(), self.model.backbone
         caches, chunks, order, truncated, lengths = None, [], [], [], []
         with torch.inference_mode():

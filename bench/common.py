@@ -150,15 +150,22 @@ def scoring_settings(args, **overrides):
 def computed_positions(scorer, rows) -> dict[str, int]:
     """Positions the scorer's forward passes compute for `rows` (padding included, the shared prefix once).
 
-    `saved` is what reusing the prefix spares: its tokens in every row that reuses it, less
-    the one pass that computes it.
+    Rows are planned group by group, as `LabelScorer.score` takes them. `saved` is what reusing
+    the prefix spares: its tokens in every row that reuses it, less the one pass that computes it.
     """
-    prefix, passes = scorer.plan(rows)
-    widths = [max(len(rows[i]) - len(prefix) * reuse for i in idx) for reuse, idx in passes]
-    reused = sum(len(idx) for reuse, idx in passes if reuse)
-    run = sum(len(idx) * w for (_, idx), w in zip(passes, widths, strict=True)) + (len(prefix) if reused else 0)
+    step = scorer.group_size(len(rows))
+    run = reused = n_passes = 0
+    for start in range(0, len(rows), step):
+        group = rows[start : start + step]
+        prefix, passes = scorer.plan(group)
+        widths = [max(len(group[i]) - len(prefix) * reuse for i in idx) for reuse, idx in passes]
+        reused += sum(len(idx) for reuse, idx in passes if reuse)
+        run += sum(len(idx) * w for (_, idx), w in zip(passes, widths, strict=True))
+        n_passes += len(passes)
+    prefix = scorer.shared_prefix() if scorer.settings.reuse_prefix else []
+    run += len(prefix) if reused else 0
     return {"computed": run, "saved": len(prefix) * reused - (len(prefix) if reused else 0),
-            "passes": len(passes), "prefix": len(prefix)}
+            "passes": n_passes, "prefix": len(prefix)}
 
 
 def non_embedding_params(model) -> int:
