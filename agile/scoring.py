@@ -45,7 +45,8 @@ DEFAULT_TOKEN_BUDGET = {"cpu": 0, "cuda": 16384}
 DEFAULT_BATCH_ROWS = {"cpu": 16, "cuda": 512}
 # Texts tokenized and launched together. On CUDA a launch returns at once, so the host tokenizes
 # group k+1 while the device runs group k; 0 takes the whole call at once (the best length sort),
-# the CPU default, where nothing runs beside the host. 256 is unmeasured on a GPU (bench_gpu.sh).
+# the CPU default, where nothing runs beside the host. A group also bounds a pass (256 ETHOS-length
+# rows are ~11k positions, under the 16k budget). 256 is unmeasured on a GPU (bench_gpu.sh).
 DEFAULT_PIPELINE_ROWS = {"cpu": 0, "cuda": 256}
 __all__ = ["LabelScorer", "Scores", "ScoringSettings", "label_logits", "micro_batches", "pad_batch"]
 
