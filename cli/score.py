@@ -49,7 +49,6 @@ def _adapter_policy(name: str, max_length: int | None):
 
 def _policy(args: argparse.Namespace):
     """The policy to score with (its adapter loaded), from --adapter or the zero-shot flags."""
-    from agile.adapters import AdapterError
     from agile.policy import Policy
     from agile.prompt import PromptTemplate
 
@@ -61,9 +60,22 @@ def _policy(args: argparse.Namespace):
     template = PromptTemplate(
         labels, args.instructions or DEFAULT_INSTRUCTIONS, args.separator or DEFAULT_SEPARATOR
     )
-    if args.input is None and not args.texts:
-        raise AdapterError("nothing to score: give texts as arguments or --input FILE")
     return Policy(template).with_max_length(args.max_length)
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Something to score, and no comment file passed where texts go (it would be scored as a text)."""
+    from agile.tables import FORMATS
+
+    if args.input is None and not args.texts:
+        raise ValueError("nothing to score: give texts as arguments or --input FILE")
+    for text in args.texts:
+        try:
+            is_file = Path(text).suffix.lower()[1:] in (*FORMATS, "tsv", "json", "ndjson") and Path(text).is_file()
+        except (OSError, ValueError):  # a long or odd comment is not a path
+            is_file = False
+        if is_file:
+            raise ValueError(f"{text!r} is a file, and arguments are scored as texts: use --input {text}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
     writer = None
     try:
+        _check_inputs(args)
         if args.separator and (args.policy or args.policy_set):
             raise PolicySetError("--separator is for zero-shot scoring; an adapter brings its own")
         entries = from_args(args)
@@ -146,8 +159,6 @@ def _run_set(args: argparse.Namespace, entries) -> int:
     from agile.scoring import LabelScorer, ScoringSettings
     from agile.tables import Chunk, TableWriter, read_chunks
 
-    if args.input is None and not args.texts:
-        raise SystemExit("agile score: nothing to score: give texts as arguments or --input FILE")
     policies = {e.name: _adapter_policy(e.name, args.max_length) for e in entries}
     first = next(iter(policies.values()))
     model = load_model(args.model or first.adapter.meta.base_model, dtype=args.dtype,

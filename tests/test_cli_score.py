@@ -122,3 +122,23 @@ def test_ctrl_c_keeps_the_rows_already_scored(tiny_preset, adapter_dir, tmp_path
     assert partial["id"].tolist() == [f"{i:05d}" for i in range(len(partial))]
     assert f"the {len(partial)} rows scored before Ctrl-C are in" in err
     assert out.read_text() == "id,earlier\n1,run\n" and not list(tmp_path.glob(".o.csv*"))
+
+
+@pytest.mark.parametrize("extra", [[], ["--policy", "ethos-hate"],
+                                   ["--policy", "ethos-hate", "--policy", "ethos-race"]])
+def test_a_comment_file_given_as_a_text_is_refused(comments, tmp_path, monkeypatch, capsys, extra):
+    """`agile score dump.csv` would score the path as a comment; it is one clear error instead."""
+    monkeypatch.chdir(tmp_path)
+    code = main(["score", "comments.csv", "-o", str(tmp_path / "out.csv"), *extra])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "'comments.csv' is a file" in err and "--input comments.csv" in err
+    assert not (tmp_path / "out.csv").exists()
+    assert main(["score"]) == 2
+    assert "nothing to score" in capsys.readouterr().err
+
+
+def test_a_text_that_only_looks_like_a_file_name_is_scored(tiny_preset, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["score", "--model", str(tiny_preset), "--max-length", "256", "no-such.csv"]) == 0
+    assert capsys.readouterr().out.count("\n") == 2  # the header and one row
