@@ -22,8 +22,10 @@ import keras_hub  # noqa: E402
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2  # noqa: E402
 
 EXPECTED_PARAMS_270M = 268_098_176
-# Bump when the conversion changes: cached presets are keyed by it.
-CONVERTER_VERSION = 2
+# Bump when the conversion changes: cached presets are keyed by it. v3: layer names no longer
+# depend on what the process built before (a v2 preset converted after another Gemma had
+# `gemma3_backbone_2` and another checksum, which every shipped adapter refused).
+CONVERTER_VERSION = 3
 
 # llama.cpp token types use the same numbering as SentencePiece piece types.
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
@@ -184,10 +186,14 @@ def convert(gguf_path: str | Path, preset_dir: str | Path, dtype: str = "float32
     """Write a keras-hub preset directory for the Gemma 3 GGUF at `gguf_path`."""
     reader = gguf.GGUFReader(str(gguf_path))
     config = backbone_config(reader)
-    backbone = keras_hub.models.Gemma3Backbone(**config, dtype=dtype)
+    # Keras numbers auto-named layers per process (`dropout_2`, `rotary_embedding_2`, ...) and the
+    # names go into the saved files: start the numbering afresh, as a new process would, so equal
+    # GGUFs give equal presets (and the checksum the shipped adapters name) whatever ran before.
+    keras.backend.clear_session()
+    backbone = keras_hub.models.Gemma3Backbone(**config, dtype=dtype, name="gemma3_backbone")
     load_weights(backbone, _tensors(reader))
     tokenizer = keras_hub.models.Gemma3Tokenizer(
-        proto=sentencepiece_proto(reader), has_vision_tokens=False
+        proto=sentencepiece_proto(reader), has_vision_tokens=False, name="gemma3_tokenizer"
     )
     preset_dir = Path(preset_dir)
     backbone.save_to_preset(str(preset_dir))

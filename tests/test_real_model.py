@@ -67,3 +67,24 @@ def test_labels_are_single_tokens_and_scores_differ(real_model):
     scores = LabelScorer(real_model, TEMPLATE).score(["you look very nice today", "I hate all of you"])
     assert scores.probs.shape == (2, 2)
     assert abs(scores.probs[0, 0] - scores.probs[1, 0]) > 1e-3
+
+
+def test_a_conversion_after_other_gemma_models_is_the_shipped_adapters_base(tiny_preset, tmp_path):
+    """Keras numbers auto-named layers per process and the names go into the preset's files: a
+    conversion in a process that built a Gemma first wrote `gemma3_backbone_2`, another checksum,
+    and every shipped adapter refused the model. The conversion now names its layers itself."""
+    import json
+
+    import keras_hub
+
+    from agile.adapters import SHIPPED_DIR, load_adapter
+    from agile.models import CHECKSUM_FILE, embedded_preset
+
+    config = json.loads((tiny_preset / "config.json").read_text())["config"]
+    taken = keras_hub.models.Gemma3Backbone(**{k: v for k, v in config.items()
+                                               if k not in ("name", "trainable", "dtype")})
+    assert taken.name.startswith("gemma3_backbone")  # the default name is taken in this process
+    preset = embedded_preset(tmp_path)
+    assert json.loads((preset / "config.json").read_text())["config"]["name"] == "gemma3_backbone"
+    expected = {load_adapter(d).meta.base_checksum for d in SHIPPED_DIR.iterdir() if (d / "adapter.json").is_file()}
+    assert {json.loads((preset / CHECKSUM_FILE).read_text())["sha256"]} == expected
