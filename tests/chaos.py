@@ -29,7 +29,7 @@ class ChaosConfig:
     max_in_flight: int = 8
     workers: int = 2
     worker_kills: int = 6
-    kill_gap: tuple[float, float] = (1.0, 4.0)  # seconds between worker kills, uniform
+    kill_gap: float = 1.0  # seconds at least between two worker kills (they follow the job's progress)
     redis_persist: bool = False  # True: append-only file, as in production; False: a restart loses everything
     producer_kill_at: float = 0.3  # share of the batches sent when the first producer is killed
     redis_kill_at: float = 0.5  # share of the batches written back when Redis is killed
@@ -116,12 +116,26 @@ def run_chaos(cfg: ChaosConfig, workdir: Path, preset: Path) -> ChaosReport:
                 except redis_lib.RedisError:
                     pass
 
+        def progress() -> float:
+            found = _meta(client(), prefix)
+            return client().scard(found[0].replace(":meta", ":done")) / batches if found else 0.0
+
         def kill_workers() -> None:
-            while report.worker_kills < cfg.worker_kills and not stop.wait(rng.uniform(*cfg.kill_gap)):
-                victim = rng.choice(supervisors).workers[-1]
-                if victim.proc.poll() is None:
-                    victim.signal(9)
-                    report.worker_kills += 1
+            """Kill k comes once 3/4 * k/n of the batches are written: spread over the job's progress,
+            not the clock, so every kill lands mid-job however fast the machine is."""
+            seen, last = 0.0, 0.0
+            for k in range(1, cfg.worker_kills + 1):
+                while not stop.wait(0.1):
+                    try:
+                        seen = max(seen, progress())  # a Redis restart without persistence empties the set
+                    except redis_lib.RedisError:
+                        continue
+                    alive = [s.workers[-1] for s in supervisors if s.workers[-1].proc.poll() is None]
+                    if seen >= 0.75 * k / cfg.worker_kills and time.monotonic() - last >= cfg.kill_gap and alive:
+                        rng.choice(alive).signal(9)
+                        report.worker_kills += 1
+                        last = time.monotonic()
+                        break
 
         threads = [threading.Thread(target=f, daemon=True) for f in (sample_memory, kill_workers)]
         for t in threads:
