@@ -65,14 +65,14 @@ def _policy(args: argparse.Namespace):
 
 def _check_inputs(args: argparse.Namespace) -> None:
     """Something to score, and no comment file passed where texts go (it would be scored as a text)."""
-    from agile.tables import FORMATS
+    from agile.tables import table_format
 
     if args.input is None and not args.texts:
         raise ValueError("nothing to score: give texts as arguments or --input FILE")
     for text in args.texts:
         try:
-            is_file = Path(text).suffix.lower()[1:] in (*FORMATS, "tsv", "json", "ndjson") and Path(text).is_file()
-        except (OSError, ValueError):  # a long or odd comment is not a path
+            is_file = bool(table_format(text)) and Path(text).is_file()
+        except (OSError, ValueError):  # no comment file's suffix, or not a path at all
             is_file = False
         if is_file:
             raise ValueError(f"{text!r} is a file, and arguments are scored as texts: use --input {text}")
