@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 METHODS = ("identity", "temperature", "platt", "isotonic")
+AUTO = "auto"  # never stored: the trainer picks one of METHODS on the validation rows (trainer/calibrate.py)
 # Probabilities are clipped this far from 0 and 1 before taking their logit:
 # float32 softmax returns exactly 1.0 for confident rows.
 EPS = 1e-7

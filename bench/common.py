@@ -211,7 +211,7 @@ def machine(device: str) -> dict:
                 cpu = line.split(":", 1)[1].strip()
                 break
         flags = Path("/proc/cpuinfo").read_text()
-        isa = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
+        isa = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
     except OSError:
         isa = []
     info = {

@@ -14,6 +14,7 @@ from agile.trainer.calibrate import (
     calibrate_on_validation,
     choose_threshold,
     fit_calibration,
+    held_out_log_loss,
 )
 
 TEMPLATE = PromptTemplate(("none", "hate"))
@@ -146,3 +147,53 @@ def test_an_adapter_with_a_malformed_calibration_is_refused_when_loaded_as_a_pol
     with pytest.raises(AdapterError, match="slope a > 0") as info:
         Policy.from_adapter(load_adapter(tmp_path / "bad"))
     assert str(tmp_path / "bad") in str(info.value)
+
+
+def test_auto_takes_the_lowest_held_out_loss_and_leaves_calibrated_scores_about_as_they_are():
+    rng = np.random.default_rng(6)
+    p = rng.uniform(0.02, 0.98, 400)
+    y = (rng.uniform(size=400) < p).astype(int)  # p already means what it says
+    cal, _, summary = calibrate_on_validation(y, p, "auto", "synthetic")
+    losses = summary["chosen_by"]["log_loss"]
+    assert set(losses) == {"identity", "temperature", "platt"}
+    assert cal.method == min(losses, key=losses.get) and summary["method"] == cal.method
+    assert max(losses.values()) - min(losses.values()) < 0.01  # nothing to fix, so nothing gains much
+    grid = np.linspace(0.05, 0.95, 19)
+    assert np.abs(cal.positive(grid) - grid).max() < 0.06
+
+
+def test_auto_fits_an_overconfident_adapter_and_the_fit_holds_on_fresh_rows():
+    y_val, p_val = overconfident(300, seed=7)
+    cal, _, summary = calibrate_on_validation(y_val, p_val, "auto", "synthetic")
+    losses = summary["chosen_by"]["log_loss"]
+    assert cal.method != "identity" and losses[cal.method] < 0.7 * losses["identity"], losses
+    assert cal.rows == 300  # refitted on all the validation rows, not on one fold
+    y_test, p_test = overconfident(2000, seed=8)
+    assert expected_calibration_error(y_test, cal.positive(p_test)) < expected_calibration_error(y_test, p_test) / 2
+
+
+def test_auto_takes_platt_when_the_scores_are_also_shifted():
+    rng = np.random.default_rng(10)
+    q = rng.uniform(0.05, 0.95, 300)
+    y = (rng.uniform(size=300) < q).astype(int)
+    shifted = 1 / (1 + np.exp(-(np.log(q / (1 - q)) + 2.5)))  # says "positive" far too often: a slope cannot fix it
+    cal, _, summary = calibrate_on_validation(y, shifted, "auto", "synthetic")
+    assert cal.method == "platt" and cal.b < -1, (cal, summary["chosen_by"])
+
+
+def test_held_out_log_loss_is_out_of_fold():
+    # Scores that are pure noise: a fit on the same rows would look better than chance, held out it cannot.
+    rng = np.random.default_rng(9)
+    y, p = rng.integers(0, 2, 200), rng.uniform(0.3, 0.7, 200)
+    losses = held_out_log_loss(y, p)
+    assert all(loss.shape == (200,) and loss.mean() > np.log(2) - 0.02 for loss in losses.values()), losses
+    again = held_out_log_loss(y, p)  # seeded folds: the same choice on a rerun
+    assert all(np.array_equal(losses[m], again[m]) for m in losses)
+
+
+def test_auto_with_too_few_rows_of_a_class_stays_uncalibrated_and_says_why():
+    y, p = np.array([1, 0, 0, 0, 0, 0]), np.array([0.9, 0.2, 0.1, 0.3, 0.4, 0.6])
+    cal, _, summary = calibrate_on_validation(y, p, "auto", "tiny")
+    assert cal is IDENTITY and "too few" in summary["note"]
+    with pytest.raises(ValueError, match="at least 2 validation rows of each class"):
+        held_out_log_loss(y, p)

@@ -1,13 +1,16 @@
 """Fitting an adapter's calibration on its validation rows, choosing its threshold, and the reliability diagram.
 
 Methods (`--calibration`):
-- `platt` (default): p' = sigmoid(a * logit(p) + b), a > 0. Fitted by log loss against
+- `platt`: p' = sigmoid(a * logit(p) + b), a > 0. Fitted by log loss against
   Platt's smoothed targets ((N+ + 1) / (N+ + 2) for positives, 1 / (N- + 2) for negatives),
   so a few dozen rows whose raw scores are all 0 or 1 cannot drive it back to 0 and 1.
 - `temperature`: the same with b = 0 (one parameter: p' = sigmoid(logit(p) / T)).
 - `isotonic` (scikit-learn): a monotone step fit, only with at least ISOTONIC_MIN_ROWS
   validation rows; with fewer it overfits, so it is refused.
 - `identity`: none (the adapter serves its raw probabilities).
+- `auto` (default): whichever of identity, temperature and platt has the lowest log loss on
+  held-out folds of the validation rows (each fitted on the other folds), then fitted on them
+  all. A fit on 70 rows can make an already calibrated adapter worse; this asks the rows first.
 
 The threshold rule (docs/TRAINING.md): flag when the calibrated p(positive) reaches the
 cut-off with the best F1 on the validation rows (midway between adjacent scores; the
@@ -22,13 +25,15 @@ import numpy as np
 from scipy.optimize import minimize
 from sklearn import metrics as skm
 
-from agile.calibration import IDENTITY, METHODS, Calibration, expected_calibration_error, logit, sigmoid
+from agile.calibration import AUTO, EPS, IDENTITY, METHODS, Calibration, expected_calibration_error, logit, sigmoid
 from agile.policy import Policy
 from agile.prompt import PromptTemplate
 from agile.trainer.data import Examples
 from agile.trainer.evaluate import binary_metrics, binary_truth
 
 ISOTONIC_MIN_ROWS = 1000
+AUTO_CANDIDATES = ("identity", "temperature", "platt")  # simplest first: a tie keeps the simpler
+AUTO_FOLDS = 5
 BINS = 10  # equal-width bins for the ECE and the reliability diagram
 
 
@@ -78,6 +83,49 @@ def fit_calibration(y_true, p, method: str = "platt", fitted_on: str = "") -> Ca
     return Calibration(method, a=a, b=b, fitted_on=fitted_on, rows=len(y))
 
 
+def log_loss(y_true, p) -> float:
+    """Mean log loss of p(positive) against 0/1 truth, p clipped as `logit` clips it."""
+    y, p = np.asarray(y_true, dtype=np.float64), np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
+def row_log_loss(y_true, p) -> np.ndarray:
+    """Each row's log loss of p(positive) against 0/1 truth, p clipped as `logit` clips it."""
+    y, p = np.asarray(y_true, dtype=np.float64), np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+    return -(y * np.log(p) + (1 - y) * np.log1p(-p))
+
+
+def held_out_log_loss(y_true, p, folds: int = AUTO_FOLDS, seed: int = 0) -> dict[str, np.ndarray]:
+    """Per candidate method: each row's log loss when the method is fitted on the other folds.
+
+    Folds are stratified, at most one per row of the rarer class, so every fit sees both classes.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    y, p = np.asarray(y_true, dtype=np.int64), np.asarray(p, dtype=np.float64)
+    counts = np.bincount(y, minlength=2)
+    if counts.min() < 2:
+        raise ValueError(f"choosing a calibration needs at least 2 validation rows of each class, got "
+                         f"{counts.tolist()}")
+    served = {m: np.empty(len(y)) for m in AUTO_CANDIDATES}
+    for fit_rows, held in StratifiedKFold(min(folds, int(counts.min())), shuffle=True,
+                                          random_state=seed).split(p, y):
+        for m in AUTO_CANDIDATES:
+            served[m][held] = fit_calibration(y[fit_rows], p[fit_rows], m).positive(p[held])
+    return {m: row_log_loss(y, served[m]) for m in AUTO_CANDIDATES}
+
+
+def choose_calibration(y_true, p, fitted_on: str = "") -> tuple[Calibration, dict]:
+    """(the calibration `auto` picks, why): the lowest mean held-out log loss, refitted on all the rows.
+
+    On a tie the simpler method is kept.
+    """
+    losses = {m: round(float(loss.mean()), 6) for m, loss in held_out_log_loss(y_true, p).items()}
+    chosen = min(AUTO_CANDIDATES, key=lambda m: (losses[m], AUTO_CANDIDATES.index(m)))
+    why = {"rule": f"lowest log loss on {AUTO_FOLDS}-fold held-out validation rows", "log_loss": losses}
+    return fit_calibration(y_true, p, chosen, fitted_on), why
+
+
 def calibration_errors(y_true, raw, calibrated) -> dict:
     """ECE and Brier score of p(positive) before and after calibration, on one set of rows."""
     y = np.asarray(y_true, dtype=np.float64)
@@ -97,8 +145,13 @@ def calibrate_on_validation(y_val, raw_val, method: str, fitted_on: str,
     A validation set with one class cannot fit anything: the adapter stays uncalibrated
     and the summary says why.
     """
+    chosen_by = None
     if len(np.unique(y_val)) < 2 and method != "identity":
         calibration, why = IDENTITY, "validation rows hold one class only: nothing to fit"
+    elif method == AUTO and np.bincount(np.asarray(y_val, dtype=np.int64), minlength=2).min() < 2:
+        calibration, why = IDENTITY, "one validation row of a class: too few to choose a calibration by"
+    elif method == AUTO:
+        (calibration, chosen_by), why = choose_calibration(y_val, raw_val, fitted_on), None
     else:
         calibration, why = fit_calibration(y_val, raw_val, method, fitted_on), None
     served = calibration.positive(raw_val)
@@ -107,6 +160,8 @@ def calibrate_on_validation(y_val, raw_val, method: str, fitted_on: str,
         threshold = choose_threshold(y_val, served)
     summary = {"method": calibration.method, "threshold_rule": how, "bins": BINS,
                "validation": calibration_errors(y_val, raw_val, served)}
+    if chosen_by:
+        summary["chosen_by"] = chosen_by
     if why:
         summary["note"] = why
     return calibration, threshold, summary

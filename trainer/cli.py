@@ -46,11 +46,12 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_calibration_args(p: argparse.ArgumentParser) -> None:
-    from agile.calibration import METHODS
+    from agile.calibration import AUTO, METHODS
 
-    p.add_argument("--calibration", choices=METHODS, default="platt",
-                   help="how p(positive label) is calibrated on the validation rows (default: platt; "
-                   "isotonic needs 1000+ validation rows; identity = none)")
+    p.add_argument("--calibration", choices=(AUTO, *METHODS), default=AUTO,
+                   help="how p(positive label) is calibrated on the validation rows (default: auto, the one "
+                   "of identity/temperature/platt with the lowest held-out log loss on them; isotonic needs "
+                   "1000+ validation rows; identity = none)")
 
 
 def _add_settings_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
@@ -246,29 +247,16 @@ def cmd_calibrate(args) -> int:
     from agile.models import load_model
     from agile.scoring import LabelScorer, ScoringSettings
     from agile.trainer.calibrate import served_policy
-    from agile.trainer.data import is_builtin, load_examples, validation_split
+    from agile.trainer.data import recorded_splits
     from agile.trainer.evaluate import binary_truth, check_writable, held_out_metrics, score_examples, write_report
 
     adapter = load_adapter(args.adapter)
-    meta, recorded = adapter.meta, adapter.meta.settings
-    spec = args.data or recorded.get("data_spec")
-    if not spec:
-        raise ValueError(f"{adapter.path}: adapter.json does not record its training data; name it with --data")
-    if not recorded.get("validation_fraction"):
-        raise ValueError(f"{adapter.path}: trained without a validation split (--validation-fraction 0), so no "
-                         "held-out training rows are left to fit a calibration on")
-    columns = {"text_column": args.text_column or recorded.get("text_column", "text"),
-               "label_column": args.label_column or recorded.get("label_column", "label")}
-    examples = load_examples(spec, tuple(meta.labels), "train", **columns)
-    if examples.checksum() != meta.data_checksum:
-        raise ValueError(f"{spec}: not the rows {adapter.path} was trained on (the data checksum differs)")
-    _, validation = validation_split(examples, recorded["validation_fraction"], recorded["validation_seed"])
-    test_spec = args.test or recorded.get("test_spec") or (spec if is_builtin(spec) else None)
+    meta = adapter.meta
     if args.report:
         check_writable(Path(args.report))
-        if not test_spec:
-            raise ValueError("--report scores a test split: name it with --test")
-    test = load_examples(test_spec, tuple(meta.labels), "test", **columns) if test_spec else None
+    validation, test = recorded_splits(adapter, args.data, args.test, args.text_column, args.label_column)
+    if args.report and test is None:
+        raise ValueError("--report scores a test split: name it with --test")
 
     model = load_model(args.model or meta.base_model, sequence_length=meta.max_length)
     apply_adapter(model, adapter)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from agile.adapters import Adapter
 from agile.prompt import DEFAULT_LABELS
 from agile.tables import TableError, sniff_delimiter, table_format
 
@@ -232,3 +233,28 @@ def load_examples(
         train, test = ethos_attribute_split(attribute, labels=labels) if attribute else ethos_split(labels=labels)
         return train if part == "train" else test
     return load_table(spec, labels=labels, **table_args)
+
+
+def recorded_splits(adapter: Adapter, data: str | None = None, test: str | None = None, text_column: str | None = None,
+                    label_column: str | None = None) -> tuple[Examples, Examples | None]:
+    """(validation, test or None): an adapter's own held-out rows, rebuilt from what adapter.json records.
+
+    The training rows must match the recorded checksum, so a calibration is never fitted on other
+    rows; arguments override what is recorded (adapters written before it was).
+    """
+    meta, recorded = adapter.meta, adapter.meta.settings
+    spec = data or recorded.get("data_spec")
+    if not spec:
+        raise ValueError(f"{adapter.path}: adapter.json does not record its training data; name it with --data")
+    if not recorded.get("validation_fraction"):
+        raise ValueError(f"{adapter.path}: trained without a validation split (--validation-fraction 0), so no "
+                         "held-out training rows are left to fit a calibration on")
+    columns = {"text_column": text_column or recorded.get("text_column", "text"),
+               "label_column": label_column or recorded.get("label_column", "label")}
+    examples = load_examples(spec, tuple(meta.labels), "train", **columns)
+    if examples.checksum() != meta.data_checksum:
+        raise ValueError(f"{spec}: not the rows {adapter.path} was trained on (the data checksum differs)")
+    _, validation = validation_split(examples, recorded["validation_fraction"], recorded["validation_seed"])
+    test_spec = test or recorded.get("test_spec") or (spec if is_builtin(spec) else None)
+    held_out = load_examples(test_spec, tuple(meta.labels), "test", **columns) if test_spec else None
+    return validation, held_out
