@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -101,7 +102,25 @@ def embedded_preset(home: Path | None = None) -> Path:
             os.replace(work / "preset", preset)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        prune_outdated(preset.parent, CONVERTER_VERSION)
     return preset
+
+
+def prune_outdated(presets: Path, version: int) -> list[Path]:
+    """Remove conversions of the embedded model by converters older than `version` (~1 GB each).
+
+    An upgrade converts again into a new directory; without this the old ones stayed forever.
+    Newer versions (another install sharing the cache) and other presets are left alone.
+    """
+    removed = []
+    for old in sorted(presets.glob("gemma3_270m-*-v*")):
+        found = re.fullmatch(r"gemma3_270m-[0-9a-f]+-v(\d+)", old.name)
+        if old.is_dir() and found and int(found.group(1)) < version:
+            size = sum(f.stat().st_size for f in old.rglob("*") if f.is_file())
+            shutil.rmtree(old, ignore_errors=True)
+            log.warning("removed %s, an older conversion of the embedded model (%.0f MB)", old, size / 1e6)
+            removed.append(old)
+    return removed
 
 
 def _verified(preset: Path) -> bool:

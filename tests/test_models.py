@@ -87,3 +87,18 @@ def test_checksum_ignores_the_save_date(tiny_preset, tmp_path):
     meta["date_saved"] = "1999-01-01@00:00:00"
     (copy / "metadata.json").write_text(json.dumps(meta))
     assert preset_checksum(copy) == preset_checksum(tiny_preset)
+
+
+def test_older_conversions_of_the_embedded_model_are_removed_and_nothing_else(tmp_path, caplog):
+    from agile.models import prune_outdated
+
+    presets = tmp_path / "presets"
+    names = ("gemma3_270m-a5fd3b62230a-v1", "gemma3_270m-a5fd3b62230a-v2", "gemma3_270m-a5fd3b62230a-v3",
+             "gemma3_270m-a5fd3b62230a-v12", "gemma3_270m-mine", "my-finetune-v1")
+    for name in names:
+        (presets / name).mkdir(parents=True)
+        (presets / name / "model.weights.h5").write_bytes(b"x" * 1000)
+    removed = prune_outdated(presets, version=3)
+    assert sorted(p.name for p in removed) == ["gemma3_270m-a5fd3b62230a-v1", "gemma3_270m-a5fd3b62230a-v2"]
+    assert sorted(p.name for p in presets.iterdir()) == sorted(names[2:])  # v12 is newer, not older
+    assert "older conversion of the embedded model" in caplog.text

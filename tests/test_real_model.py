@@ -78,13 +78,18 @@ def test_a_conversion_after_other_gemma_models_is_the_shipped_adapters_base(tiny
     import keras_hub
 
     from agile.adapters import SHIPPED_DIR, load_adapter
+    from agile.gguf_convert import CONVERTER_VERSION
     from agile.models import CHECKSUM_FILE, embedded_preset
 
     config = json.loads((tiny_preset / "config.json").read_text())["config"]
     taken = keras_hub.models.Gemma3Backbone(**{k: v for k, v in config.items()
                                                if k not in ("name", "trainable", "dtype")})
     assert taken.name.startswith("gemma3_backbone")  # the default name is taken in this process
+    stale = tmp_path / "presets" / "gemma3_270m-a5fd3b62230a-v2"  # what an upgrade leaves behind
+    stale.mkdir(parents=True)
+    (stale / "model.weights.h5").write_bytes(b"old")
     preset = embedded_preset(tmp_path)
+    assert not stale.exists() and preset.name.endswith(f"-v{CONVERTER_VERSION}")
     assert json.loads((preset / "config.json").read_text())["config"]["name"] == "gemma3_backbone"
     expected = {load_adapter(d).meta.base_checksum for d in SHIPPED_DIR.iterdir() if (d / "adapter.json").is_file()}
     assert {json.loads((preset / CHECKSUM_FILE).read_text())["sha256"]} == expected
