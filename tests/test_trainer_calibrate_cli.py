@@ -84,6 +84,7 @@ def test_an_old_adapter_serves_raw_scores_and_can_be_calibrated_without_retraini
     table = str(trained / "train.csv")
     assert main(["calibrate", "--adapter", str(old), "--data", table, *COLUMNS, "--test",
                  str(trained / "test.csv"), "--report", str(trained / "old-report")]) == 0
+    assert "calibration auto: held-out validation log loss identity " in capsys.readouterr().out
     again = load_adapter(old)
     policy = Policy.from_adapter(again)
     fresh = json.loads((trained / "policy" / "adapter.json").read_text())

@@ -181,6 +181,9 @@ def served_policy(template: PromptTemplate, name: str, positive_label: str, max_
     policy = Policy(template, name, positive_label, threshold, max_length, calibration=calibration)
     metrics["validation"] = binary_metrics(y_val, policy.calibrated(probs)[:, positive], threshold)
     errors = metrics["calibration"]["validation"]
+    if "chosen_by" in metrics["calibration"]:
+        losses = ", ".join(f"{m} {v:.4f}" for m, v in metrics["calibration"]["chosen_by"]["log_loss"].items())
+        print(f"calibration auto: held-out validation log loss {losses}")
     print(f"calibration {calibration.method} (a={calibration.a:.4g}, b={calibration.b:.4g}): validation ECE "
           f"{errors['ece_before']:.4f} -> {errors['ece_after']:.4f}; threshold {threshold:.4f} "
           f"({metrics['calibration']['threshold_rule']}); validation F1 {metrics['validation']['f1']:.4f}, "
