@@ -187,6 +187,11 @@ class LabelScorer:
             self._lean = LeanForward(self.model.backbone)
         return self._lean
 
+    @property
+    def uses_lean(self) -> bool:
+        """Whether passes run the lean forward now (the benches count its FLOPs by it)."""
+        return self._engine() is not None
+
     def group_size(self, n: int) -> int:
         """Texts per tokenize-and-launch group in a call of `n` texts (all of them when grouping is off)."""
         step = self.settings.pipeline_rows

@@ -59,8 +59,7 @@ def main() -> None:
                                        warmup=lambda scorer=scorer: scorer.score(comments[: args.batch_size]))
         tokens = int(scores.n_tokens.sum())
         # positions actually computed (padding in, the shared prefix once): MFU cannot pass 100%
-        flops = 2 * common.non_embedding_params(model) * common.computed_positions(
-            scorer, scorer.encode(comments)[0])["computed"]
+        flops = common.scorer_flops(scorer, scorer.encode(comments)[0])
         # mixed_bfloat16 computes in bfloat16, so its ceiling is the bfloat16 one.
         ceiling = peak["float32" if dtype == "float32" else "bfloat16"]  # float16 runs at the bf16 rate
         probs[dtype] = scores.probs

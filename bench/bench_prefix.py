@@ -46,11 +46,10 @@ def main() -> None:
                                    warmup=lambda s=scorer: s.score(comments[: args.batch_size]))
     (t_full, full), (t_cached, cached) = runs[False], runs[True]
 
-    flop_per_token = 2 * common.non_embedding_params(model)
     table = [
-        ["whole prompts", args.n / t_full, t_full, full_pos, flop_per_token * full_pos / 1e9, 1.0],
+        ["whole prompts", args.n / t_full, t_full, full_pos, common.scorer_flops(scorers[False], rows) / 1e9, 1.0],
         [f"shared prefix reused ({plen} tokens)", args.n / t_cached, t_cached, cached_pos,
-         flop_per_token * cached_pos / 1e9, t_full / t_cached],
+         common.scorer_flops(scorers[True], rows) / 1e9, t_full / t_cached],
     ]
     dp = float(np.abs(full.probs - cached.probs).max())
     print(f"\n{args.n} ETHOS comments, mean {lengths.mean():.1f} tokens, shared prefix {plen} tokens "

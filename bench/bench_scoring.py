@@ -11,10 +11,11 @@ prompt, at most 128 tokens) in the same batches: (c) takes exactly the row group
 then timed `--repeats` times (default 3) interleaved b, b', c, b, b', c, ...; the median
 is reported. (a) is timed once (it is the slow baseline, not part of the ratio).
 
-MFU = 2 x non-embedding params x positions actually computed (padding included, the
-shared prefix once) / time / peak, where peak is a dense matmul of the same dtype
-measured at the start of this run: it cannot exceed 100%. The positions prefix reuse
-spares are reported beside it ("saved"), never counted as computed.
+MFU = linear FLOPs actually computed (each method's own: positions with padding, the
+shared prefix once, and for the lean forward its last layer's queries, output and FFN
+at each row's last position only; `agile.lean.linear_flops`) / time / peak, where peak
+is a dense matmul of the same dtype measured in this run: it cannot exceed 100%. The
+positions prefix reuse spares are reported beside it ("saved"), never counted as computed.
 
     python bench/bench_scoring.py --n 256 --threads 1          # the issue's table
     python bench/bench_scoring.py --n 64 --skip-hf --skip-codelab
@@ -42,6 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     common.setup(args.device, args.threads)
 
+    from agile.lean import linear_flops
     from agile.models import load_model
     from agile.prompt import PromptTemplate
     from agile.reference import predict_proba_one_at_a_time
@@ -62,7 +64,6 @@ def main() -> None:
     rows, truncated = scorer.encode(comments)
     lengths = np.array([len(r) for r in rows])
     real_tokens = int(lengths.sum())
-    flop_per_token = 2 * common.non_embedding_params(model)
     _, passes = scorer.plan(rows)
     groups = [idx for _, idx in passes]
     ours = common.computed_positions(scorer, rows)
@@ -73,6 +74,11 @@ def main() -> None:
               "b'": "(b') ours through keras-hub's layers",
               "c": "(c) HF transformers: same batches, left pad, logits_to_keep=1"}
     positions = {"a": {"computed": 128 * args.n, "saved": 0}, "b": ours, "b'": ours, "c": whole}
+    # (a), (b') and (c) run every layer at every position; (b)'s lean forward not its last layer's
+    # queries, output and FFN (only each row's last position needs them).
+    full = {key: linear_flops(model.backbone, pos["computed"], args.n, lean=False) for key, pos in positions.items()}
+    flops = {**full, "b": common.scorer_flops(scorer, rows)}
+    flop_per_position = linear_flops(model.backbone, 1, 1, lean=False)
     runs: dict[str, list[float]] = {}
     probs: dict[str, np.ndarray] = {}
 
@@ -111,10 +117,10 @@ def main() -> None:
             "comments_per_s": args.n / seconds, "real_tokens_per_s": real_tokens / seconds,
             "positions_computed": pos["computed"], "positions_saved_by_prefix": pos["saved"],
             "padding_efficiency": real_tokens / (pos["computed"] + pos["saved"]),
-            "mfu": flop_per_token * pos["computed"] / seconds / (peak[args.dtype] * 1e9),
-            "mfu_vs_bf16_peak": (flop_per_token * pos["computed"] / seconds / (peak["bfloat16"] * 1e9)
-                                 if "bfloat16" in peak else None),
-            "gflop_saved_by_prefix": flop_per_token * pos["saved"] / 1e9,
+            "linear_gflop": flops[key] / 1e9,
+            "mfu": flops[key] / seconds / (peak[args.dtype] * 1e9),
+            "mfu_vs_bf16_peak": (flops[key] / seconds / (peak["bfloat16"] * 1e9) if "bfloat16" in peak else None),
+            "gflop_saved_by_prefix": flop_per_position * pos["saved"] / 1e9,
         }
         common.Peak.check(f"the MFU of {labels[key]}", results[key]["mfu"])
 
@@ -149,7 +155,7 @@ def main() -> None:
     common.write_result(name, {
         "n": args.n, "batch_size": args.batch_size, "token_budget": args.token_budget, "engine": args.engine,
         "dtype": args.dtype, "repeats": args.repeats, "real_tokens": real_tokens,
-        "mean_tokens": float(lengths.mean()), "peak_gflops": peak, "flop_per_token": flop_per_token,
+        "mean_tokens": float(lengths.mean()), "peak_gflops": peak, "flop_per_position": flop_per_position,
         "results": results, "ratios": ratios, "deltas": deltas, "load_s": {"ours": load_s, "hf": hf_load_s},
         "peak_rss_mb_end": common.peak_rss_mb(),
     }, args.device)

@@ -168,10 +168,15 @@ def computed_positions(scorer, rows) -> dict[str, int]:
             "passes": n_passes, "prefix": len(prefix)}
 
 
-def non_embedding_params(model) -> int:
-    """Parameters every token passes through (the embedding lookup costs no FLOPs)."""
-    backbone = model.backbone
-    return backbone.count_params() - int(backbone.token_embedding.embeddings.numpy().size)
+def scorer_flops(scorer, rows, positions: int | None = None) -> int:
+    """Linear FLOPs of the passes `scorer` runs over `rows` (the positions `computed_positions`
+    counts, or `positions`): the lean forward runs most of its last layer at each row's last
+    position only, keras-hub's forward everywhere (`agile.lean.linear_flops`)."""
+    from agile.lean import linear_flops
+
+    if positions is None:
+        positions = computed_positions(scorer, rows)["computed"]
+    return linear_flops(scorer.model.backbone, positions, len(rows), lean=scorer.uses_lean)
 
 
 def _status_mb(field: str) -> float | None:
