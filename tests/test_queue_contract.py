@@ -163,6 +163,10 @@ def test_ctrl_c_during_submit_then_results_in_a_new_process_finishes_the_job(env
     _, err = submit.communicate(timeout=30)
     assert submit.returncode == 130 and f"agile results {job_id}" in err
     assert client.hget(meta, "status") == "submitting" and int(client.hget(meta, "next_batch")) < 20
+    # the workers finish what was sent; only then is the resume hint due (a batch in flight may be
+    # a live producer's)
+    inflight = JobKeys(env["AGILE_KEY_PREFIX"], job_id).inflight
+    wait_for(lambda: client.hlen(inflight) == 0, 60, "the batches sent are scored")
     status = agile(env, "status", job_id, "--once")
     line = status.communicate(timeout=30)[0]
     assert "/160 rows" in line and "ETA -" not in line and f"agile results {job_id}" in line
