@@ -150,19 +150,18 @@ class LeanForward:
                 masks[w] = (m | (k == q))[:, None]
         return masks
 
-    def _attention(self, block, i, x, tables, masks, cache, last=None):
-        """Attention of every position, or with `last` ([b] indices) of each row's last position only:
+    def _attention(self, block, i, x, tables, masks, cache, pick=None):
+        """Attention of every position, or with `pick` ((rows, last) indices) of each row's last position only:
         keys and values always come from every position (they are the cache and what is attended to)."""
         attention = block.attention
         b = x.shape[0]
         new = k, v = _keys_values(attention, x, tables[i])
         cos, signed_sin = tables[i]
-        if last is None:
+        if pick is None:
             q, q_cos, q_sin = _project_heads(x, attention.query_dense.kernel.value), cos, signed_sin
         else:
-            rows = torch.arange(b, device=x.device)
-            q = _project_heads(x[rows, last][:, None], attention.query_dense.kernel.value)
-            q_cos, q_sin = cos[last][:, None, None], signed_sin[last][:, None, None]
+            q = _project_heads(x[pick][:, None], attention.query_dense.kernel.value)
+            q_cos, q_sin = cos[pick[1]][:, None, None], signed_sin[pick[1]][:, None, None]
         if getattr(attention, "use_query_key_norm", False):
             q = _rms_norm(attention.query_norm, q)
         q = _rope(q, q_cos, q_sin)
@@ -176,8 +175,8 @@ class LeanForward:
             scale = 1 / math.sqrt(attention.hidden_dim // attention.num_query_heads)
         w = attention.sliding_window_size if attention.use_sliding_window_attention else None
         mask, cap = masks[w], attention.logit_soft_cap
-        if last is not None:
-            mask = mask[rows, :, last][:, :, None]  # [b, 1, 1, keys]
+        if pick is not None:
+            mask = mask[pick[0], :, pick[1]][:, :, None]  # [b, 1, 1, keys]
         t = q.shape[2]
         heads, groups = attention.num_query_heads, attention.num_query_heads // attention.num_key_value_heads
         if cap is None:
@@ -192,13 +191,13 @@ class LeanForward:
         kernel = attention.output_dense.kernel.value
         return out @ kernel.reshape(-1, kernel.shape[-1]), new
 
-    def _block(self, block, i, x, tables, masks, cache, last=None):
-        """One decoder block; with `last`, its output at each row's last position only ([b, 1, d])."""
-        attn, new = self._attention(block, i, _rms_norm(block.pre_attention_norm, x), tables, masks, cache, last)
+    def _block(self, block, i, x, tables, masks, cache, pick=None):
+        """One decoder block; with `pick` ((rows, last)), its output at each row's last position only ([b, 1, d])."""
+        attn, new = self._attention(block, i, _rms_norm(block.pre_attention_norm, x), tables, masks, cache, pick)
         if block.use_post_attention_norm:
             attn = _rms_norm(block.post_attention_norm, attn)
-        if last is not None:
-            x = x[torch.arange(x.shape[0], device=x.device), last][:, None]
+        if pick is not None:
+            x = x[pick][:, None]
         x = x + attn
         h = _rms_norm(block.pre_ffw_norm, x)
         h = _gelu_gate(h @ block.gating_ffw.kernel.value, h @ block.gating_ffw_2.kernel.value)
@@ -230,7 +229,7 @@ class LeanForward:
         if last is None:  # the prefix pass: the last layer's keys and values are all that is kept
             kv.append(_keys_values(final.attention, _rms_norm(final.pre_attention_norm, x), tables[-1]))
             return None, kv
-        x, new = self._block(final, len(body), x, tables, masks, cache, last)
+        x, new = self._block(final, len(body), x, tables, masks, cache, (torch.arange(b, device=x.device), last))
         kv.append(new)
         return x[:, 0], kv
 
