@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import weakref
 from dataclasses import MISSING, asdict, dataclass, field
@@ -91,10 +92,38 @@ class Adapter:
 
 def adapter_version(path: Path) -> str:
     """A short content hash of the adapter's files: which exact policy scored a comment."""
+    return _version(*(_read_own_file(path, name) for name in (META_FILE, WEIGHTS_FILE)))
+
+
+def _version(meta: bytes, weights: bytes) -> str:
     digest = hashlib.sha256()
-    for name in (META_FILE, WEIGHTS_FILE):
-        digest.update((path / name).read_bytes())
+    digest.update(meta)
+    digest.update(weights)
     return digest.hexdigest()[:12]
+
+
+def _read_own_file(path: Path, name: str) -> bytes:
+    """The bytes of `path/name`, a regular file of the adapter's own: never read through a symlink.
+
+    A symlink inside an adapter could pair one policy's metadata with another's weights, or
+    read any file on the host; opening with O_NOFOLLOW refuses it in the same call that reads.
+    """
+    where = path / name
+    try:
+        # O_NONBLOCK: a FIFO planted in its place is refused below instead of hanging the open
+        fd = os.open(where, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError as exc:
+        raise AdapterError(f"{path}: not an adapter directory (needs {META_FILE} and {WEIGHTS_FILE})") from exc
+    except OSError as exc:
+        if where.is_symlink():
+            raise AdapterError(f"{where}: is a symlink; adapter files must be regular files in their directory") \
+                from exc
+        raise AdapterError(f"{where}: unreadable adapter file: {exc.strerror}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise AdapterError(f"{where}: not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
 
 
 def _lora_variables(backbone) -> dict[str, object]:
@@ -140,19 +169,20 @@ def write_meta(path: str | Path, meta: AdapterMeta) -> None:
 
 
 def load_adapter(path: str | Path) -> Adapter:
+    """Read an adapter directory: each file read once, so its version hashes exactly what is loaded."""
     from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load
 
     path = Path(path)
-    if not (path / META_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+    if not path.is_dir():
         raise AdapterError(f"{path}: not an adapter directory (needs {META_FILE} and {WEIGHTS_FILE})")
+    meta_bytes, weight_bytes = (_read_own_file(path, name) for name in (META_FILE, WEIGHTS_FILE))
     try:
-        meta = AdapterMeta.from_json(json.loads((path / META_FILE).read_text()), str(path))
-        weights = load_file(str(path / WEIGHTS_FILE))
-        version = adapter_version(path)
-    except (json.JSONDecodeError, TypeError, SafetensorError, OSError) as exc:
+        meta = AdapterMeta.from_json(json.loads(meta_bytes), str(path))
+        weights = load(weight_bytes)
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, SafetensorError) as exc:
         raise AdapterError(f"{path}: unreadable adapter: {exc}") from exc
-    return Adapter(path=path, meta=meta, weights=weights, version=version)
+    return Adapter(path=path, meta=meta, weights=weights, version=_version(meta_bytes, weight_bytes))
 
 
 def adapter_dirs(extra: str | None = None) -> list[Path]:

@@ -1,6 +1,7 @@
 """`AgileClassifier` (the codelab's interface) and LoRA adapter directories, on the tiny model."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -117,6 +118,35 @@ def test_names_resolve_only_inside_adapter_dirs(saved_adapter, tmp_path):
             resolve_adapter(bad, dirs)
     with pytest.raises(AdapterError, match="unknown adapter 'nope'"):
         resolve_adapter("nope", dirs)
+
+
+@pytest.mark.parametrize("linked", [META_FILE, "lora.safetensors"])
+def test_adapter_files_are_never_read_through_a_symlink(saved_adapter, tmp_path, linked):
+    """A policy directory whose file links elsewhere (another policy's weights, any host file) is refused."""
+    path, _ = saved_adapter
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / linked).write_bytes((path / linked).read_bytes())
+    (path / linked).unlink()
+    (path / linked).symlink_to(other / linked)
+    assert resolve_adapter("test", [path.parent]) == path.resolve()  # the name still resolves ...
+    with pytest.raises(AdapterError, match=re.escape(f"{linked}: is a symlink; adapter files must be regular files")):
+        load_adapter(path)  # ... but nothing is read through the link
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_an_adapter_file_that_is_not_a_regular_file_is_refused(saved_adapter, kind):
+    """Refused at once: a FIFO in place of the weights must not hang the worker that loads it."""
+    import os
+
+    path, _ = saved_adapter
+    (path / "lora.safetensors").unlink()
+    if kind == "fifo":
+        os.mkfifo(path / "lora.safetensors")
+    else:
+        (path / "lora.safetensors").mkdir()
+    with pytest.raises(AdapterError, match=r"lora\.safetensors: not a regular file"):
+        load_adapter(path)
 
 
 def test_failed_save_leaves_nothing_half_written(saved_adapter, monkeypatch):
