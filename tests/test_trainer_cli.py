@@ -134,3 +134,21 @@ def test_evaluate_refuses_an_adapter_from_another_base_model(tiny, table, tmp_pa
                  "--report", str(tmp_path / "report")])
     assert code == 2 and "adapter was trained on" in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
+
+
+def test_too_few_rows_to_validate_is_refused_before_the_model_loads(tmp_path, capsys):
+    """Five rows (2 of one label): the validation split would miss a label, so ROC-AUC cannot pick an epoch."""
+    path = tmp_path / "five.csv"
+    rows = [("you are awful", "Toxic"), ("you are vile", "Toxic"), ("nice day", "Safe"), ("calm day", "Safe"),
+            ("fine day", "Safe")]
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), *rows])
+    # No such model: had the check come after loading, the error would be about the model instead.
+    code = main(["train", "--data", str(path), "--labels", "Safe,Toxic", "--model", str(tmp_path / "no-model"),
+                 "--out", str(tmp_path / "policy")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "too few rows to hold out a validation split of 0.2: 'Toxic' has 2" in err
+    assert "'Safe'" not in err.split("validation split")[1].split(";")[0]  # Safe's 3 rows split 1 / 2: enough
+    assert "each label needs at least 3" in err and "--validation-fraction 0" in err
+    assert not (tmp_path / "policy").exists()

@@ -127,6 +127,31 @@ def _peak_memory() -> dict:
     return found
 
 
+def _check_splittable(examples, fraction: float) -> None:
+    """Refuse, before the model loads, data whose validation split would miss a label.
+
+    ROC-AUC (which picks the epoch), the threshold and the calibration all need every label
+    on both sides of the split; on main a 5-row file trained for half a minute, then failed.
+    """
+    import numpy as np
+
+    from agile.trainer.data import DataError
+
+    def splits(n: int) -> bool:  # validation_split holds out round(n * fraction) of a label's n rows
+        return 1 <= round(n * fraction) < n
+
+    if not 0 < fraction < 1:
+        return  # validation_split says why
+    needed = next((n for n in range(2, 100_000) if splits(n)), "more")
+    counts = np.bincount(examples.labels, minlength=len(examples.label_names))
+    short = [f"{name!r} has {int(c)}" for name, c in zip(examples.label_names, counts, strict=True)
+             if not splits(int(c))]
+    if short:
+        raise DataError(f"{examples.source}: too few rows to hold out a validation split of {fraction:g}: "
+                        f"{', '.join(short)}; each label needs at least {needed} (label more rows, or pass "
+                        "--validation-fraction 0 to train without choosing the epoch, threshold and calibration)")
+
+
 def cmd_train(args) -> int:
     from agile.adapters import AdapterMeta, save_adapter
     from agile.models import load_model
@@ -153,6 +178,7 @@ def cmd_train(args) -> int:
     test_spec = args.test or (args.data if is_builtin(args.data) else None)
     test = _examples(test_spec, args, template.labels, "test") if test_spec else None
     if args.validation_fraction:
+        _check_splittable(examples, args.validation_fraction)
         fit, validation = validation_split(examples, args.validation_fraction, args.seed)
     else:
         fit, validation = examples, None
