@@ -237,12 +237,6 @@ def apply_adapter(model, adapter: Adapter) -> None:
         variable.assign(adapter.weights[key])
 
 
-def clear_adapter(model) -> None:
-    """Zero every LoRA weight: the model scores as its base model again (zero-shot)."""
-    for variable in _lora_variables(model.backbone).values():
-        variable.assign(np.zeros(tuple(variable.shape), dtype="float32"))
-
-
 # keras' enable_lora(rank) leaves lora_alpha = rank, so its update is (alpha / rank) * A @ B = A @ B.
 LORA_SCALE = 1.0
 # backbone -> {kernel path: the base kernel a merged adapter replaced}; kept off the layer,

@@ -21,7 +21,6 @@ import keras  # noqa: E402
 import keras_hub  # noqa: E402
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2  # noqa: E402
 
-EXPECTED_PARAMS_270M = 268_098_176
 # Bump when the conversion changes: cached presets are keyed by it. v3: layer names no longer
 # depend on what the process built before (a v2 preset converted after another Gemma had
 # `gemma3_backbone_2` and another checksum, which every shipped adapter refused).

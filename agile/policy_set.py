@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from agile.policy import Policy
     from agile.scoring import Scores
 
-TAIL = ("truncated", "model", "error")
-
 
 class PolicySetError(ValueError):
     """A set file or set flags that cannot make a policy set; the message names the file and entry."""

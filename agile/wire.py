@@ -221,9 +221,6 @@ class JobKeys:
         return [self.meta, self.results, self.done, self.inflight, self.versions, self.deliveries]
 
 
-GONE_STATES = ("delivered", "cancelled")  # a job in these states takes no more writes
-
-
 def task_deliveries_key(prefix: str) -> str:
     """Delivery counts of tasks sent without a job (field = Celery task id)."""
     return f"{prefix}:tasks:deliveries"

@@ -172,8 +172,8 @@ def test_failed_save_leaves_nothing_half_written(saved_adapter, monkeypatch):
 
 
 def test_a_scorer_follows_adapter_swaps(saved_adapter, tiny_preset):
-    """The worker keeps one scorer per policy and swaps LoRA weights under it."""
-    from agile.adapters import clear_adapter
+    """The worker keeps one scorer per policy and merges adapters into the weights under it."""
+    from agile.adapters import merge_adapter, unmerge_adapter
     from agile.prompt import PromptTemplate
     from agile.scoring import LabelScorer
 
@@ -182,9 +182,9 @@ def test_a_scorer_follows_adapter_swaps(saved_adapter, tiny_preset):
     scorer = LabelScorer(model, PromptTemplate(), SETTINGS)
     texts = ["you look nice", "go away"]
     base = scorer.score(texts).probs
-    apply_adapter(model, load_adapter(path))
+    merge_adapter(model, load_adapter(path))
     adapted = scorer.score(texts).probs
     assert np.abs(adapted - base).max() > 1e-4
     np.testing.assert_allclose(adapted, LabelScorer(model, PromptTemplate(), SETTINGS).score(texts).probs, atol=1e-6)
-    clear_adapter(model)
+    unmerge_adapter(model)
     np.testing.assert_allclose(scorer.score(texts).probs, base, atol=1e-6)

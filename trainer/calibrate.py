@@ -83,12 +83,6 @@ def fit_calibration(y_true, p, method: str = "platt", fitted_on: str = "") -> Ca
     return Calibration(method, a=a, b=b, fitted_on=fitted_on, rows=len(y))
 
 
-def log_loss(y_true, p) -> float:
-    """Mean log loss of p(positive) against 0/1 truth, p clipped as `logit` clips it."""
-    y, p = np.asarray(y_true, dtype=np.float64), np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
-
-
 def row_log_loss(y_true, p) -> np.ndarray:
     """Each row's log loss of p(positive) against 0/1 truth, p clipped as `logit` clips it."""
     y, p = np.asarray(y_true, dtype=np.float64), np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
