@@ -8,6 +8,7 @@ window shorter than a prompt, so a path that skips either one scores differently
 
 from __future__ import annotations
 
+import functools
 import io
 import random
 from pathlib import Path
@@ -48,8 +49,12 @@ TINY_CONFIG = dict(
 FAMILIES["gemma3"] = (keras_hub.models.Gemma3Backbone, keras_hub.models.Gemma3Tokenizer, TINY_CONFIG)
 
 
+@functools.lru_cache(maxsize=4)
 def tiny_proto(vocab_size: int = 4000) -> bytes:
-    """A BPE SentencePiece model with Gemma's special-token ids and normalizer settings."""
+    """A BPE SentencePiece model with Gemma's special-token ids and normalizer settings.
+
+    Trained once per process and size: a test session makes dozens of presets from one vocabulary.
+    """
     lines = ETHOS_CSV.read_text(encoding="utf-8").splitlines()[1:]
     lines += [DEFAULT_INSTRUCTIONS, "Text:Prediction:", "Toxic Safe Spam Ham"]
     out = io.BytesIO()
