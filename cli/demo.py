@@ -63,7 +63,7 @@ def start_worker(stack: ExitStack, env: dict[str, str]) -> subprocess.Popen:
     WORKER_LOG.parent.mkdir(exist_ok=True)
     log = stack.enter_context(WORKER_LOG.open("w"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "solo", "--queues",
+        [sys.executable, "-m", "celery", "-A", "agile.worker", "worker", "--pool", "solo", "--queues",
          env["AGILE_QUEUE"], "--hostname", "agile-demo@%h", "--without-mingle", "--without-gossip",
          "--loglevel", "WARNING"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )

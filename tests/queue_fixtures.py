@@ -203,7 +203,7 @@ def queue_env(redis_url: str, model: Path, adapters: Path | None = None, **setti
     env.update({
         "AGILE_REDIS_URL": redis_url, "AGILE_MODEL": str(model), "AGILE_METRICS_PORT": "0",
         "AGILE_QUEUE": f"test-{uuid.uuid4().hex[:8]}", "AGILE_KEY_PREFIX": f"test-{uuid.uuid4().hex[:8]}",
-        "AGILE_VISIBILITY_TIMEOUT": "3", "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]),
+        "AGILE_VISIBILITY_TIMEOUT": "3", "PYTHONPATH": str(TESTS),  # the test hooks only; agile is installed
         "QUEUE_TEST_HOOKS": "1",
     })
     if adapters is not None:
