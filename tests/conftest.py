@@ -50,3 +50,14 @@ def family_model(request, tmp_path_factory):
 
     preset = make_tiny_preset(tmp_path_factory.mktemp(request.param) / "preset", family=request.param)
     return load_model(str(preset), sequence_length=TINY_MAX_LENGTH)
+
+
+# Fixtures that start a Redis server or processes: a test that uses one is in the integration tier.
+INTEGRATION_FIXTURES = {"private_redis", "redis_settings", "processes", "module_processes", "stack"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that needs Redis or processes `redis`, from its fixtures, so no test is missed by hand."""
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.redis)

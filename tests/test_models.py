@@ -58,6 +58,7 @@ def test_score_returns_full_vocabulary_logits(tiny_model):
     assert np.isfinite(np.asarray(logits.detach().cpu())).all()
 
 
+@pytest.mark.redis  # a fresh interpreter
 def test_other_keras_backend_is_refused(tiny_preset):
     code = "import agile.models"
     proc = subprocess.run([sys.executable, "-c", code], env={"KERAS_BACKEND": "jax", "PATH": "/usr/bin"},
@@ -66,6 +67,7 @@ def test_other_keras_backend_is_refused(tiny_preset):
     assert "runs Keras on the PyTorch backend" in proc.stderr
 
 
+@pytest.mark.redis  # a fresh interpreter
 def test_nothing_imports_tensorflow(tiny_preset):
     code = (
         "import sys; from agile.models import load_model; from agile.scoring import LabelScorer;"

@@ -8,6 +8,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.redis  # builds and installs a wheel in pip processes
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("pyproject.toml", "README.md", "requirements.txt", "agile", "cli", "producer", "serve", "trainer", "worker",
            "adapters")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from chaos import ChaosConfig, run_chaos
+
+pytestmark = pytest.mark.redis  # its own Redis, workers and producer processes
 
 
 def test_chaos_every_row_comes_back_exactly_once_in_order(tiny_preset, tmp_path):
