@@ -73,8 +73,15 @@ def test_label_that_is_not_one_token_is_a_clear_error(tiny_model):
 
 
 def test_other_single_token_labels_work(tiny_model):
-    scores = LabelScorer(tiny_model, PromptTemplate(labels=("Toxic", "Safe"))).score(["hi"])
-    assert scores.probs.shape == (1, 2)
+    """Other labels read other tokens' logits: the scores are the reference's for those tokens, not the default's."""
+    template = PromptTemplate(labels=("Toxic", "Safe"))
+    scorer = LabelScorer(tiny_model, template, ScoringSettings(TINY_MAX_LENGTH))
+    texts = ["hi", "you are all awful people"]
+    got = scorer.score(texts).probs
+    assert scorer.label_ids != LabelScorer(tiny_model, TEMPLATE).label_ids
+    np.testing.assert_allclose(got, predict_proba_one_at_a_time(tiny_model, template, texts, scorer.label_ids),
+                               atol=1e-5)
+    assert np.abs(got - LabelScorer(tiny_model, TEMPLATE).score(texts).probs).max() > 1e-4
 
 
 @pytest.mark.parametrize("max_length", [8, 2049])

@@ -31,6 +31,9 @@ def test_swapping_policies_gives_each_its_own_scores(runtime):
     again = runtime.score(tuned, TEXTS).probs
     np.testing.assert_allclose(again, adapted, rtol=0, atol=1e-6)
     assert np.allclose(adapted.sum(axis=1), 1, atol=1e-5)
+    # the same prompt on the base weights: what the adapter's LoRA changes, and must change
+    plain = runtime.policy(None, tuned.labels, tuned.template.instructions)
+    assert np.abs(adapted - runtime.score(plain, TEXTS).probs).max() > 1e-3
 
 
 def test_policies_are_cached_least_recently_used_first_out(runtime):
