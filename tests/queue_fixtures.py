@@ -340,6 +340,11 @@ def run_cli(argv: list[str]) -> int:
 # ---------------------------------------------------------------- hooks inside test workers
 
 
+def release_key(trace: str) -> str:
+    """Set it to let a batch held by QUEUE_TEST_HOLD go on."""
+    return f"{trace}:release"
+
+
 def install_hooks() -> None:
     from celery.signals import task_postrun, task_prerun
 
@@ -348,12 +353,16 @@ def install_hooks() -> None:
     trace = os.environ.get("QUEUE_TEST_TRACE")
     delay = float(os.environ.get("QUEUE_TEST_DELAY", "0"))
     once_file = os.environ.get("QUEUE_TEST_KILL_AFTER_WRITE_ONCE")
+    hold = os.environ.get("QUEUE_TEST_HOLD")  # a batch id: its task waits, before scoring, for a release key
     client = QueueSettings.from_env().redis_client() if trace else None
 
     @task_prerun.connect(weak=False)
     def before(kwargs=None, **_):
+        batch = (kwargs or {}).get("batch_id")
         if client is not None:
-            client.rpush(trace, json.dumps({"pid": os.getpid(), "batch": (kwargs or {}).get("batch_id")}))
+            client.rpush(trace, json.dumps({"pid": os.getpid(), "batch": batch}))
+            while hold and batch == hold and not client.exists(release_key(trace)):
+                time.sleep(0.02)  # a kill lands mid-batch however loaded the machine is
         time.sleep(delay)
 
     @task_postrun.connect(weak=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from queue_fixtures import (  # noqa: F401  (fixtures)
@@ -18,6 +19,7 @@ from queue_fixtures import (  # noqa: F401  (fixtures)
     processes,
     queue_env,
     read_output,
+    release_key,
     settings_of,
     wait_for,
     write_csv,
@@ -51,13 +53,13 @@ def assert_exactly_once(out, n: int, summary) -> None:
 def test_kill_9_mid_batch_then_every_comment_is_scored_exactly_once(processes, tiny_preset, tmp_path):  # noqa: F811
     redis = processes.redis()
     env = queue_env(redis.url, tiny_preset, batch_size=8, QUEUE_TEST_TRACE=TRACE)
-    slow = processes.worker("slow", {**env, "QUEUE_TEST_DELAY": "0.5"}).wait_ready()
+    held = "b2"
+    slow = processes.worker("slow", {**env, "QUEUE_TEST_HOLD": held}).wait_ready()
     out = tmp_path / "scores.csv"
     job = run_job(env, write_csv(tmp_path / "dump.csv", 96), out)
     r = redis.client()
-    wait_for(lambda: len(started(r)) >= 3, 60, "three batches started")
-    held = started(r)[-1]["batch"]
-    slow.signal(signal.SIGKILL)  # mid-batch: inside the batch's 0.5 s, before its write-back
+    wait_for(lambda: held in [s["batch"] for s in started(r)], 60, "the held batch started")
+    slow.signal(signal.SIGKILL)  # mid-batch: the hook holds it before scoring, so before its write-back
     slow.proc.wait(10)
     processes.worker("fresh", env, via_agile=True).wait_ready()  # `agile worker`, the wrapper
     summary = job.result(timeout=120)
@@ -126,13 +128,15 @@ def test_redis_killed_and_restarted_empty_mid_submission_loses_nothing(processes
 def test_warm_shutdown_finishes_the_batch_in_hand(processes, tiny_preset, tmp_path):  # noqa: F811
     redis = processes.redis()
     env = queue_env(redis.url, tiny_preset, batch_size=8, QUEUE_TEST_TRACE=TRACE)
-    first = processes.worker("first", {**env, "QUEUE_TEST_DELAY": "2"}).wait_ready()
+    held = "b0"
+    first = processes.worker("first", {**env, "QUEUE_TEST_HOLD": held}).wait_ready()
     out = tmp_path / "scores.csv"
     job = run_job(env, write_csv(tmp_path / "dump.csv", 32), out)
     r = redis.client()
-    wait_for(lambda: started(r), 60, "a batch started")
-    held = started(r)[0]["batch"]
+    wait_for(lambda: held in [s["batch"] for s in started(r)], 60, "the held batch started")
     first.signal(signal.SIGTERM)  # what systemd, docker stop and Kubernetes send first
+    time.sleep(0.5)  # the signal is in: the batch is still in hand
+    r.set(release_key(TRACE), 1)
     assert first.proc.wait(30) == 0
     assert any(f"/{held}: 8 scored" in line for line in first.text().splitlines())  # finished, not dropped
     processes.worker("second", env).wait_ready()
