@@ -52,7 +52,7 @@ run() {  # run NAME ARGS...: one background job with its own log
     local name=$1
     shift
     # shellcheck disable=SC2086  # EXTRA holds several flags
-    timeout "$DEADLINE" "$PY" -m agile.trainer.cli "$@" --model "$MODEL" $EXTRA > "$RESULTS/$name.log" 2>&1 &
+    timeout "$DEADLINE" "$PY" -m agile.cli.main "$@" --model "$MODEL" $EXTRA > "$RESULTS/$name.log" 2>&1 &
 }
 
 for job in $JOBS; do
@@ -86,7 +86,7 @@ wait
 shopt -s nullglob
 sweeps=("$RESULTS"/sweep-*/sweep.csv)
 csvs=$(IFS=,; echo "${sweeps[*]}")
-[ -n "$csvs" ] && "$PY" -m agile.trainer.cli sweep --merge "$csvs" --out "$RESULTS/sweep"
+[ -n "$csvs" ] && "$PY" -m agile.cli.main sweep --merge "$csvs" --out "$RESULTS/sweep"
 "$PY" - "$RESULTS" <<'EOF' | tee "$RESULTS/summary.txt"
 import csv, json, sys
 from pathlib import Path

@@ -9,9 +9,9 @@ import pytest
 
 from agile.adapters import load_adapter
 from agile.calibration import IDENTITY
+from agile.cli.main import main
 from agile.policy import Policy
 from agile.testing import make_tiny_preset
-from agile.trainer.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from agile.cli.main import main
 from agile.testing import make_tiny_preset
-from agile.trainer.cli import main
 
 
 @pytest.fixture(scope="module")

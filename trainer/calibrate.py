@@ -217,3 +217,41 @@ def save_reliability(path: Path, panels: dict[str, tuple[np.ndarray, np.ndarray,
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def recalibrate(adapter_dir: str | Path, data: str | None, test: str | None, text_column: str | None,
+                label_column: str | None, method: str, threshold: float | None, model_spec: str | None,
+                report: Path | None) -> Path:
+    """Fit an adapter's calibration and threshold on its own validation rows (rebuilt from adapter.json),
+    score its test rows once, and rewrite its adapter.json; no retraining."""
+    from dataclasses import replace
+
+    from agile.adapters import META_FILE, load_adapter, write_meta
+    from agile.trainer.data import recorded_splits
+    from agile.trainer.evaluate import adapted_scorer, check_writable, held_out_metrics, score_examples, write_report
+
+    adapter = load_adapter(adapter_dir)
+    meta = adapter.meta
+    if report:
+        check_writable(report)
+    validation, test_rows = recorded_splits(adapter, data, test, text_column, label_column)
+    if report and test_rows is None:
+        raise ValueError("--report scores a test split: name it with --test")
+
+    model, scorer = adapted_scorer(adapter, model_spec)
+    val_scores = score_examples(scorer, validation, desc="validation")[0]
+    metrics = dict(meta.metrics)
+    positive_label = meta.positive_label or meta.labels[1]
+    policy = served_policy(meta.template, meta.name, positive_label, meta.max_length, validation, val_scores,
+                           method, threshold, metrics)
+    if test_rows is not None:
+        test_scores = score_examples(scorer, test_rows, desc="test")
+        metrics["test"] = held_out_metrics(test_rows, test_scores[0], policy)
+        if report:
+            write_report(report, test_rows, *test_scores, policy,
+                         {"adapter": str(adapter.path), "model": model.agile_info.spec},
+                         validation=(binary_truth(validation, positive_label), val_scores))
+            print(f"report written to {report}")
+    write_meta(adapter.path, replace(meta, positive_label=positive_label, threshold=policy.threshold,
+                                     calibration=policy.calibration.to_json(), metrics=metrics))
+    return adapter.path / META_FILE

@@ -1,4 +1,4 @@
-"""`agile train`, `agile evaluate` and `agile sweep`: argument parsing and the steps of each command.
+"""`agile train`, `evaluate`, `calibrate` and `sweep`: their flags, parsed into calls of the trainer's modules.
 
 Heavy imports (torch, keras) happen inside the commands, so `agile --help` stays fast.
 Bad input ends in one `agile <command>: error: ...` line and exit code 2, and
@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
-import time
-from dataclasses import asdict, replace
 from pathlib import Path
 
 from agile.prompt import DEFAULT_EOS, DEFAULT_INSTRUCTIONS, DEFAULT_LABELS, DEFAULT_SEPARATOR, PromptTemplate
@@ -112,154 +109,25 @@ def _examples(spec: str, args, labels, part: str):
                          label_column=args.label_column)
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _peak_memory() -> dict:
-    """Peak host RSS, and peak GPU memory where training ran on a GPU."""
-    import torch
-
-    found = {"peak_rss_mb": round(_peak_rss_mb())}
-    if torch.cuda.is_available():
-        found["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
-        found["gpu"] = torch.cuda.get_device_name(0)
-    return found
-
-
-def _check_splittable(examples, fraction: float) -> None:
-    """Refuse, before the model loads, data whose validation split would miss a label.
-
-    ROC-AUC (which picks the epoch), the threshold and the calibration all need every label
-    on both sides of the split; on main a 5-row file trained for half a minute, then failed.
-    """
-    import numpy as np
-
-    from agile.trainer.data import DataError
-
-    def splits(n: int) -> bool:  # validation_split holds out round(n * fraction) of a label's n rows
-        return 1 <= round(n * fraction) < n
-
-    if not 0 < fraction < 1:
-        return  # validation_split says why
-    needed = next((n for n in range(2, 100_000) if splits(n)), "more")
-    counts = np.bincount(examples.labels, minlength=len(examples.label_names))
-    short = [f"{name!r} has {int(c)}" for name, c in zip(examples.label_names, counts, strict=True)
-             if not splits(int(c))]
-    if short:
-        raise DataError(f"{examples.source}: too few rows to hold out a validation split of {fraction:g}: "
-                        f"{', '.join(short)}; each label needs at least {needed} (label more rows, or pass "
-                        "--validation-fraction 0 to train without choosing the epoch, threshold and calibration)")
-
-
 def cmd_train(args) -> int:
-    from agile.adapters import AdapterMeta, save_adapter
-    from agile.models import load_model
-    from agile.policy import Policy
-    from agile.scoring import LabelScorer, ScoringSettings
-    from agile.trainer.calibrate import served_policy
-    from agile.trainer.data import is_builtin, validation_split
-    from agile.trainer.evaluate import (
-        binary_metrics,
-        binary_truth,
-        check_writable,
-        held_out_metrics,
-        score_examples,
-        write_report,
-    )
-    from agile.trainer.train import train
+    from agile.trainer.run import TrainRun, run_training
 
-    settings = _settings(args)
     template, positive_label = _template(args)
-    check_writable(Path(args.out))
-    if args.report:
-        check_writable(Path(args.report))
-    examples = _examples(args.data, args, template.labels, "train")
-    test_spec = args.test or (args.data if is_builtin(args.data) else None)
-    test = _examples(test_spec, args, template.labels, "test") if test_spec else None
-    if args.validation_fraction:
-        _check_splittable(examples, args.validation_fraction)
-        fit, validation = validation_split(examples, args.validation_fraction, args.seed)
-    else:
-        fit, validation = examples, None
-    fit.check_trainable(settings.batch_size)
-    print(f"training on {len(fit)} rows of {examples.source}"
-          + (f", validating on {len(validation)}" if validation else "")
-          + f"; {settings}")
-
-    model = load_model(args.model, sequence_length=settings.max_length)
-    scorer = LabelScorer(model, template, ScoringSettings(max_length=settings.max_length))
-    positive = template.labels.index(positive_label)
-
-    def validation_auc(model) -> float:
-        probs, _ = score_examples(scorer, validation, desc="validation")
-        return binary_metrics(binary_truth(validation, positive_label), probs[:, positive], 0.5)["roc_auc"]
-
-    started = time.perf_counter()
-    result = train(model, template, fit, settings, validate=validation_auc if validation else None)
-    train_seconds = time.perf_counter() - started
-
-    metrics: dict = {"history": [asdict(r) for r in result.history], "best_epoch": result.best_epoch,
-                     "seconds_per_step": round(result.seconds_per_step, 4),
-                     "train_seconds": round(train_seconds, 1), "compute_dtype": result.compute_dtype}
-    out = Path(args.out)
-    name = args.name or out.name
-    val_scores = None
-    if validation is not None:
-        val_scores = score_examples(scorer, validation, desc="validation")[0]
-        policy = served_policy(template, name, positive_label, settings.max_length, validation, val_scores,
-                                args.calibration, args.threshold, metrics)
-    else:  # nothing to fit on: raw scores, the given threshold or the codelab's argmax
-        policy = Policy(template, name, positive_label, 0.5 if args.threshold is None else args.threshold,
-                        settings.max_length)
-    test_scores = None
-    if test is not None:  # scored once, with the epoch, calibration and threshold already fixed
-        test_scores = score_examples(scorer, test, desc="test")
-        metrics["test"] = held_out_metrics(test, test_scores[0], policy)
-    metrics.update(_peak_memory())
-
-    meta = AdapterMeta(
-        name=name, base_model=model.agile_info.spec, base_checksum=model.agile_info.checksum,
-        labels=list(template.labels), instructions=template.instructions, separator=template.separator,
-        eos=template.eos, rank=settings.rank, target_layers=list(settings.target_layers),
-        objective=settings.objective, max_length=settings.max_length, positive_label=positive_label,
-        threshold=policy.threshold, calibration=policy.calibration.to_json(), data_checksum=examples.checksum(),
-        settings={**asdict(settings), "data": examples.source, "rows": len(examples), "data_spec": args.data,
-                  "text_column": args.text_column, "label_column": args.label_column, "test_spec": test_spec,
-                  "validation_fraction": args.validation_fraction, "validation_seed": args.seed},
-        metrics=metrics,
-    )
-    save_adapter(model, meta, out)
-    print(f"adapter written to {out}")
-    if args.report and test_scores is not None:
-        val = None if validation is None else (binary_truth(validation, positive_label), val_scores)
-        write_report(Path(args.report), test, *test_scores, policy,
-                     {"adapter": str(out), "model": model.agile_info.spec}, validation=val)
-        print(f"report written to {args.report}")
-    print(f"peak RSS {metrics['peak_rss_mb']} MB; {train_seconds:.0f} s training")
+    run_training(TrainRun(
+        data=args.data, template=template, positive_label=positive_label, settings=_settings(args),
+        out=Path(args.out), model=args.model, test=args.test, name=args.name,
+        report=Path(args.report) if args.report else None, validation_fraction=args.validation_fraction,
+        threshold=args.threshold, calibration=args.calibration, text_column=args.text_column,
+        label_column=args.label_column,
+    ))
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from agile.adapters import apply_adapter, load_adapter
-    from agile.models import load_model
-    from agile.policy import Policy
-    from agile.scoring import LabelScorer, ScoringSettings
-    from agile.trainer.evaluate import check_writable, score_examples, write_report
+    from agile.trainer.evaluate import evaluate_adapter
 
-    adapter = load_adapter(args.adapter)
-    meta = adapter.meta
-    policy = Policy.from_adapter(adapter)
-    if policy.positive_label is None:  # adapters written before positive labels were recorded
-        policy = replace(policy, positive_label=meta.labels[1])
-    check_writable(Path(args.report))
-    examples = _examples(args.data, args, tuple(meta.labels), "test")
-    model = load_model(args.model or meta.base_model, sequence_length=meta.max_length)
-    apply_adapter(model, adapter)
-    scorer = LabelScorer(model, meta.template, ScoringSettings(meta.max_length, args.batch_size))
-    probs, truncated = score_examples(scorer, examples, desc="evaluate")
-    found = write_report(Path(args.report), examples, probs, truncated, policy,
-                         {"adapter": str(adapter.path), "model": model.agile_info.spec})
+    found = evaluate_adapter(args.adapter, lambda labels: _examples(args.data, args, labels, "test"), args.model,
+                             args.batch_size, Path(args.report))
     print(json.dumps({k: found[k] for k in ("n", "threshold", "f1", "f1_at_0.5", "roc_auc", "precision",
                                              "recall", "accuracy", "confusion_matrix")}))
     print(json.dumps({"calibration": found["calibration"]}))
@@ -268,42 +136,11 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    """Fit an adapter's calibration and threshold on its own validation rows, rebuilt from adapter.json."""
-    from agile.adapters import apply_adapter, load_adapter, write_meta
-    from agile.models import load_model
-    from agile.scoring import LabelScorer, ScoringSettings
-    from agile.trainer.calibrate import served_policy
-    from agile.trainer.data import recorded_splits
-    from agile.trainer.evaluate import binary_truth, check_writable, held_out_metrics, score_examples, write_report
+    from agile.trainer.calibrate import recalibrate
 
-    adapter = load_adapter(args.adapter)
-    meta = adapter.meta
-    if args.report:
-        check_writable(Path(args.report))
-    validation, test = recorded_splits(adapter, args.data, args.test, args.text_column, args.label_column)
-    if args.report and test is None:
-        raise ValueError("--report scores a test split: name it with --test")
-
-    model = load_model(args.model or meta.base_model, sequence_length=meta.max_length)
-    apply_adapter(model, adapter)
-    scorer = LabelScorer(model, meta.template, ScoringSettings(meta.max_length))
-    val_scores = score_examples(scorer, validation, desc="validation")[0]
-    metrics = dict(meta.metrics)
-    positive_label = meta.positive_label or meta.labels[1]
-    policy = served_policy(meta.template, meta.name, positive_label, meta.max_length, validation, val_scores,
-                            args.calibration, args.threshold, metrics)
-    test_scores = None
-    if test is not None:
-        test_scores = score_examples(scorer, test, desc="test")
-        metrics["test"] = held_out_metrics(test, test_scores[0], policy)
-    if args.report:
-        write_report(Path(args.report), test, *test_scores, policy,
-                     {"adapter": str(adapter.path), "model": model.agile_info.spec},
-                     validation=(binary_truth(validation, positive_label), val_scores))
-        print(f"report written to {args.report}")
-    write_meta(adapter.path, replace(meta, positive_label=positive_label, threshold=policy.threshold,
-                                     calibration=policy.calibration.to_json(), metrics=metrics))
-    print(f"calibration written to {adapter.path / 'adapter.json'}")
+    written = recalibrate(args.adapter, args.data, args.test, args.text_column, args.label_column, args.calibration,
+                          args.threshold, args.model, Path(args.report) if args.report else None)
+    print(f"calibration written to {written}")
     return 0
 
 
@@ -408,15 +245,3 @@ def register(subparsers) -> None:
                    help="train nothing: join sweep.csv files (e.g. one size per GPU process) into one "
                    "table and plot")
     p.set_defaults(func=_run(cmd_sweep), command="sweep")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (`python -m agile.trainer.cli ...`) until the `agile` console script includes us."""
-    parser = argparse.ArgumentParser(prog="agile")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

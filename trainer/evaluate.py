@@ -157,3 +157,37 @@ def write_report(
                 for i in range(len(examples))
             ])
     return result
+
+
+def adapted_scorer(adapter, model_spec: str | None, batch_size: int | None = None):
+    """(model, scorer): the adapter's base model (or `model_spec`) with its LoRA in, scoring its prompt."""
+    from agile.adapters import apply_adapter
+    from agile.models import load_model
+    from agile.scoring import LabelScorer, ScoringSettings
+
+    meta = adapter.meta
+    model = load_model(model_spec or meta.base_model, sequence_length=meta.max_length)
+    apply_adapter(model, adapter)
+    return model, LabelScorer(model, meta.template, ScoringSettings(meta.max_length, batch_size))
+
+
+def evaluate_adapter(adapter_dir: str | Path, examples_of, model_spec: str | None, batch_size: int,
+                     report: Path) -> dict:
+    """Score labelled rows with an adapter as it is served; metrics.json, plots and scores in `report`.
+
+    `examples_of(labels)` loads the rows once the adapter's labels are known.
+    """
+    from dataclasses import replace
+
+    from agile.adapters import load_adapter
+
+    adapter = load_adapter(adapter_dir)
+    policy = Policy.from_adapter(adapter)
+    if policy.positive_label is None:  # adapters written before positive labels were recorded
+        policy = replace(policy, positive_label=adapter.meta.labels[1])
+    check_writable(report)
+    examples = examples_of(tuple(adapter.meta.labels))
+    model, scorer = adapted_scorer(adapter, model_spec, batch_size)
+    probs, truncated = score_examples(scorer, examples, desc="evaluate")
+    return write_report(report, examples, probs, truncated, policy,
+                        {"adapter": str(adapter.path), "model": model.agile_info.spec})

@@ -1,0 +1,161 @@
+"""One training run, top to bottom: data, validation split, model, LoRA epochs, calibration and
+threshold on the validation rows, the test rows scored once, then the adapter and its report.
+
+`agile train` parses its flags into a `TrainRun` and calls `run_training`; nothing here parses flags.
+Every check that bad input can fail runs before the model loads.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agile.prompt import PromptTemplate
+from agile.trainer.data import DataError, Examples, is_builtin, load_examples, validation_split
+from agile.trainer.settings import TrainSettings
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """What `agile train` was asked for."""
+
+    data: str  # 'ethos', 'ethos:ATTRIBUTE' or a table file
+    template: PromptTemplate
+    positive_label: str
+    settings: TrainSettings
+    out: Path
+    model: str
+    test: str | None = None  # default for the built-in splits: their test part
+    name: str | None = None  # default: the out directory's name
+    report: Path | None = None
+    validation_fraction: float = 0.2  # 0 = no validation split
+    threshold: float | None = None  # default: the best F1 on the validation rows
+    calibration: str = "auto"
+    text_column: str = "text"
+    label_column: str = "label"
+
+    def examples(self, spec: str, part: str) -> Examples:
+        return load_examples(spec, self.template.labels, part=part, text_column=self.text_column,
+                             label_column=self.label_column)
+
+
+def check_splittable(examples: Examples, fraction: float) -> None:
+    """Refuse, before the model loads, data whose validation split would miss a label.
+
+    ROC-AUC (which picks the epoch), the threshold and the calibration all need every label
+    on both sides of the split; a 5-row file used to train for half a minute, then fail.
+    """
+
+    def splits(n: int) -> bool:  # validation_split holds out round(n * fraction) of a label's n rows
+        return 1 <= round(n * fraction) < n
+
+    if not 0 < fraction < 1:
+        return  # validation_split says why
+    needed = next((n for n in range(2, 100_000) if splits(n)), "more")
+    counts = np.bincount(examples.labels, minlength=len(examples.label_names))
+    short = [f"{name!r} has {int(c)}" for name, c in zip(examples.label_names, counts, strict=True)
+             if not splits(int(c))]
+    if short:
+        raise DataError(f"{examples.source}: too few rows to hold out a validation split of {fraction:g}: "
+                        f"{', '.join(short)}; each label needs at least {needed} (label more rows, or pass "
+                        "--validation-fraction 0 to train without choosing the epoch, threshold and calibration)")
+
+
+def peak_memory() -> dict:
+    """Peak host RSS, and peak GPU memory where training ran on a GPU."""
+    import torch
+
+    found = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}  # Linux: KiB
+    if torch.cuda.is_available():
+        found["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+        found["gpu"] = torch.cuda.get_device_name(0)
+    return found
+
+
+def run_training(run: TrainRun) -> Path:
+    """Train, choose on validation, score the test rows once, write the adapter (and report); its path."""
+    from agile.adapters import AdapterMeta, save_adapter
+    from agile.models import load_model
+    from agile.policy import Policy
+    from agile.scoring import LabelScorer, ScoringSettings
+    from agile.trainer.calibrate import served_policy
+    from agile.trainer.evaluate import (
+        binary_metrics,
+        binary_truth,
+        check_writable,
+        held_out_metrics,
+        score_examples,
+        write_report,
+    )
+    from agile.trainer.train import train
+
+    settings, template, positive_label = run.settings, run.template, run.positive_label
+    check_writable(run.out)
+    if run.report:
+        check_writable(run.report)
+    examples = run.examples(run.data, "train")
+    test_spec = run.test or (run.data if is_builtin(run.data) else None)
+    test = run.examples(test_spec, "test") if test_spec else None
+    if run.validation_fraction:
+        check_splittable(examples, run.validation_fraction)
+        fit, validation = validation_split(examples, run.validation_fraction, settings.seed)
+    else:
+        fit, validation = examples, None
+    fit.check_trainable(settings.batch_size)
+    print(f"training on {len(fit)} rows of {examples.source}"
+          + (f", validating on {len(validation)}" if validation else "") + f"; {settings}")
+
+    model = load_model(run.model, sequence_length=settings.max_length)
+    scorer = LabelScorer(model, template, ScoringSettings(max_length=settings.max_length))
+    positive = template.labels.index(positive_label)
+
+    def validation_auc(model) -> float:
+        probs, _ = score_examples(scorer, validation, desc="validation")
+        return binary_metrics(binary_truth(validation, positive_label), probs[:, positive], 0.5)["roc_auc"]
+
+    started = time.perf_counter()
+    result = train(model, template, fit, settings, validate=validation_auc if validation else None)
+    train_seconds = time.perf_counter() - started
+    metrics: dict = {"history": [asdict(r) for r in result.history], "best_epoch": result.best_epoch,
+                     "seconds_per_step": round(result.seconds_per_step, 4),
+                     "train_seconds": round(train_seconds, 1), "compute_dtype": result.compute_dtype}
+
+    name = run.name or run.out.name
+    val_scores = None
+    if validation is not None:
+        val_scores = score_examples(scorer, validation, desc="validation")[0]
+        policy = served_policy(template, name, positive_label, settings.max_length, validation, val_scores,
+                               run.calibration, run.threshold, metrics)
+    else:  # nothing to fit on: raw scores, the given threshold or the codelab's argmax
+        policy = Policy(template, name, positive_label, 0.5 if run.threshold is None else run.threshold,
+                        settings.max_length)
+    test_scores = None
+    if test is not None:  # scored once, with the epoch, calibration and threshold already fixed
+        test_scores = score_examples(scorer, test, desc="test")
+        metrics["test"] = held_out_metrics(test, test_scores[0], policy)
+    metrics.update(peak_memory())
+
+    meta = AdapterMeta(
+        name=name, base_model=model.agile_info.spec, base_checksum=model.agile_info.checksum,
+        labels=list(template.labels), instructions=template.instructions, separator=template.separator,
+        eos=template.eos, rank=settings.rank, target_layers=list(settings.target_layers),
+        objective=settings.objective, max_length=settings.max_length, positive_label=positive_label,
+        threshold=policy.threshold, calibration=policy.calibration.to_json(), data_checksum=examples.checksum(),
+        settings={**asdict(settings), "data": examples.source, "rows": len(examples), "data_spec": run.data,
+                  "text_column": run.text_column, "label_column": run.label_column, "test_spec": test_spec,
+                  "validation_fraction": run.validation_fraction, "validation_seed": settings.seed},
+        metrics=metrics,
+    )
+    save_adapter(model, meta, run.out)
+    print(f"adapter written to {run.out}")
+    if run.report and test_scores is not None:
+        val = None if validation is None else (binary_truth(validation, positive_label), val_scores)
+        write_report(run.report, test, *test_scores, policy, {"adapter": str(run.out), "model": model.agile_info.spec},
+                     validation=val)
+        print(f"report written to {run.report}")
+    print(f"peak RSS {metrics['peak_rss_mb']} MB; {train_seconds:.0f} s training")
+    return run.out
