@@ -206,6 +206,12 @@ def resolve_adapter(name: str, dirs: list[Path] | None = None) -> Path:
     )
 
 
+def find_adapter(spec: str) -> Path:
+    """An adapter the user named: a directory given as a path, else a name inside the adapter directories."""
+    path = Path(spec).expanduser()
+    return path if path.is_dir() else resolve_adapter(spec)
+
+
 def check_base(adapter: Adapter, model) -> None:
     info = getattr(model, "agile_info", None)
     if info is not None and adapter.meta.base_checksum != info.checksum:

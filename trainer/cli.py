@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from agile.prompt import DEFAULT_EOS, DEFAULT_INSTRUCTIONS, DEFAULT_LABELS, DEFAULT_SEPARATOR, PromptTemplate
@@ -144,6 +145,38 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_suggest(args) -> int:
+    from tqdm import tqdm
+
+    from agile.adapters import find_adapter, load_adapter
+    from agile.policy import Policy
+    from agile.tables import TableWriter, read_chunks
+    from agile.trainer import suggest
+
+    policy = Policy.from_adapter(load_adapter(find_adapter(args.adapter)))
+    if policy.positive_label is None:  # adapters written before positive labels were recorded
+        policy = replace(policy, positive_label=policy.labels[1])
+    out = Path(args.output)
+    excluded = suggest.read_texts(args.exclude, args.text_column, args.delimiter)
+    writer = TableWriter(out)  # refuses a missing directory or an unknown format before any scoring
+    try:
+        chunks = read_chunks(args.input, args.text_column, args.id_column, args.chunk_rows, delimiter=args.delimiter)
+        with tqdm(unit="comment", file=sys.stderr, desc="pool") as bar:
+            chunks = suggest.counted(chunks, bar)
+            pairs = (suggest.scored_chunks(Path(args.scores), chunks, policy.labels) if args.scores
+                     else suggest.scored_pool(policy, chunks, args.model, args.batch_size))
+            chosen, seen = suggest.suggest(policy, pairs, args.n, args.seed, excluded, args.candidates)
+        writer.write(suggest.output_rows(chosen, policy.labels, args.id_column or "id", args.text_column))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    print(f"agile suggest: {len(chosen.ids)} of {seen} comments to label ({len(excluded)} labelled texts "
+          f"excluded), most uncertain first, in {out}; fill its '{suggest.LABEL_COLUMN}' column "
+          f"with {' or '.join(policy.labels)} (agile label {out})", file=sys.stderr)
+    return 0
+
+
 def cmd_sweep(args) -> int:
     if args.merge:
         from agile.trainer.sweep import merge_sweeps
@@ -233,6 +266,29 @@ def register(subparsers) -> None:
     p.add_argument("--model", default=None, help="model spec (default: the adapter's base model)")
     p.add_argument("--report", default=None, help="write the test report (metrics, plots, reliability) here")
     p.set_defaults(func=_run(cmd_calibrate), command="calibrate")
+
+    p = subparsers.add_parser("suggest", help="the comments whose labels would teach a policy most",
+                              description="Choose the next comments to label: near the policy's threshold, and "
+                              "spread out over what they say (docs/TRAINING.md, 'The agile loop').")
+    p.add_argument("--adapter", required=True, help="adapter directory, or a name in adapters/ or AGILE_ADAPTER_PATH")
+    p.add_argument("--input", "-i", type=Path, required=True, help="the pool: .csv, .jsonl or .parquet")
+    p.add_argument("-n", type=int, default=50, help="how many to suggest (default 50)")
+    p.add_argument("--output", "-o", required=True, help="where the suggestions go (.csv/.jsonl/.parquet)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--id-column", default="id", help="id column; rows without one get their row number")
+    p.add_argument("--delimiter", help="CSV delimiter (detected when omitted)")
+    p.add_argument("--scores", help="an output of agile score / moderate / results for this pool and policy: "
+                   "choose from it instead of scoring the pool again")
+    p.add_argument("--exclude", type=Path, action="append", default=[],
+                   help="a file of rows already labelled (its text column): never suggested; repeatable")
+    p.add_argument("--seed", type=int, default=0, help="the clustering's seed: same pool, scores and seed, "
+                   "same suggestions")
+    p.add_argument("--candidates", type=int, default=5, metavar="FACTOR",
+                   help="cluster the FACTOR x n most uncertain comments (default 5; 1 = uncertainty alone)")
+    p.add_argument("--model", default=None, help="model spec (default: the adapter's base model)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--chunk-rows", type=int, default=2048, help="rows read and scored per step")
+    p.set_defaults(func=_run(cmd_suggest), command="suggest")
 
     p = subparsers.add_parser("sweep", help="training size x epoch sweep, scored on the test rows")
     _add_data_args(p, "ethos", "training rows")

@@ -1,0 +1,118 @@
+"""`agile suggest`: uncertain and spread-out suggestions, never a labelled row; in-process and from --scores."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pandas as pd
+import pytest
+from queue_fixtures import adapter_dir  # noqa: F401  (a fixture)
+
+from agile.cli.main import main
+from agile.policy import Policy
+from agile.prompt import PromptTemplate
+from agile.tables import Chunk
+from agile.trainer.suggest import suggest
+
+POLICY = Policy(PromptTemplate(labels=("Safe", "Toxic")), "test", positive_label="Toxic", threshold=0.3)
+
+
+def pool(texts: list[str], p_toxic: list[float], chunk: int = 4):
+    """(chunk, probabilities) pairs as the scorer yields them, `chunk` rows at a time."""
+    p = np.asarray(p_toxic, dtype=np.float64)
+    probs = np.column_stack([1 - p, p])
+    for start in range(0, len(texts), chunk):
+        end = min(start + chunk, len(texts))
+        yield Chunk(start, [f"{i:04d}" for i in range(start, end)], texts[start:end]), probs[start:end]
+
+
+def test_the_most_uncertain_come_first_measured_against_the_threshold():
+    texts = [f"comment number {w}" for w in ("one", "two", "three", "four", "five", "six")]
+    p = [0.05, 0.29, 0.9, 0.35, 0.5, 0.31]
+    chosen, seen = suggest(POLICY, pool(texts, p), n=3, factor=1)  # uncertainty alone
+    assert seen == 6
+    assert chosen.texts == ["comment number six", "comment number two", "comment number four"]
+    assert chosen.ids == ["0005", "0001", "0003"]  # ids as written, not row numbers
+    np.testing.assert_allclose(chosen.probs[:, 1], [0.31, 0.29, 0.35])
+
+
+def test_suggestions_are_spread_out_not_copies_of_one_kind():
+    """Eight rewordings of one borderline comment and four other topics a little further out: with
+    diversity the round covers the topics; uncertainty alone would take four rewordings."""
+    same = [f"you people are the worst {w}" for w in ("ever", "today", "here", "now", "again", "still", "really",
+                                                        "honestly")]
+    other = ["the bridge was built by engineers", "my cat sleeps all day long", "vote in the next election please",
+             "this recipe needs more garlic"]
+    texts, p = same + other, [0.3] * 8 + [0.4] * 4
+    alone, _ = suggest(POLICY, pool(texts, p), n=4, factor=1)
+    assert all(t in same for t in alone.texts)
+    spread, _ = suggest(POLICY, pool(texts, p), n=4, factor=3, seed=0)
+    assert sum(t in same for t in spread.texts) == 1 and len(set(spread.texts)) == 4
+    again, _ = suggest(POLICY, pool(texts, p), n=4, factor=3, seed=0)
+    assert again.ids == spread.ids  # deterministic for a seed
+
+
+def test_labelled_empty_unscored_and_repeated_rows_are_never_suggested():
+    texts = ["already labelled", "", "   ", "could not be scored", "twice", "twice", "fresh one", "fresh two"]
+    p = [0.3, 0.3, 0.3, np.nan, 0.31, 0.31, 0.6, 0.7]
+    chosen, _ = suggest(POLICY, pool(texts, p), n=8, excluded={"already labelled"})
+    assert sorted(chosen.texts) == ["fresh one", "fresh two", "twice"]
+    assert chosen.ids[chosen.texts.index("twice")] == "0004"  # the first of the repeated rows
+
+
+def test_nonsense_sizes_are_refused():
+    with pytest.raises(ValueError, match="at least 1"):
+        suggest(POLICY, pool(["a"], [0.5]), n=0)
+
+
+@pytest.fixture
+def pool_file(tmp_path):
+    path = tmp_path / "pool.csv"
+    rows = [("0012", "you are all awful people"), ("7", "what a nice day"), ("", "go away"),
+            ("x1", "the weather is fine today"), ("x2", ""), ("x3", "I will hurt you"),
+            ("x4", "thanks for the help"), ("x5", "nobody wants you here")]
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([("id", "body"), *rows])
+    return path
+
+
+def test_suggest_end_to_end_in_process_and_from_an_earlier_scoring(
+        tiny_preset, adapter_dir, pool_file, tmp_path, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.setenv("AGILE_ADAPTER_PATH", str(adapter_dir))
+    common = ["--adapter", "tiny-toxic", "-i", str(pool_file), "--text-column", "body", "--model", str(tiny_preset)]
+    out = tmp_path / "next.csv"
+    assert main(["suggest", *common, "-n", "3", "-o", str(out)]) == 0, capsys.readouterr().err
+    fresh = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(fresh.columns) == ["id", "body", "p_Toxic", "p_Safe", "label"]
+    assert len(fresh) == 3 and set(fresh["label"]) == {""} and "" not in set(fresh["body"])
+    assert set(fresh["body"]) <= set(pd.read_csv(pool_file, dtype=str, keep_default_na=False)["body"])
+    assert "3 of 8 comments to label" in capsys.readouterr().err
+
+    scores = tmp_path / "scores.csv"
+    assert main(["score", "--adapter", "tiny-toxic", "--model", str(tiny_preset), "-i", str(pool_file),
+                 "--text-column", "body", "-o", str(scores)]) == 1  # the empty text fails its row
+    again = tmp_path / "again.csv"
+    assert main(["suggest", *common, "-n", "3", "-o", str(again), "--scores", str(scores)]) == 0
+    reused = pd.read_csv(again, dtype=str, keep_default_na=False)
+    assert reused["id"].tolist() == fresh["id"].tolist()  # the same choice without scoring again
+    np.testing.assert_allclose(reused["p_Toxic"].astype(float), fresh["p_Toxic"].astype(float), atol=1e-5)
+
+    labelled = tmp_path / "labelled.csv"
+    fresh.assign(label="Toxic").to_csv(labelled, index=False)
+    third = tmp_path / "third.csv"
+    assert main(["suggest", *common, "-n", "3", "-o", str(third), "--scores", str(scores),
+                 "--exclude", str(labelled)]) == 0
+    assert not set(pd.read_csv(third, dtype=str)["body"]) & set(fresh["body"])
+
+
+def test_scores_of_another_pool_are_refused_in_one_line(
+        tiny_preset, adapter_dir, pool_file, tmp_path, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.setenv("AGILE_ADAPTER_PATH", str(adapter_dir))
+    other = tmp_path / "other.csv"
+    pd.DataFrame({"id": ["a", "b"], "p_Toxic": [0.1, 0.2], "p_Safe": [0.9, 0.8]}).to_csv(other, index=False)
+    code = main(["suggest", "--adapter", "tiny-toxic", "-i", str(pool_file), "--text-column", "body",
+                 "-o", str(tmp_path / "o.csv"), "--scores", str(other)])
+    err = capsys.readouterr().err
+    assert code == 2 and "not the pool's, row for row" in err and "Traceback" not in err
+    assert not (tmp_path / "o.csv").exists() and not list(tmp_path.glob(".o.csv*"))
