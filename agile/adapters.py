@@ -61,6 +61,8 @@ class AdapterMeta:
     data_checksum: str = ""
     settings: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    parent: dict = field(default_factory=dict)  # {name, version, path} of the adapter training started from
+    rounds: list = field(default_factory=list)  # one {data, rows, ...} per training round, the first first
     format_version: int = FORMAT_VERSION
 
     @property

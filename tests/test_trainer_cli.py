@@ -152,3 +152,60 @@ def test_too_few_rows_to_validate_is_refused_before_the_model_loads(tmp_path, ca
     assert "'Safe'" not in err.split("validation split")[1].split(";")[0]  # Safe's 3 rows split 1 / 2: enough
     assert "each label needs at least 3" in err and "--validation-fraction 0" in err
     assert not (tmp_path / "policy").exists()
+
+
+def test_train_init_continues_a_parent_for_rounds_and_records_them(tiny, table, tmp_path, capsys):
+    """Round 2 starts from round 1's LoRA weights and prompt, on its rows plus the new ones; round 3 chains on."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    common = ["--text-column", "comment", "--label-column", "verdict", "--model", tiny, "--epochs", "1",
+              "--validation-fraction", "0.4"]
+    parent = tmp_path / "round1"
+    assert main(["train", "--data", str(table), "--labels", "Safe,Toxic", *common, "--out", str(parent)]) == 0
+    new = tmp_path / "labelled.csv"
+    rows = [(f"you {w} fool", "Toxic") for w in ("awful", "stupid", "utter")]
+    rows += [(f"such a {w} morning", "Safe") for w in ("nice", "calm", "fine")]
+    with new.open("w", newline="") as f:
+        csv.writer(f).writerows([("comment", "verdict"), *rows])
+
+    # a learning rate of 1e-9: the weights stay where they started, so they must be the parent's
+    child = tmp_path / "round2"
+    assert main(["train", "--init", str(parent), "--data", str(new), *common, "--learning-rate", "1e-9",
+                 "--out", str(child)]) == 0, capsys.readouterr().err
+    assert "round 2, from round1" in capsys.readouterr().out
+    before, after = load_file(str(parent / "lora.safetensors")), load_file(str(child / "lora.safetensors"))
+    assert set(before) == set(after) and all(np.allclose(before[k], after[k], rtol=0, atol=1e-6) for k in before)
+    assert max(np.abs(before[k]).max() for k in before) > 1e-3  # trained weights, not zeros
+    meta, first = (json.loads((d / "adapter.json").read_text()) for d in (child, parent))
+    assert meta["labels"] == first["labels"] == ["Safe", "Toxic"] and meta["positive_label"] == "Toxic"
+    assert meta["parent"]["name"] == "round1" and len(meta["parent"]["version"]) == 12
+    assert [r["new_rows"] for r in meta["rounds"]] == [10, 6]
+    assert meta["rounds"][1]["training_rows"] == 16 and meta["settings"]["rows"] == 16
+    assert [s["data_spec"] for s in meta["settings"]["sources"]] == [str(table), str(new)]
+
+    third = tmp_path / "round3"
+    assert main(["train", "--init", str(child), "--data", str(new), *common, "--out", str(third)]) == 0
+    meta3 = json.loads((third / "adapter.json").read_text())
+    assert [r["training_rows"] for r in meta3["rounds"]] == [10, 16, 22]
+    only_new = tmp_path / "only-new"
+    assert main(["train", "--init", str(child), "--data", str(new), "--no-parent-rows", *common,
+                 "--out", str(only_new)]) == 0
+    assert json.loads((only_new / "adapter.json").read_text())["settings"]["rows"] == 6
+
+
+def test_train_init_refuses_a_changed_parent_or_another_prompt(tiny, table, tmp_path, capsys):
+    common = ["--text-column", "comment", "--label-column", "verdict", "--model", tiny, "--epochs", "1",
+              "--validation-fraction", "0.4"]
+    data = tmp_path / "data.csv"
+    data.write_bytes(table.read_bytes())
+    parent = tmp_path / "parent"
+    assert main(["train", "--data", str(data), "--labels", "Safe,Toxic", *common, "--out", str(parent)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--init", str(parent), "--data", str(table), "--labels", "A,B", *common,
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--init continues the parent's prompt" in capsys.readouterr().err
+    data.write_text(data.read_text().replace("awful", "AWFUL"))
+    assert main(["train", "--init", str(parent), "--data", str(table), *common, "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert "have changed since" in err and "--no-parent-rows" in err and not (tmp_path / "y").exists()

@@ -34,7 +34,7 @@ def _add_data_args(p: argparse.ArgumentParser, default: str | None, what: str) -
 
 
 def _add_prompt_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--labels", type=_csv(str), default=list(DEFAULT_LABELS),
+    p.add_argument("--labels", type=_csv(str), default=None,
                    help="label words, each one token (default: Positive,Negative; for ETHOS the "
                    "second word means hateful)")
     p.add_argument("--positive-label", default=None,
@@ -96,7 +96,7 @@ def _probability(text: str) -> float:
 
 
 def _template(args) -> tuple[PromptTemplate, str]:
-    template = PromptTemplate(tuple(args.labels), args.instructions, args.separator, DEFAULT_EOS)
+    template = PromptTemplate(tuple(args.labels or DEFAULT_LABELS), args.instructions, args.separator, DEFAULT_EOS)
     positive = args.positive_label or template.labels[1]
     if positive not in template.labels:
         raise ValueError(f"--positive-label {positive!r} is not one of the labels {list(template.labels)}")
@@ -113,13 +113,19 @@ def _examples(spec: str, args, labels, part: str):
 def cmd_train(args) -> int:
     from agile.trainer.run import TrainRun, run_training
 
+    if args.init and (args.labels or args.positive_label or args.instructions != DEFAULT_INSTRUCTIONS
+                      or args.separator != DEFAULT_SEPARATOR):
+        raise ValueError("--init continues the parent's prompt: drop --labels/--positive-label/--instructions/"
+                         "--separator")
+    if not args.init and not args.parent_rows:
+        raise ValueError("--no-parent-rows goes with --init")
     template, positive_label = _template(args)
     run_training(TrainRun(
         data=args.data, template=template, positive_label=positive_label, settings=_settings(args),
         out=Path(args.out), model=args.model, test=args.test, name=args.name,
         report=Path(args.report) if args.report else None, validation_fraction=args.validation_fraction,
         threshold=args.threshold, calibration=args.calibration, text_column=args.text_column,
-        label_column=args.label_column,
+        label_column=args.label_column, init=args.init, parent_rows=args.parent_rows,
     ))
     return 0
 
@@ -241,6 +247,11 @@ def register(subparsers) -> None:
     _add_settings_args(p)
     p.add_argument("-o", "--out", required=True, help="adapter directory to write")
     p.add_argument("--name", default=None, help="adapter name (default: the --out directory's name)")
+    p.add_argument("--init", default=None, metavar="ADAPTER",
+                   help="continue from this adapter (directory or name): its prompt, LoRA layout and weights; "
+                   "its training rows are read again and added to --data's (the next round of the agile loop)")
+    p.add_argument("--no-parent-rows", dest="parent_rows", action="store_false",
+                   help="with --init: train on --data's rows only")
     p.add_argument("--report", default=None, help="also write the test report (metrics, plots) here")
     p.set_defaults(func=_run(cmd_train), command="train")
 

@@ -1,6 +1,10 @@
 """One training run, top to bottom: data, validation split, model, LoRA epochs, calibration and
 threshold on the validation rows, the test rows scored once, then the adapter and its report.
 
+A run may continue from a parent adapter (`agile train --init`): its prompt, LoRA layout and
+weights, and by default the rows it was trained on beside the new ones. The new adapter records
+its parent and every round, so a policy's history reads from its adapter.json.
+
 `agile train` parses its flags into a `TrainRun` and calls `run_training`; nothing here parses flags.
 Every check that bad input can fail runs before the model loads.
 """
@@ -9,11 +13,12 @@ from __future__ import annotations
 
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from agile.adapters import Adapter
 from agile.prompt import PromptTemplate
 from agile.trainer.data import DataError, Examples, is_builtin, load_examples, validation_split
 from agile.trainer.settings import TrainSettings
@@ -37,6 +42,8 @@ class TrainRun:
     calibration: str = "auto"
     text_column: str = "text"
     label_column: str = "label"
+    init: str | None = None  # a parent adapter (directory or name) to continue from
+    parent_rows: bool = True  # with init: train on the parent's rows too
 
     def examples(self, spec: str, part: str) -> Examples:
         return load_examples(spec, self.template.labels, part=part, text_column=self.text_column,
@@ -65,6 +72,45 @@ def check_splittable(examples: Examples, fraction: float) -> None:
                         "--validation-fraction 0 to train without choosing the epoch, threshold and calibration)")
 
 
+def joined(first: Examples, then: Examples) -> Examples:
+    return Examples(first.texts + then.texts, np.concatenate([first.labels, then.labels]), first.label_names,
+                    f"{first.source} + {then.source}")
+
+
+def sources(meta) -> list[dict]:
+    """The files (spec and columns) an adapter's training rows came from, in order."""
+    recorded = meta.settings
+    return recorded.get("sources") or [{"data_spec": recorded.get("data_spec"),
+                                        "text_column": recorded.get("text_column") or "text",
+                                        "label_column": recorded.get("label_column") or "label"}]
+
+
+def parent_examples(parent: Adapter) -> Examples:
+    """The rows the parent was trained on, read again and checked against its recorded checksum."""
+    found = None
+    for source in sources(parent.meta):
+        if not source["data_spec"]:
+            raise DataError(f"{parent.path}: adapter.json does not record its training data; "
+                            "pass --no-parent-rows to train on the new rows only")
+        rows = load_examples(source["data_spec"], tuple(parent.meta.labels), part="train",
+                             text_column=source["text_column"], label_column=source["label_column"])
+        found = rows if found is None else joined(found, rows)
+    if found.checksum() != parent.meta.data_checksum:
+        raise DataError(f"{parent.path}: the rows it was trained on ({found.source}) have changed since; "
+                        "pass --no-parent-rows to train on the new rows only")
+    return found
+
+
+def from_parent(run: TrainRun, parent: Adapter) -> TrainRun:
+    """The run as continued from `parent`: its prompt, positive label and LoRA layout."""
+    meta = parent.meta
+    settings = replace(run.settings, rank=meta.rank, target_layers=tuple(meta.target_layers),
+                       max_length=meta.max_length, objective=meta.objective)
+    test = run.test or meta.settings.get("test_spec")
+    return replace(run, template=meta.template, positive_label=meta.positive_label or meta.labels[1],
+                   settings=settings, test=test)
+
+
 def peak_memory() -> dict:
     """Peak host RSS, and peak GPU memory where training ran on a GPU."""
     import torch
@@ -78,7 +124,7 @@ def peak_memory() -> dict:
 
 def run_training(run: TrainRun) -> Path:
     """Train, choose on validation, score the test rows once, write the adapter (and report); its path."""
-    from agile.adapters import AdapterMeta, save_adapter
+    from agile.adapters import AdapterMeta, find_adapter, load_adapter, save_adapter
     from agile.models import load_model
     from agile.policy import Policy
     from agile.scoring import LabelScorer, ScoringSettings
@@ -93,11 +139,16 @@ def run_training(run: TrainRun) -> Path:
     )
     from agile.trainer.train import train
 
+    parent = load_adapter(find_adapter(run.init)) if run.init else None
+    if parent is not None:
+        run = from_parent(run, parent)
     settings, template, positive_label = run.settings, run.template, run.positive_label
     check_writable(run.out)
     if run.report:
         check_writable(run.report)
-    examples = run.examples(run.data, "train")
+    examples = new = run.examples(run.data, "train")
+    if parent is not None and run.parent_rows:
+        examples = joined(parent_examples(parent), new)
     test_spec = run.test or (run.data if is_builtin(run.data) else None)
     test = run.examples(test_spec, "test") if test_spec else None
     if run.validation_fraction:
@@ -118,7 +169,7 @@ def run_training(run: TrainRun) -> Path:
         return binary_metrics(binary_truth(validation, positive_label), probs[:, positive], 0.5)["roc_auc"]
 
     started = time.perf_counter()
-    result = train(model, template, fit, settings, validate=validation_auc if validation else None)
+    result = train(model, template, fit, settings, validate=validation_auc if validation else None, start=parent)
     train_seconds = time.perf_counter() - started
     metrics: dict = {"history": [asdict(r) for r in result.history], "best_epoch": result.best_epoch,
                      "seconds_per_step": round(result.seconds_per_step, 4),
@@ -138,6 +189,17 @@ def run_training(run: TrainRun) -> Path:
         test_scores = score_examples(scorer, test, desc="test")
         metrics["test"] = held_out_metrics(test, test_scores[0], policy)
     metrics.update(peak_memory())
+    this_round = {"data": run.data, "new_rows": len(new), "training_rows": len(examples),
+                  "test_roc_auc": metrics.get("test", {}).get("roc_auc")}
+    lineage = {"parent": {}, "rounds": [this_round]}
+    if parent is not None:
+        earlier = parent.meta.rounds or [{"data": parent.meta.settings.get("data_spec"),
+                                          "training_rows": parent.meta.settings.get("rows"),
+                                          "test_roc_auc": parent.meta.metrics.get("test", {}).get("roc_auc")}]
+        lineage = {"parent": {"name": parent.meta.name, "version": parent.version, "path": str(parent.path)},
+                   "rounds": [*earlier, this_round]}
+    used = [*(sources(parent.meta) if parent is not None and run.parent_rows else []),
+            {"data_spec": run.data, "text_column": run.text_column, "label_column": run.label_column}]
 
     meta = AdapterMeta(
         name=name, base_model=model.agile_info.spec, base_checksum=model.agile_info.checksum,
@@ -147,15 +209,17 @@ def run_training(run: TrainRun) -> Path:
         threshold=policy.threshold, calibration=policy.calibration.to_json(), data_checksum=examples.checksum(),
         settings={**asdict(settings), "data": examples.source, "rows": len(examples), "data_spec": run.data,
                   "text_column": run.text_column, "label_column": run.label_column, "test_spec": test_spec,
-                  "validation_fraction": run.validation_fraction, "validation_seed": settings.seed},
-        metrics=metrics,
+                  "validation_fraction": run.validation_fraction, "validation_seed": settings.seed,
+                  "sources": used},
+        metrics=metrics, **lineage,
     )
     save_adapter(model, meta, run.out)
-    print(f"adapter written to {run.out}")
+    print(f"adapter written to {run.out}" + (f" (round {len(lineage['rounds'])}, from {parent.meta.name})"
+                                             if parent is not None else ""))
     if run.report and test_scores is not None:
         val = None if validation is None else (binary_truth(validation, positive_label), val_scores)
-        write_report(run.report, test, *test_scores, policy, {"adapter": str(run.out), "model": model.agile_info.spec},
-                     validation=val)
+        write_report(run.report, test, *test_scores, policy,
+                     {"adapter": str(run.out), "model": model.agile_info.spec, **lineage}, validation=val)
         print(f"report written to {run.report}")
     print(f"peak RSS {metrics['peak_rss_mb']} MB; {train_seconds:.0f} s training")
     return run.out

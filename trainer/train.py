@@ -140,6 +140,7 @@ def train(
     settings: TrainSettings,
     validate: Callable[[object], float] | None = None,
     on_epoch: Callable[[EpochRecord, object], None] | None = None,
+    start=None,
 ) -> TrainResult:
     """Train LoRA weights on `examples`; returns the per-epoch history.
 
@@ -147,10 +148,15 @@ def train(
     holding the weights of the best epoch. `on_epoch(record, model)` runs after each
     epoch too (the sweep evaluates there instead of retraining per epoch count).
     Runs on whatever device Keras placed the model on (a GPU when torch sees one).
+    `start` (an Adapter of the same rank and targets) gives the LoRA weights to continue from.
     """
     examples.check_trainable(settings.batch_size)
     keras.utils.set_random_seed(settings.seed)  # seeds python, numpy, torch: LoRA init + shuffling
     params = enable_lora(model, settings.rank, settings.target_layers)
+    if start is not None:
+        from agile.adapters import apply_adapter
+
+        apply_adapter(model, start)
     optimizer = torch.optim.Adam(params, lr=settings.learning_rate)
     tokenizer = PromptTokenizer.from_model(model)
     label_ids = tokenizer.label_ids(template.labels)
