@@ -10,6 +10,7 @@ import agile.cli.score
 import agile.producer.cli
 import agile.serve.cli
 import agile.trainer.cli
+import agile.trainer.label_page
 import agile.worker.cli
 
 
@@ -20,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
         "in-process or by Celery workers on Redis.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (agile.cli.score, agile.trainer.cli, agile.worker.cli, agile.producer.cli, agile.serve.cli):
+    for module in (agile.cli.score, agile.trainer.cli, agile.trainer.label_page, agile.worker.cli, agile.producer.cli,
+                   agile.serve.cli):
         module.register(sub)
     return parser
 
