@@ -148,9 +148,10 @@ def test_a_refused_job_batch_fails_its_rows_so_the_job_ends(fleet, producer_env)
     app = foreign_client(fleet)
     kwargs = {"items": [{"id": "0", "text": "a"}, {"id": "1", "text": "b"}], "labels": ["A"],
               "job_id": "foreignjob", "batch_id": "b0"}
+    keys = JobKeys(producer_env.key_prefix, "foreignjob")
+    fleet["redis"].client().hset(keys.meta, mapping={"created": "1", "status": "submitted"})  # the job exists
     with pytest.raises(Exception, match="labels must be a list of at least two strings"):
         app.send_task(TASK_NAME, kwargs=kwargs, queue=fleet["env"]["AGILE_QUEUE"]).get(timeout=30)
-    keys = JobKeys(producer_env.key_prefix, "foreignjob")
     r = fleet["redis"].client()
     record = json.loads(r.hget(keys.results, "b0"))
     assert record["n"] == 2 and "labels must be a list" in record["error"]

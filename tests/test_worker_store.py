@@ -13,7 +13,10 @@ from agile.worker.store import Store
 
 @pytest.fixture
 def store(redis_settings):  # noqa: F811
-    return Store(redis_settings)
+    """A store, and job1 in Redis as Job.create makes it (its meta hash, `created` set)."""
+    store = Store(redis_settings)
+    store.redis.hset(JobKeys(redis_settings.key_prefix, "job1").meta, mapping={"created": "1", "status": "submitted"})
+    return store
 
 
 def batch(batch_id: str, ids: list[str]) -> BatchRequest:
@@ -63,8 +66,21 @@ def test_a_job_that_ended_takes_no_write_and_gets_no_key_back(store, state):
     assert store.begin(req, "task").gone
     assert store.finish(req, "task", results(2), None) == -1
     assert store.refuse("job1", "b3", 2, "bad") == -1
+    store.record_error(req, "task", "RuntimeError: late")
     assert sorted(store.redis.keys("*")) == [keys.meta]
     assert store.redis.hget(keys.meta, "scored") is None
+
+
+def test_a_job_whose_keys_are_gone_is_not_made_again(store):
+    """After a FLUSHALL (or an expiry, or Redis restarted empty) a late write-back recreates nothing:
+    a half job without `created` is one `agile cancel` cannot open, so it could never be removed."""
+    store.redis.flushall()
+    req = batch("b0", ["x", "y"])
+    assert store.begin(req, "task").gone
+    store.record_error(req, "task", "RuntimeError: late")
+    assert store.finish(req, "task", results(2), None) == -1
+    assert store.refuse("job1", "b0", 2, "bad") == -1
+    assert store.redis.keys("*") == []
 
 
 def test_a_refused_batch_fails_its_rows_so_the_job_ends(store):
@@ -98,5 +114,5 @@ def test_begin_rides_out_a_redis_restart(private_redis, redis_settings, monkeypa
     store = Store(redis_settings.with_(redis_url=private_redis.url))
     private_redis.kill()
     threading.Timer(2.0, private_redis.start).start()
-    delivery = store.begin(batch("b0", ["x"]), "t")
-    assert delivery.count == 1 and not delivery.gone
+    delivery = store.begin(BatchRequest.from_task((), {"items": [{"id": "x", "text": "t"}]}), "t")  # no job:
+    assert delivery.count == 1 and not delivery.gone  # an emptied Redis has none until its producer restores it

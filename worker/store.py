@@ -4,7 +4,10 @@ One Lua script per batch adds the batch id to the job's `done` set and, only if
 it was not there yet, stores the batch's record (its rows' results, in item
 order) and bumps the counters: a batch delivered again (a worker killed after
 writing, a visibility timeout that fired early) changes nothing. A job that was
-delivered or cancelled takes no write at all, and no key is created again.
+delivered or cancelled, or whose meta hash is gone (expired, a FLUSHALL, a Redis
+restarted empty before its producer restored it), takes no write at all: no key is
+created again, so nothing is left that `agile cancel` could not find. Its producer
+restores an emptied job and sends the batches it lacks again.
 Delivery counts cap poison batches; counting one is retried through a Redis
 restart, so a batch is never dropped for want of its count.
 """
@@ -25,12 +28,15 @@ log = logging.getLogger("agile.worker")
 RETRY_SECONDS = 120.0  # how long a delivery count waits for Redis before the batch goes back on the queue
 
 
+# A job exists while its meta hash has `created` (Job.create, or a producer's restore) and it has not ended.
+GONE = """
+local state = redis.call('HMGET', KEYS[1], 'created', 'status')
+local gone = not state[1] or state[2] == 'delivered' or state[2] == 'cancelled'
+"""
+
 # KEYS: meta, deliveries, done (job-less: the deliveries hash three times). ARGV: field, ttl, is job
-BEGIN = """
-if ARGV[3] == '1' then
-  local s = redis.call('HGET', KEYS[1], 'status')
-  if s == 'delivered' or s == 'cancelled' then return {-1, false, 0} end
-end
+BEGIN = GONE + """
+if ARGV[3] == '1' and gone then return {-1, false, 0} end
 local n = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 local err = redis.call('HGET', KEYS[2], ARGV[1] .. ':error')
 redis.call('EXPIRE', KEYS[2], ARGV[2])
@@ -41,9 +47,8 @@ return {n, err, done}
 
 # KEYS: meta, done, results, versions, deliveries, inflight
 # ARGV: batch id, now, version JSON, ttl, rows scored, rows failed, record JSON
-WRITE_BACK = """
-local s = redis.call('HGET', KEYS[1], 'status')
-if s == 'delivered' or s == 'cancelled' then return -1 end
+WRITE_BACK = GONE + """
+if gone then return -1 end
 local batch = ARGV[1]
 if redis.call('SADD', KEYS[2], batch) == 0 then return 0 end
 redis.call('HSET', KEYS[3], batch, ARGV[7])
@@ -55,6 +60,14 @@ if ARGV[3] ~= '' then redis.call('SADD', KEYS[4], ARGV[3]) end
 redis.call('HDEL', KEYS[5], batch, batch .. ':error')
 redis.call('HDEL', KEYS[6], batch)
 for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[4]) end
+return 1
+"""
+
+# KEYS: meta, deliveries (job-less: the deliveries hash twice). ARGV: field, reason, ttl, is job
+RECORD_ERROR = GONE + """
+if ARGV[4] == '1' and gone then return -1 end
+redis.call('HSET', KEYS[2], ARGV[1] .. ':error', ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 1
 """
 
@@ -73,6 +86,7 @@ class Store:
         self.redis = client or settings.redis_client()
         self._begin = self.redis.register_script(BEGIN)
         self._write_back = self.redis.register_script(WRITE_BACK)
+        self._record_error = self.redis.register_script(RECORD_ERROR)
 
     def _retrying(self, what: str, call):
         """`call()`, retried while Redis is down or loading (a restart), up to RETRY_SECONDS."""
@@ -103,11 +117,14 @@ class Store:
         return Delivery(int(count), error, bool(done))
 
     def record_error(self, req: BatchRequest, task_id: str, reason: str) -> None:
+        """Keep what failed this delivery for the next one (nothing for a job that is gone)."""
         if req.job_id:
-            key, field = JobKeys(self.settings.key_prefix, req.job_id).deliveries, req.batch_id
+            keys = JobKeys(self.settings.key_prefix, req.job_id)
+            key_list, field = [keys.meta, keys.deliveries], req.batch_id
         else:
-            key, field = task_deliveries_key(self.settings.key_prefix), task_id
-        self.redis.hset(key, f"{field}:error", reason)
+            key = task_deliveries_key(self.settings.key_prefix)
+            key_list, field = [key, key], task_id
+        self._record_error(keys=key_list, args=[field, reason, self.settings.job_ttl, "1" if req.job_id else "0"])
 
     def forget(self, task_id: str) -> None:
         """A job-less task ended: drop its delivery count."""

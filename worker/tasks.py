@@ -53,7 +53,8 @@ def score_batch(self, *args, **kwargs) -> dict:
     except RedisError as exc:  # still down after retrying: back on the queue, never dropped
         raise Reject(f"Redis: {exc}", requeue=True) from exc
     if delivery.gone:
-        log.info("batch %s: its job was delivered or cancelled; nothing written", req.batch_key, extra=ids)
+        log.info("batch %s: its job was delivered, cancelled or is not in Redis; nothing written", req.batch_key,
+                 extra=ids)
         return {**ids, "gone": True}
     if delivery.already_done:
         log.info("batch %s already written back; delivery %d ignored", req.batch_key, delivery.count,
