@@ -193,10 +193,15 @@ def adapter_dirs(extra: str | None = None) -> list[Path]:
     return [SHIPPED_DIR] + [Path(p).expanduser().resolve() for p in spec.split(os.pathsep) if p]
 
 
-def resolve_adapter(name: str, dirs: list[Path] | None = None) -> Path:
-    """The directory of adapter `name`, found only inside `dirs`; never a path from outside."""
+def check_name(name: str) -> None:
+    """An adapter name is a plain name (no path, nothing hidden): the workers and the producer refuse the rest."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
         raise AdapterError(f"adapter name {name!r} is not a plain name")
+
+
+def resolve_adapter(name: str, dirs: list[Path] | None = None) -> Path:
+    """The directory of adapter `name`, found only inside `dirs`; never a path from outside."""
+    check_name(name)
     dirs = adapter_dirs() if dirs is None else dirs
     for d in dirs:
         candidate = (d / name).resolve()

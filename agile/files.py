@@ -1,11 +1,12 @@
-"""Directories that appear whole or not at all (adapters, reports): written aside, then renamed."""
+"""Paths written safely: directories that appear whole or not at all (adapters, reports), and outputs
+checked before any work (never a file the run reads, always in a directory that takes a new file)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,3 +38,42 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         os.replace(work, path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+class OutputError(ValueError):
+    """An output that must not or cannot be written; found before any work is done."""
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether `a` and `b` name one file: the same resolved path, or the same inode (a hard link)."""
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): no inode to share
+        return False
+
+
+def check_output(out: str | Path, reads: Iterable[str | Path | None] = ()) -> Path:
+    """`out`, refused (OutputError) when it is a file the run reads, or its directory cannot take a new file.
+
+    Called before any work: an output over its own input would replace the comments with
+    their scores (through `x/../in.csv`, a symlink or a hard link as much as by name), and an
+    unwritable directory would fail only at the end, after every comment was scored.
+    """
+    path = Path(out)
+    for read in reads:
+        if read is not None and same_file(path, read):
+            raise OutputError(f"{out}: is {read}, which this run reads; write the output to another file")
+    if path.is_dir():
+        raise OutputError(f"{out}: is a directory; give a file name")
+    for parent in dict.fromkeys((path.parent, path.resolve().parent)):  # beside the link, and beside its target
+        if not parent.is_dir():
+            raise OutputError(f"{out}: directory {parent} does not exist")
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".agile-probe-", dir=parent)
+        except OSError as exc:
+            raise OutputError(f"{out}: cannot write in {parent} ({exc.strerror})") from None
+        os.close(fd)
+        os.unlink(probe)
+    return path

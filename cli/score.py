@@ -64,11 +64,16 @@ def _policy(args: argparse.Namespace):
 
 
 def _check_inputs(args: argparse.Namespace) -> None:
-    """Something to score, and no comment file passed where texts go (it would be scored as a text)."""
+    """Something to score, no comment file passed where texts go (it would be scored as a text), and an
+    output that can be written and is none of the files the run reads: all before the model loads."""
+    from agile.files import check_output
     from agile.tables import table_format
 
     if args.input is None and not args.texts:
         raise ValueError("nothing to score: give texts as arguments or --input FILE")
+    if args.output is not None:
+        table_format(args.output)
+        check_output(args.output, (args.input, args.policy_set))
     for text in args.texts:
         try:
             is_file = bool(table_format(text)) and Path(text).is_file()
@@ -132,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
               f" comments/s); {n_cut} comment(s) cut to fit {policy.max_length} tokens"
               + (f"; wrote {args.output}" if args.output else ""), file=sys.stderr)
         return failed.report()
-    except (TableError, AdapterError, ModelLoadError, LabelError, ValueError) as exc:  # PolicySetError too
+    except (TableError, AdapterError, ModelLoadError, LabelError, ValueError, OSError) as exc:
+        # ValueError: PolicySetError and OutputError too; OSError: a file that cannot be read or written
         keep_partial(writer, args.output, "the error")
         print(f"agile score: error: {exc}", file=sys.stderr)
         return 2

@@ -68,6 +68,7 @@ def _fails_clearly(func):
     def run(args) -> int:
         from redis.exceptions import RedisError
 
+        from agile.files import OutputError
         from agile.policy_set import PolicySetError
         from agile.producer.jobs import JobError
         from agile.settings import SettingsError
@@ -76,8 +77,8 @@ def _fails_clearly(func):
 
         try:
             return func(args)
-        except (SettingsError, TableError, JobError, PayloadError, PolicySetError, FileNotFoundError,
-                TimeoutError) as exc:
+        except (SettingsError, TableError, JobError, PayloadError, PolicySetError, OutputError, OSError,
+                TimeoutError) as exc:  # OSError: a file that cannot be read or written (a full disk)
             _say(f"agile: error: {exc}", exc)
         except RedisError as exc:
             _say(f"agile: error: Redis: {exc}", exc)
@@ -132,8 +133,8 @@ def _progress():
 def _cmd_submit(args) -> int:
     from agile.producer.pipeline import submit
 
-    job = submit(_settings(args), _source(args), _policies(args), progress=_progress(), observe=args.observe)
-    print(job.job_id)
+    submit(_settings(args), _source(args), _policies(args), progress=_progress(), observe=args.observe,
+           on_start=lambda job: print(job.job_id, flush=True))  # the id first: kept by a killed submit too
     return 0
 
 
@@ -174,7 +175,8 @@ def _cmd_moderate(args) -> int:
     from agile.producer.pipeline import moderate
 
     summary = moderate(_settings(args), _source(args), args.out, _policies(args), fmt=args.out_format,
-                       job_id=args.job, progress=_progress(), observe=args.observe)
+                       job_id=args.job, progress=_progress(), observe=args.observe,
+                       reads=(args.policy_set,) if args.policy_set else ())
     return _report(summary)
 
 
@@ -208,9 +210,11 @@ def describe(status) -> str:
         if not status.in_flight:
             parts.append(f"nothing in flight: if its producer stopped, `agile results {status.job_id} -o OUT` "
                          "carries it on")
-    if status.state == "delivered":
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(status.meta.get("delivered_at", 0))))
-        parts.append(f"delivered at {when} to {status.meta.get('delivered_to')}")
+    if status.state in ("delivered", "cancelled"):
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                             time.gmtime(float(status.meta.get(f"{status.state}_at") or 0)))
+        to = f" to {status.meta.get('delivered_to')}" if status.state == "delivered" else ""
+        parts.append(f"{status.state} at {when}{to}")
     if status.rate:
         parts.append(f"{status.rate:.1f}/s")
     if status.eta is not None:

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from agile.adapters import check_name
 from agile.broker import queue_depth
 from agile.producer.source import Batch, Plan
 from agile.prompt import DEFAULT_INSTRUCTIONS, DEFAULT_LABELS, PromptTemplate
@@ -80,15 +81,19 @@ def payload(policies: list[dict], observe: bool = False) -> dict:
 
 
 def check_policy(policies: list[dict], observe: bool = False) -> None:
-    """The worker's own checks on a job's policies (payload parser, label rules), run before a job exists."""
+    """The worker's own checks on a job's policies (payload parser, label rules, adapter names), run before
+    a job exists. Whether the workers have an adapter only they can tell: its batches fail closed if not."""
     kwargs = payload(policies, observe)
     try:
         BatchRequest.from_task((), {"items": [{"id": "0", "text": "x"}], "job_id": "check", "batch_id": "b0",
                                     **kwargs})
+        for policy in kwargs.get("policies") or [kwargs]:
+            if policy.get("adapter") is not None:
+                check_name(policy["adapter"])
         if not kwargs.get("adapter") and not kwargs.get("policies"):
             PromptTemplate(tuple(kwargs.get("labels") or DEFAULT_LABELS),
                            kwargs.get("instructions") or DEFAULT_INSTRUCTIONS)
-    except ValueError as exc:  # PayloadError, or PromptTemplate's label rules
+    except ValueError as exc:  # PayloadError, AdapterError, or PromptTemplate's label rules
         raise PayloadError(f"the workers would refuse this policy: {exc}") from None
 
 
@@ -138,7 +143,8 @@ class JobStatus:
 
     @property
     def eta(self) -> float | None:
-        if self.complete or not self.rate:
+        """Seconds left at the rate so far; None once the job is done, delivered or cancelled."""
+        if self.state not in ("submitting", "submitted") or not self.rate:
             return None
         return max(0.0, (self.total_rows - self.rows_done) / self.rate)
 
@@ -186,6 +192,11 @@ class Job:
             raise JobError(f"no job {job_id!r} in Redis at {settings.masked_url} (key prefix "
                            f"{settings.key_prefix!r}): never created, expired, or lost with Redis")
         return cls(settings, job_id, meta, redis)
+
+    @property
+    def lease_key(self) -> str:
+        """The job's lease (agile.producer.lease): which process carries it on now."""
+        return self.keys.meta.rpartition(":")[0] + ":lease"
 
     @property
     def policies(self) -> list[dict]:
@@ -317,7 +328,7 @@ class Job:
         self.meta["status"] = state
         pipe = self.redis.pipeline()
         pipe.hset(self.keys.meta, mapping={"status": state, **fields})  # workers write nothing from now on
-        pipe.delete(*[k for k in self.keys.all() if k != self.keys.meta])
+        pipe.delete(*[k for k in self.keys.all() if k != self.keys.meta], self.lease_key)
         pipe.expire(self.keys.meta, self.settings.job_ttl)
         pipe.execute()
 

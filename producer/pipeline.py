@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agile.broker import live_workers, task_size
+from agile.files import check_output, same_file
 from agile.producer.jobs import POLL_SECONDS, Job, JobError, JobStatus, check_policy
+from agile.producer.lease import Lease
 from agile.producer.results import Drain, Totals
-from agile.producer.source import FileSource, MemorySource, Plan, batches, same_file
+from agile.producer.source import FileSource, MemorySource, Plan, batches
 from agile.prompt import DEFAULT_LABELS
 from agile.settings import QueueSettings
 from agile.tables import TableError, table_format
@@ -50,13 +52,15 @@ class Summary:
 
 
 def prepare(settings: QueueSettings, source: FileSource, policies: list[dict], out: str | Path | None = None,
-            fmt: str | None = None, observe: bool = False) -> Plan:
-    """Everything that can be checked before a job exists: policies, output path, every row of the dump."""
+            fmt: str | None = None, observe: bool = False, reads: tuple[str, ...] = ()) -> Plan:
+    """Everything that can be checked before a job exists: policies, output path, every row of the dump.
+
+    `reads`: other files the run reads (a policy set file): the output may not be one of them either.
+    """
     check_policy(policies, observe)
     if out is not None:
         table_format(out, fmt)
-        if not Path(out).resolve().parent.is_dir():
-            raise TableError(f"{out}: directory {Path(out).resolve().parent} does not exist")
+        check_output(out, (source.path, *reads))
     plan = source.inspect(sized(settings).batch_size)
     if plan.rows == 0:
         raise TableError(f"{source.path}: no rows to score")
@@ -87,41 +91,60 @@ def sized(settings: QueueSettings, client=None) -> QueueSettings:
 
 def start(settings: QueueSettings, source: FileSource, policies: list[dict], plan: Plan,
           observe: bool = False) -> Job:
+    fingerprint = plan.fingerprint or source.fingerprint()
     return Job.create(settings, policies, plan, plan.batch_size,
-                      {"source": source.to_json(), "fingerprint": json.dumps(source.fingerprint())},
-                      observe=observe)
+                      {"source": source.to_json(), "fingerprint": json.dumps(fingerprint)}, observe=observe)
+
+
+def job_file(job: Job) -> FileSource:
+    """The job's dump, as the job records it (not yet checked: `check_source`)."""
+    if "source" not in job.meta:
+        raise JobError(f"job {job.job_id} was not made from a file; only its own client can finish it")
+    return FileSource.from_json(job.meta["source"])
+
+
+def check_source(job: Job, source: FileSource) -> None:
+    """The dump holds the bytes the job was made from (hashed again: size and mtime prove nothing)."""
+    source.check(json.loads(job.meta["fingerprint"]))
 
 
 def job_source(job: Job) -> FileSource:
     """The job's dump, checked to be the bytes it was made from."""
-    if "source" not in job.meta:
-        raise JobError(f"job {job.job_id} was not made from a file; only its own client can finish it")
-    source = FileSource.from_json(job.meta["source"])
-    source.check(json.loads(job.meta["fingerprint"]))
+    source = job_file(job)
+    check_source(job, source)
     return source
 
 
-def _check_open(job: Job) -> None:
-    state = job.meta.get("status")
+class JobCancelled(JobError):
+    """The job was cancelled (before or while this process carried it on)."""
+
+
+def check_open(job_id: str, meta: dict[str, str]) -> None:
+    """Raise JobError if the job has ended: delivered (where and when) or cancelled."""
+    state = meta.get("status")
     if state == "delivered":
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(job.meta["delivered_at"])))
-        raise JobError(f"job {job.job_id} was delivered at {when} to {job.meta['delivered_to']}; "
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(meta["delivered_at"])))
+        raise JobError(f"job {job_id} was delivered at {when} to {meta['delivered_to']}; "
                        "its scores are there, and no longer in Redis")
     if state == "cancelled":
-        raise JobError(f"job {job.job_id} was cancelled")
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(meta.get("cancelled_at") or 0)))
+        raise JobCancelled(f"job {job_id} was cancelled at {when}")
 
 
 def run_job(settings: QueueSettings, job: Job, source: FileSource | MemorySource, drain: Drain | None = None,
             progress: Callable[[JobStatus], None] | None = None, timeout: float | None = None,
-            on_wait: Callable[[], None] | None = None) -> JobStatus:
+            on_wait: Callable[[], None] | None = None, lease: Lease | None = None) -> JobStatus:
     """Send the rest of the job, and with a `drain` collect it to the end, repairing losses on the way.
 
-    Without a drain it returns once every batch is sent (`agile submit`).
+    Without a drain it returns once every batch is sent (`agile submit`). It stops (JobError)
+    when the job is cancelled or delivered by another process, or another took its `lease`.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     pending = batches(source.rows(), job.batch_size, first=job.next_batch)
     collected = drain.counts if drain else {}
     while True:
+        if lease is not None:
+            lease.check()
         job.restore(collected)
         sent_all = job.submit_some(pending)
         if drain is not None:
@@ -130,6 +153,7 @@ def run_job(settings: QueueSettings, job: Job, source: FileSource | MemorySource
             resent = job.repair(batches(source.rows(), job.batch_size))
             log.warning("job %s: no progress and nothing queued; sent %d lost batch(es) again", job.job_id, resent)
         status = job.status()
+        check_open(job.job_id, status.meta)
         if progress:
             progress(status)
         if drain is None and sent_all:
@@ -152,30 +176,54 @@ def _labels(job: Job) -> list[str]:
 def collect(settings: QueueSettings, job: Job, out: str | Path, fmt: str | None = None, *,
             progress: Callable[[JobStatus], None] | None = None, timeout: float | None = None,
             on_wait: Callable[[], None] | None = None) -> Summary:
-    """Carry the job on (resuming its submission if it was cut short) and write its output."""
+    """Carry the job on (resuming its submission if it was cut short) and write its output.
+
+    One process at a time (the job's lease); the output is checked before any work, and the
+    dump is hashed again before the first batch is sent and before the output is renamed into
+    place, so no row carries the score of another text.
+    """
     started = time.monotonic()
-    _check_open(job)
-    source = job_source(job)
-    drain = Drain(job, out, fmt)
-    try:
-        status = run_job(settings, job, source, drain, progress, timeout, on_wait)
-        names = [p["adapter"] for p in job.policies] if job.is_set else None
-        totals = drain.finish(source.rows(), job.batch_size, int(job.meta["total_rows"]), _labels(job), names)
-    except BaseException as exc:
-        if drain.spool.exists():
-            exc.add_note(f"the scores collected so far are kept in {drain.spool}; "
-                         f"`agile results {job.job_id} -o {out}` carries on from there")
-        raise
-    job.delivered(str(drain.out))
+    check_open(job.job_id, job.meta)
+    source = job_file(job)
+    with Lease(job, f"collecting it into {Path(out).resolve()}") as lease:
+        drain = Drain(job, out, fmt, reads=(source.path,))
+        try:
+            check_source(job, source)
+            status = run_job(settings, job, source, drain, progress, timeout, on_wait, lease)
+            names = [p["adapter"] for p in job.policies] if job.is_set else None
+
+            def still_ours() -> None:  # the last moment before the output appears
+                lease.check()
+                check_source(job, source)
+
+            totals = drain.finish(source.rows(), job.batch_size, int(job.meta["total_rows"]), _labels(job), names,
+                                  before_rename=still_ours)
+        except JobCancelled:
+            drain.spool.unlink(missing_ok=True)  # nothing left to resume
+            raise
+        except BaseException as exc:
+            if drain.spool.exists():
+                exc.add_note(f"the scores collected so far are kept in {drain.spool}; "
+                             f"`agile results {job.job_id} -o {out}` carries on from there")
+            raise
+        job.delivered(str(drain.out))
     return Summary(job.job_id, drain.out, totals, time.monotonic() - started, status)
 
 
 def submit(settings: QueueSettings, source: FileSource, policies: list[dict],
-           progress: Callable[[JobStatus], None] | None = None, observe: bool = False) -> Job:
-    """Check, then queue every row of the file as one job (blocks while the job has no room in flight)."""
+           progress: Callable[[JobStatus], None] | None = None, observe: bool = False,
+           on_start: Callable[[Job], None] | None = None) -> Job:
+    """Check, then queue every row of the file as one job (blocks while the job has no room in flight).
+
+    `on_start(job)` runs as soon as the job exists (the CLI prints its id there), so an
+    interrupted submission still leaves the id to carry it on with.
+    """
     job = start(settings, source, policies, prepare(settings, source, policies, observe=observe), observe)
     try:
-        run_job(settings, job, source, progress=progress)
+        if on_start is not None:
+            on_start(job)
+        with Lease(job, "submitting it") as lease:
+            run_job(settings, job, source, progress=progress, lease=lease)
     except BaseException as exc:
         exc.add_note(f"job {job.job_id} stays in Redis: `agile results {job.job_id} -o OUT` sends the rest "
                      f"and collects it, `agile cancel {job.job_id}` drops it")
@@ -184,7 +232,7 @@ def submit(settings: QueueSettings, source: FileSource, policies: list[dict],
 
 
 def moderate(settings: QueueSettings, source: FileSource, out: str | Path, policies: list[dict], *,
-             fmt: str | None = None, job_id: str | None = None, observe: bool = False,
+             fmt: str | None = None, job_id: str | None = None, observe: bool = False, reads: tuple[str, ...] = (),
              progress: Callable[[JobStatus], None] | None = None, timeout: float | None = None,
              on_wait: Callable[[], None] | None = None) -> Summary:
     """Check, submit, follow and collect in one go; with `job_id`, carry that job on instead."""
@@ -195,7 +243,8 @@ def moderate(settings: QueueSettings, source: FileSource, out: str | Path, polic
         if not same_file(made_from, source.path):
             raise JobError(f"job {job_id} was made from {made_from or 'a client'}, not {source.path}")
     else:
-        job = start(settings, source, policies, prepare(settings, source, policies, out, fmt, observe), observe)
+        plan = prepare(settings, source, policies, out, fmt, observe, reads)
+        job = start(settings, source, policies, plan, observe)
     summary = collect(settings, job, out, fmt, progress=progress, timeout=timeout, on_wait=on_wait)
     summary.seconds = time.monotonic() - started
     return summary

@@ -16,15 +16,16 @@ import os
 import re
 import socket
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
 from agile import output, policy_set
+from agile.files import check_output
 from agile.producer.jobs import Job, JobError
 from agile.producer.source import SourceChanged
-from agile.tables import TableError, TableWriter, table_format
+from agile.tables import TableWriter, table_format
 from agile.wire import JobKeys
 
 PAGE = 200  # batch records per HSCAN page
@@ -72,13 +73,13 @@ def drain_pages(redis, keys: JobKeys) -> Iterator[list[tuple[str, dict]]]:
 class Drain:
     """Collects one job's batch records into a spool, then writes the output from it."""
 
-    def __init__(self, job: Job, out: str | Path, fmt: str | None = None):
+    def __init__(self, job: Job, out: str | Path, fmt: str | None = None, reads: tuple[str, ...] = ()):
+        """`reads`: the files the job still reads (its dump); the output may be none of them, nor the spool."""
         self.job = job
         self.out = Path(out).resolve()
         self.fmt = table_format(self.out, fmt)
-        if not self.out.parent.is_dir():
-            raise TableError(f"{self.out}: directory {self.out.parent} does not exist")
         self.spool = self.out.parent / f".agile-{job.job_id}.spool"
+        check_output(out, (*reads, self.spool))
         self.index: dict[int, tuple[int, int]] = {}  # batch number -> (offset, length) in the spool
         self.counts: dict[str, tuple[int, int]] = {}  # batch id -> (scored, failed), for a Redis restore
         self._load()
@@ -151,10 +152,13 @@ class Drain:
         return hint
 
     def finish(self, rows: Iterable[tuple[str, str]], batch_size: int, total_rows: int,
-               labels: list[str], names: list[str] | None = None) -> Totals:
+               labels: list[str], names: list[str] | None = None,
+               before_rename: Callable[[], None] | None = None) -> Totals:
         """Write the output (one row per input row, in order) in one rename; remove the spool.
 
         `names`: the job is a policy set of these policies (the set's columns, `agile.policy_set.row`).
+        `before_rename()` runs once every row is written, before the output replaces anything:
+        its exception leaves the old output (and the spool) as they were.
         """
         total_batches = -(-total_rows // batch_size)
         labels = [] if names else self._labels(total_batches, labels)
@@ -188,6 +192,8 @@ class Drain:
                 raise SourceChanged(f"{self.out}: the source has more rows than the job was made from")
             writer.write(page)
             totals.rows = writer.rows
+            if before_rename is not None:
+                before_rename()
         totals.scored = totals.rows - totals.failed
         self.spool.unlink(missing_ok=True)
         return totals

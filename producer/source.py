@@ -4,15 +4,15 @@ Inside a job the unit is the input row: batch `b<n>` is rows n*size .. (n+1)*siz
 of the source, and each item's id on the wire is its row number. The user's id
 column is carried as text beside it, never used as a key, so duplicate and
 missing ids come back as they were. A fingerprint (size, mtime, hash of the
-bytes) is stored with the job, so a process that re-reads the dump later to
-resume or repair it knows it is reading the same rows.
+bytes) is stored with the job, and every process that re-reads the dump later
+(to resume, repair or write the output) hashes it again, so it knows it is
+reading the same rows: the bytes decide, never size and mtime alone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -68,6 +68,7 @@ class Plan:
     duplicates: int  # rows whose id an earlier row already had (blank ids not counted)
     examples: list[str] = field(default_factory=list)  # the first few of those ids
     batch_size: int = 0  # comments per task the batches were counted with
+    fingerprint: dict = field(default_factory=dict)  # of the bytes, taken before the rows were read
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,12 @@ class FileSource:
         return cls(**json.loads(text))
 
     def inspect(self, batch_size: int) -> Plan:
-        """Read every row once (every format or encoding error surfaces here); count duplicate ids."""
+        """Read every row once (every format or encoding error surfaces here); count duplicate ids.
+
+        The fingerprint is taken first: a file edited while it is read or queued then differs
+        from it, and the job says so when it re-reads the file, instead of mixing two versions.
+        """
+        fingerprint = self.fingerprint()
         hashes = array("q")
         first_rows: dict[str, int] = {}
         examples: list[str] = []
@@ -116,7 +122,7 @@ class FileSource:
             n += 1
         values = np.frombuffer(hashes, dtype=np.int64) if hashes else np.zeros(0, np.int64)
         duplicates = int(len(values) - len(np.unique(values)))
-        return Plan(n, -(-n // batch_size), duplicates, examples, batch_size)
+        return Plan(n, -(-n // batch_size), duplicates, examples, batch_size, fingerprint)
 
     def fingerprint(self) -> dict:
         path = Path(self.path)
@@ -126,21 +132,26 @@ class FileSource:
             with path.open("rb") as f:
                 while block := f.read(1 << 20):
                     digest.update(block)
+        except FileNotFoundError:
+            raise SourceChanged(f"{path}: no such file") from None
         except OSError as exc:
-            raise SourceChanged(f"{path}: cannot read the job's source ({exc.strerror})") from exc
+            raise SourceChanged(f"{path}: cannot read it ({exc.strerror})") from None
         return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "blake2b": digest.hexdigest()}
 
     def check(self, expected: dict) -> None:
-        """Raise SourceChanged unless the file holds the bytes the job was made from."""
+        """Raise SourceChanged unless the file holds the bytes the job was made from.
+
+        The bytes decide, never size and time alone: `cp -p`, `rsync -t` or `touch -r` keep
+        the mtime of an edited file, and a same-size edit would go unseen.
+        """
         path = Path(self.path)
         if not path.is_file():
             raise SourceChanged(f"{path}: the job's source is missing; it is needed to finish the job")
-        stat = path.stat()
-        if stat.st_size == expected["size"] and stat.st_mtime_ns == expected["mtime_ns"]:
-            return
-        if stat.st_size != expected["size"] or self.fingerprint()["blake2b"] != expected["blake2b"]:
-            raise SourceChanged(f"{path}: the job's source changed since it was submitted "
-                                f"({expected['size']:,} bytes then, {stat.st_size:,} now); "
+        now = self.fingerprint()
+        if now["size"] != expected["size"] or now["blake2b"] != expected["blake2b"]:
+            what = (f"{expected['size']:,} bytes then, {now['size']:,} now" if now["size"] != expected["size"]
+                    else "same size, other bytes")
+            raise SourceChanged(f"{path}: the job's source changed since it was submitted ({what}); "
                                 "cancel the job (agile cancel) and submit the file again")
 
 
@@ -153,9 +164,3 @@ class MemorySource:
     def rows(self) -> Iterator[tuple[str, str]]:
         return iter(self.items)
 
-
-def same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return a == b

@@ -8,6 +8,10 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import pytest
 
+# The fixtures of the queue, server and deploy tests, for every module: imported by name they
+# would read as unused imports (and shadowed names) to linters.
+pytest_plugins = ["queue_fixtures", "serve_fixtures", "deploy_fixtures"]
+
 TINY_MAX_LENGTH = 512
 ETHOS = os.path.join(os.path.dirname(__file__), "..", "data", "ethos", "Ethos_Dataset_Binary.csv")
 
