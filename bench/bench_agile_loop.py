@@ -1,0 +1,136 @@
+"""Does the agile loop pay? Rounds of labels chosen by `agile suggest` against labels chosen at random.
+
+ETHOS's 800 training rows are the unlabelled pool, their labels the oracle; the codelab's 198 test
+rows are scored once per round. Each seed draws one start of `--start` rows (shared by both
+strategies, and its round-1 adapter trained once); then each round adds `--per-round` labels,
+chosen by the strategy from the rows not yet labelled, and continues training from the last
+round's adapter (`agile train --init`, the parent's rows included). Nothing is chosen on the test
+rows: epochs, threshold and calibration come from validation rows carved from the labelled ones.
+
+    OMP_NUM_THREADS=2 python bench/bench_agile_loop.py --seeds 1234,1235,1236 --name agile-loop
+    python bench/bench_agile_loop.py --model PRESET_DIR --rounds 1 --per-round 8 --start 40 --name dry-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import common
+import numpy as np
+
+STRATEGIES = ("suggest", "random")
+
+
+def write_rows(path: Path, texts: list[str], labels: list[str]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows(zip(texts, labels, strict=True))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="1234", help="comma-separated seeds (the start rows and training)")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--start", type=int, default=100, help="labels in round 1")
+    parser.add_argument("--per-round", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=4, help="rounds after the first")
+    parser.add_argument("--epochs", type=int, default=3, help="the most epochs per round (early stopping)")
+    parser.add_argument("--model", default="gemma3_270m")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    parser.add_argument("--name", default="agile-loop", help="results file name (bench/results/NAME.json)")
+    args = parser.parse_args()
+    common.setup("cpu", args.threads)
+
+    from agile.adapters import load_adapter
+    from agile.policy import Policy
+    from agile.prompt import DEFAULT_LABELS, PromptTemplate
+    from agile.tables import Chunk
+    from agile.trainer import suggest
+    from agile.trainer.data import load_examples
+    from agile.trainer.run import TrainRun, run_training
+    from agile.trainer.settings import ALL_TARGETS, TrainSettings
+
+    pool = load_examples("ethos", DEFAULT_LABELS, "train")
+    words = [DEFAULT_LABELS[i] for i in pool.labels]
+    settings = TrainSettings(learning_rate=2e-4, target_layers=ALL_TARGETS, epochs=args.epochs, patience=1,
+                             compute_dtype="float32", max_length=args.max_length)
+    template = PromptTemplate(DEFAULT_LABELS)
+    work = Path(tempfile.mkdtemp(prefix="agile-loop-"))
+    curves: dict[str, dict[int, list[tuple[int, float]]]] = {s: {} for s in args.strategies.split(",")}
+    seconds: dict[str, float] = dict.fromkeys(curves, 0.0)
+
+    def train(seed: int, tag: str, rows: np.ndarray, parent: Path | None) -> tuple[Path, float]:
+        data = write_rows(work / f"{tag}.csv", [pool.texts[i] for i in rows], [words[i] for i in rows])
+        run = TrainRun(data=str(data), template=template, positive_label=DEFAULT_LABELS[1],
+                       settings=TrainSettings(**{**settings.__dict__, "seed": seed}), out=work / tag,
+                       model=args.model, test="ethos", init=str(parent) if parent else None)
+        started = time.perf_counter()
+        out = run_training(run)
+        return out, time.perf_counter() - started
+
+    for seed in (int(s) for s in args.seeds.split(",")):
+        rng = np.random.default_rng(seed)
+        start = rng.choice(len(pool), size=args.start, replace=False)
+        first, first_s = train(seed, f"s{seed}-r1", start, None)
+        first_auc = load_adapter(first).meta.rounds[-1]["test_roc_auc"]
+        for strategy in curves:
+            curves[strategy][seed] = [(args.start, first_auc)]
+            labelled, parent = set(start.tolist()), first
+            seconds[strategy] += first_s
+            for r in range(2, args.rounds + 2):
+                left = np.array(sorted(set(range(len(pool))) - labelled))
+                t0 = time.perf_counter()
+                if strategy == "random":
+                    chosen = rng.choice(left, size=args.per_round, replace=False)
+                else:
+                    policy = Policy.from_adapter(load_adapter(parent))
+                    chunks = iter([Chunk(0, [str(i) for i in left], [pool.texts[i] for i in left])])
+                    picked, _ = suggest.suggest(policy, suggest.scored_pool(policy, chunks, args.model, None),
+                                                args.per_round, seed)
+                    chosen = np.array([int(i) for i in picked.ids])
+                labelled |= set(chosen.tolist())
+                parent, train_s = train(seed, f"s{seed}-{strategy}-r{r}", chosen, parent)
+                seconds[strategy] += time.perf_counter() - t0
+                auc = load_adapter(parent).meta.rounds[-1]["test_roc_auc"]
+                curves[strategy][seed].append((len(labelled), auc))
+                print(f"seed {seed} {strategy} round {r}: {len(labelled)} labels, test ROC-AUC {auc:.4f} "
+                      f"({train_s:.0f} s training)", flush=True)
+
+    rows, summary = [], {}
+    for strategy, by_seed in curves.items():
+        aucs = np.array([[auc for _, auc in curve] for curve in by_seed.values()])
+        labels = [n for n, _ in next(iter(by_seed.values()))]
+        summary[strategy] = {"labels": labels, "mean": aucs.mean(axis=0).round(4).tolist(),
+                             "std": aucs.std(axis=0).round(4).tolist(), "per_seed": aucs.round(4).tolist(),
+                             "seconds": round(seconds[strategy], 1)}
+        rows += [[strategy, n, f"{m:.3f} ± {s:.3f}"] for n, m, s in zip(labels, summary[strategy]["mean"],
+                                                                         summary[strategy]["std"], strict=True)]
+    common.print_table(["strategy", "labels", "test ROC-AUC (mean ± std over seeds)"], rows)
+    plot = Path(__file__).parent / "results" / f"{args.name}.png"
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for strategy, found in summary.items():
+        ax.errorbar(found["labels"], found["mean"], yerr=found["std"], marker="o", capsize=3, label=strategy)
+    ax.set_xlabel("labels")
+    ax.set_ylabel("test ROC-AUC")
+    ax.set_title(f"ETHOS, {len(args.seeds.split(','))} seed(s)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(plot, dpi=120)
+    common.write_result(args.name, {"settings": vars(args), "curves": summary, "plot": str(plot)}, "cpu")
+
+
+if __name__ == "__main__":
+    main()
