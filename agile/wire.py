@@ -174,10 +174,17 @@ def text_problem(text) -> str | None:
         return "text is empty"
     if len(text) > MAX_TEXT_CHARS:
         return f"text has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}"
+    problem = unicode_problem(text)
+    return f"text is {problem}" if problem else None
+
+
+def unicode_problem(value: str) -> str | None:
+    """Why `value` cannot be written as UTF-8, or None: JSON's `"\\ud800"` decodes to an unpaired
+    surrogate, which no reply, log line or task message can carry."""
     try:
-        text.encode("utf-8")
+        value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        return f"text is not valid UTF-8 (unpaired surrogate at character {exc.start})"
+        return f"not valid UTF-8 (unpaired surrogate at character {exc.start})"
     return None
 
 

@@ -1,22 +1,22 @@
-"""The ASGI app: routes, error shapes, the Redis connection, health, metrics, and an access log.
+"""The ASGI app: routes, error shapes, the Redis connection, health, metrics, an access log, a body cap.
 
-The access log is ours (uvicorn's is off): it names the route, status and time,
-never the query string (`?key=` carries the API key) nor any body.
+The access log is ours (uvicorn's is off, serve.middleware.AccessLog): it names the route,
+status and time, never the query string (`?key=` carries the API key) nor any body.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from agile.serve import discovery, errors, metrics, native, perspective
+from agile.serve import discovery, errors, native, perspective
 from agile.serve.attributes import AttributeMap
 from agile.serve.errors import ApiError
+from agile.serve.middleware import AccessLog, BodyLimit
 from agile.serve.models import Error, Health
 from agile.serve.service import Service
 from agile.serve.settings import ServeSettings
@@ -71,16 +71,8 @@ def create_app(settings: ServeSettings, queue: QueueSettings, keys: frozenset[st
     async def prometheus() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.middleware("http")
-    async def access_log(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "other")
-        seconds = time.perf_counter() - start
-        metrics.REQUESTS.labels(route, str(response.status_code)).inc()
-        metrics.SECONDS.labels(route).observe(seconds)
-        log.info("%s %s %d %.1f ms", request.method, route, response.status_code, seconds * 1000)
-        return response
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLog)  # the last added is the outermost: it sees every answer, the 413 included
 
     app.openapi = lambda: app.openapi_schema or _document(app, settings, attributes)
     return app

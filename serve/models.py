@@ -8,11 +8,26 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from agile.wire import unicode_problem
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _unicode(value: str) -> str:
+    problem = unicode_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+# Every string the server echoes, names in a message or sends to the workers, except comment texts:
+# an unpaired surrogate there is refused with the request (400) before anything is queued. A comment
+# text stays a plain str, refused per comment with the workers' own rule (serve.service.comment_problem).
+Unicode = Annotated[str, AfterValidator(_unicode)]
 
 
 # ---------------------------------------------------------------- Perspective
@@ -36,17 +51,17 @@ class AttributeRequest(_Strict):
 
 class AnalyzeRequest(_Strict):
     comment: TextEntry
-    requestedAttributes: dict[str, AttributeRequest] = Field(
+    requestedAttributes: dict[Unicode, AttributeRequest] = Field(
         min_length=1, description="Attributes to score (GET /v1alpha1/attributes lists them), each with an "
                                   "optional scoreThreshold.")
     context: Context | None = None
     spanAnnotations: bool = False
-    languages: list[str] = Field(default_factory=list, max_length=16,
-                                 description="Echoed back; the policies were trained on `trainedLanguages`.")
+    languages: list[Unicode] = Field(default_factory=list, max_length=16,
+                                     description="Echoed back; the policies were trained on `trainedLanguages`.")
     doNotStore: bool = False
-    clientToken: str | None = None
-    sessionId: str | None = None
-    communityId: str | None = None
+    clientToken: Unicode | None = None
+    sessionId: Unicode | None = None
+    communityId: Unicode | None = None
 
 
 class Score(BaseModel):
@@ -81,14 +96,15 @@ class AttributesResponse(BaseModel):
 
 
 class CommentIn(_Strict):
-    id: str = Field(min_length=1, max_length=256)
-    text: str
+    id: Unicode = Field(min_length=1, max_length=256)
+    text: str = Field(description="As comment.text: not empty, at most AGILE_SERVE_MAX_TEXT_BYTES bytes of UTF-8; "
+                                  "a text that breaks a rule gets `error`, the others are scored.")
 
 
 class ScoreRequest(_Strict):
     comments: list[CommentIn] = Field(min_length=1, description="At most AGILE_SERVE_MAX_COMMENTS, ids unique.")
-    policies: list[str] = Field(min_length=1, max_length=16, description="Policy (adapter) names served here.")
-    thresholds: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+    policies: list[Unicode] = Field(min_length=1, max_length=16, description="Policy (adapter) names served here.")
+    thresholds: dict[Unicode, Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=dict, description="Flag these policies at this probability in this request instead "
                                           "of at their adapters' thresholds; keys among `policies`.")
     doNotStore: bool = False

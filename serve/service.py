@@ -36,11 +36,13 @@ class Scored:
 
 
 def comment_problem(text: str, max_bytes: int) -> str | None:
-    """Why the server will not score this text (the workers' own rules, then Perspective's size)."""
-    problem = text_problem(text)
-    if problem is None and len(text.encode("utf-8")) > max_bytes:
-        problem = f"comment text is {len(text.encode('utf-8')):,} bytes; the limit is {max_bytes:,}"
-    return problem
+    """Why the server will not score this text: Perspective's size first (AGILE_SERVE_MAX_TEXT_BYTES, at
+    most the workers' MAX_TEXT_CHARS, so their character limit is never the one cited), then the
+    workers' own rules."""
+    size = len(text.encode("utf-8", "surrogatepass"))  # an unpaired surrogate is text_problem's to name
+    if size > max_bytes:
+        return f"text is {size:,} bytes of UTF-8; the limit is {max_bytes:,} bytes"
+    return text_problem(text)
 
 
 def read_score(policy: str, result: dict, fields: dict) -> Scored:

@@ -28,6 +28,7 @@ class ServeSettings:
     attributes: str = ""  # JSON file mapping Perspective attributes to policies; "" = the default map
     max_text_bytes: int = 20_480  # Perspective's limit: 20 KB of UTF-8 per comment
     max_comments: int = 1024  # per /v1/score request
+    max_body_bytes: int = 4 * 1024 * 1024  # per request body, then 413 before it is parsed
     coalesce_ms: float = 5.0  # how long a batch waits for more comments before it is sent
     max_batch: int = 64  # comments per task
     max_queue: int = 256  # tasks waiting in the queue at which requests get 429
@@ -38,6 +39,9 @@ class ServeSettings:
             raise SettingsError(f"AGILE_SERVE_PORT must be a port number, got {self.port}")
         if not 0 < self.max_text_bytes <= MAX_TEXT_CHARS:
             raise SettingsError(f"AGILE_SERVE_MAX_TEXT_BYTES must be within 1..{MAX_TEXT_CHARS}")
+        if self.max_body_bytes < self.max_text_bytes:
+            raise SettingsError(f"AGILE_SERVE_MAX_BODY_BYTES must be at least AGILE_SERVE_MAX_TEXT_BYTES "
+                                f"({self.max_text_bytes}), or no comment at the limit fits, got {self.max_body_bytes}")
         if not 0 < self.max_batch <= MAX_ITEMS:
             raise SettingsError(f"AGILE_SERVE_MAX_BATCH must be within 1..{MAX_ITEMS}, got {self.max_batch}")
         for name in ("max_comments", "max_queue"):

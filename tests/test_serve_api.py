@@ -5,6 +5,7 @@ and httpx as the client. Request and response shapes follow Perspective's docume
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 import httpx
@@ -127,7 +128,8 @@ SECRET = "a-very-secret-comment-8c1f"
 @pytest.mark.parametrize(("payload", "says"), [
     (body(""), "comment.text: text is empty"),
     (body("   \n"), "comment.text: text is empty"),
-    (body(SECRET + "é" * 10_240), "bytes; the limit is 20,480"),
+    (body(SECRET + "é" * 10_240), f"text is {len(SECRET) + 20_480:,} bytes of UTF-8; the limit is 20,480 bytes"),
+    (body(SECRET + "x" * 300_000), f"text is {len(SECRET) + 300_000:,} bytes of UTF-8; the limit is 20,480 bytes"),
     ('{"comment": {"text": "' + SECRET + '\\udc80"}, "requestedAttributes": {"TOXICITY": {}}}', "not valid UTF-8"),
     ({"comment": {"text": SECRET}, "requestedAttributes": {"TOXICITY": {}, "SPAM": {}}}, "Unknown attribute(s) SPAM"),
     ({"comment": {"text": SECRET}, "requestedAttributes": {}}, "'requestedAttributes': Dictionary should have"),
@@ -147,6 +149,46 @@ def test_every_bad_input_gets_400_in_googles_shape_without_the_text(stack, paylo
     assert error["code"] == 400 and error["status"] == "INVALID_ARGUMENT"
     assert says in error["message"], error["message"]
     assert SECRET not in r.text
+
+
+S = "\\ud800"  # JSON's escape of an unpaired surrogate: Python decodes it, no UTF-8 reply or log can carry it
+GOOD = '"comment": {"text": "hello"}, "requestedAttributes": {"TOXICITY": {}}'
+
+
+@pytest.mark.parametrize(("path", "payload", "says"), [
+    ("/v1alpha1/comments:analyze", '{' + GOOD + ', "clientToken": "tok-' + S + '"}', "'clientToken': "),
+    ("/v1alpha1/comments:analyze", '{' + GOOD + ', "languages": ["en", "' + S + '"]}', "'languages.1': "),
+    ("/v1alpha1/comments:analyze", '{' + GOOD + ', "sessionId": "' + S + '"}', "'sessionId': "),
+    ("/v1alpha1/comments:analyze", '{"comment": {"text": "hi"}, "requestedAttributes": {"' + S + '": {}}}',
+     "'requestedAttributes."),
+    ("/v1alpha1/comments:analyze", '{' + GOOD + ', "' + S + '": 1}', "'body' holds a string"),
+    ("/v1/score", '{"comments": [{"id": "a", "text": "hi"}], "policies": ["' + S + '"]}', "'policies.0': "),
+    ("/v1/score", '{"comments": [{"id": "a", "text": "hi"}], "policies": ["tiny-toxic"], "thresholds": {"' + S
+     + '": 0.5}}', "'thresholds."),
+    ("/v1/score", '{"comments": [{"id": "' + S + '", "text": "hi"}], "policies": ["tiny-toxic"]}', "'comments.0.id'"),
+])
+def test_an_unpaired_surrogate_outside_the_text_is_a_400_before_anything_is_queued(stack, path, payload, says):  # noqa: F811
+    client = stack["redis"].client()
+    before = client.llen(stack["trace"])
+    r = httpx.post(f"{stack['server'].url}{path}", content=payload, timeout=60,
+                   headers={"Content-Type": "application/json", "X-Goog-Api-Key": KEYS[0]})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["status"] == "INVALID_ARGUMENT" and says in error["message"], error["message"]
+    assert "not valid UTF-8" in error["message"]
+    assert client.llen(stack["trace"]) == before  # refused before any scoring: no task reached the worker
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_body_not_sent_as_json_is_refused_naming_its_content_type(stack, content_type):  # noqa: F811
+    headers = {"X-Goog-Api-Key": KEYS[0], **({"Content-Type": content_type} if content_type else {})}
+    r = httpx.post(f"{stack['server'].url}/v1alpha1/comments:analyze", content=json.dumps(body()), headers=headers,
+                   timeout=30)
+    assert r.request.headers.get("content-type") == content_type
+    assert r.status_code == 400, r.text
+    sent = f"Content-Type '{content_type}'" if content_type else "no Content-Type"
+    assert r.json()["error"]["message"] == (f"Invalid JSON payload received: the body came with {sent}; "
+                                            "expected 'application/json'.")
 
 
 def test_do_not_store_leaves_nothing_of_the_text_in_redis(stack):  # noqa: F811
@@ -199,14 +241,15 @@ def test_concurrent_requests_are_coalesced_into_fewer_tasks(stack):  # noqa: F81
 
 def test_native_batch_keeps_ids_and_order_and_marks_bad_rows(stack):  # noqa: F811
     comments = [{"id": "0012", "text": "first"}, {"id": "b", "text": ""}, {"id": "12", "text": "third one"},
-                {"id": "long", "text": "x" * 30_000}]
+                {"id": "long", "text": "x" * 30_000}, {"id": "huge", "text": "x" * 300_000}]
     r = httpx.post(f"{stack['server'].url}/v1/score", headers={"X-Goog-Api-Key": KEYS[0]}, timeout=60,
                    json={"comments": comments, "policies": ["tiny-toxic", "tiny-safe"]})
     assert r.status_code == 200, r.text
     results = r.json()["results"]
-    assert [x["id"] for x in results] == ["0012", "b", "12", "long"]
+    assert [x["id"] for x in results] == ["0012", "b", "12", "long", "huge"]
     assert results[1] == {"id": "b", "error": "text is empty"}
-    assert "the limit is 20,480" in results[3]["error"]
+    assert results[3]["error"] == "text is 30,000 bytes of UTF-8; the limit is 20,480 bytes"
+    assert results[4]["error"] == "text is 300,000 bytes of UTF-8; the limit is 20,480 bytes"  # not the workers'
     for x in (results[0], results[2]):
         toxic, safe = x["scores"]["tiny-toxic"], x["scores"]["tiny-safe"]
         assert toxic["label"] == "Toxic" and safe["label"] == "Safe" and len(toxic["version"]) == 12

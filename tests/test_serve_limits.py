@@ -1,11 +1,15 @@
-"""`agile serve` when things go wrong: no keys, bad settings, a full queue, no worker, Redis down.
+"""`agile serve` when things go wrong: no keys, bad settings, a full queue, no worker, Redis down,
+a body over the cap, a broken worker's result.
 
 A server whose queue has no worker, on its own Redis: the first request waits out its
-deadline (504) while its task sits in the queue, which is then over the bound (429).
+deadline (504) while its task sits in the queue, which is then over the bound (429). A request
+that would queue anything therefore shows it as a task in the queue, or a 504.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import threading
@@ -21,6 +25,7 @@ from agile.serve.settings import ServeSettings, env_name
 from agile.settings import SERVE_KEYS, QueueSettings, SettingsError
 
 BODY = {"comment": {"text": "hello there"}, "requestedAttributes": {"TOXICITY": {}}}
+CAP = 1_000_000  # the idle server's AGILE_SERVE_MAX_BODY_BYTES
 
 
 def serve_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -33,7 +38,8 @@ def idle(module_processes, tmp_path_factory):  # noqa: F811
     """A server on a queue nobody consumes: 1 waiting task fills it, 1.5 s is its deadline."""
     work = tmp_path_factory.mktemp("idle")
     redis = module_processes.redis()
-    env = serve_env(queue_env(redis.url, work / "no-model"), work, max_queue=1, timeout=1.5, coalesce_ms=1)
+    env = serve_env(queue_env(redis.url, work / "no-model"), work, max_queue=1, timeout=1.5, coalesce_ms=1,
+                    max_body_bytes=CAP)
     server = Server(env, work).start()
     module_processes.started.append(server)
     return {"server": server.wait_ready(), "redis": redis, "env": env}
@@ -63,6 +69,62 @@ def test_open_on_purpose_serves_without_a_key(module_processes, tmp_path):  # no
     r = httpx.get(f"{server.url}/v1alpha1/attributes", timeout=10)
     assert r.status_code == 200 and r.json()["attributes"] == AttributeMap.load(None).attributes
     assert "WITHOUT API keys" in server.text()
+
+
+def _score_body(comments: int, chars: int) -> bytes:
+    return json.dumps({"comments": [{"id": str(i), "text": "x" * chars} for i in range(comments)],
+                       "policies": ["tiny-toxic"]}).encode()
+
+
+def test_a_body_over_the_cap_is_413_before_it_is_read_with_or_without_content_length(idle):
+    url, queue = idle["server"].url, idle["env"]["AGILE_QUEUE"]
+    over = _score_body(60, 20_000)  # valid comments: read, they would be queued
+    assert len(over) > CAP
+    chunked = (over[i:i + 65_536] for i in range(0, len(over), 65_536))
+    for content in (over, chunked):
+        r = httpx.post(f"{url}/v1/score", content=content, timeout=30,
+                       headers={"Content-Type": "application/json", "X-Goog-Api-Key": KEYS[0]})
+        assert r.status_code == 413, r.text[:300]
+        assert r.json()["error"] == {"code": 413, "status": "INVALID_ARGUMENT",
+                                     "message": f"Request payload size exceeds the limit: {CAP:,} bytes."}
+        assert ("content-length" in r.request.headers) == (content is over)  # the chunked one had none
+    assert idle["redis"].client().llen(queue) == 0
+    no_key = httpx.post(f"{url}/v1/score", content=over, headers={"Content-Type": "application/json"}, timeout=30)
+    assert no_key.status_code == 403  # the key first, whatever the body, as for a malformed one
+    under = _score_body(40, 20_481)  # under the cap: read, and each comment is over the text limit
+    assert len(under) < CAP
+    r = httpx.post(f"{url}/v1/score", content=under, timeout=30,
+                   headers={"Content-Type": "application/json", "X-Goog-Api-Key": KEYS[0]})
+    assert r.status_code == 200, r.text[:300]
+    assert {x["error"] for x in r.json()["results"]} == {"text is 20,481 bytes of UTF-8; the limit is 20,480 bytes"}
+    assert "POST /v1/score 413" in idle["server"].text()
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    assert re.search(r'^agile_serve_requests_total\{code="413",route="/v1/score"\} 2\.0$', metrics, re.M), metrics
+
+
+def test_an_unhandled_error_is_a_500_in_googles_shape_logged_and_counted(idle):
+    """The test plays a broken worker whose result lacks the p_<label> the server reads: an error no
+    handler expects, answered by Starlette's outermost middleware, still goes to the log and metrics."""
+    url, client, queue = idle["server"].url, idle["redis"].client(), idle["env"]["AGILE_QUEUE"]
+    secret = "unhandled-secret-comment-5d2e"
+    got: dict = {}
+    asking = threading.Thread(target=lambda: got.setdefault("r", analyze(url, {**BODY, "comment": {"text": secret}})))
+    asking.start()
+    _, raw = client.brpop(queue, timeout=10)
+    result = {"positive_label": "Toxic", "threshold": 0.5, "results": {"0": {"flagged": True}}}
+    client.set(f"celery-task-meta-{json.loads(raw)['headers']['id']}", json.dumps({"status": "SUCCESS",
+                                                                                  "result": result}))
+    asking.join(30)
+    r = got["r"]
+    assert r.status_code == 500 and r.json()["error"]["status"] == "INTERNAL", r.text
+    assert "KeyError" in r.json()["error"]["message"]
+    log = idle["server"].text()
+    assert "POST /v1alpha1/comments:analyze 500" in log
+    for never in (*KEYS, secret):
+        assert never not in log
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    assert re.search(r'^agile_serve_requests_total\{code="500",route="/v1alpha1/comments:analyze"\} 1\.0$',
+                     metrics, re.M), metrics
 
 
 def test_a_full_queue_answers_429_and_a_late_score_504(idle):
@@ -110,7 +172,8 @@ def test_serve_settings_are_typed_and_registered_with_the_queue_settings(tmp_pat
     QueueSettings.from_env({k: "1" for k in SERVE_KEYS if "PORT" not in k})  # the workers accept them
     for env, says in [({"AGILE_SERVE_OPEN": "maybe"}, "AGILE_SERVE_OPEN"),
                       ({"AGILE_SERVE_MAX_BATCH": "5000"}, "1..1024"),
-                      ({"AGILE_SERVE_TIMEOUT": "soon"}, "not a valid float"), ({"AGILE_SERVE_PORT": "0"}, "port")]:
+                      ({"AGILE_SERVE_TIMEOUT": "soon"}, "not a valid float"), ({"AGILE_SERVE_PORT": "0"}, "port"),
+                      ({"AGILE_SERVE_MAX_BODY_BYTES": "20000"}, "MAX_BODY_BYTES must be at least")]:
         with pytest.raises(SettingsError, match=says):
             ServeSettings.from_env(env)
     assert AttributeMap.load(None).policies == ["ethos-hate", "ethos-violence"]
