@@ -18,13 +18,14 @@ import time
 UNACKED_INDEX = "unacked_index"
 
 
-def queue_depth(client, queue: str) -> tuple[int, int]:
-    """(messages waiting in `queue`, messages delivered but not yet acknowledged)."""
+def queue_depth(client, *queues: str) -> tuple[int, int]:
+    """(messages waiting in `queues`, together, messages delivered but not yet acknowledged)."""
     pipe = client.pipeline(transaction=False)
-    pipe.llen(queue)
+    for queue in queues:
+        pipe.llen(queue)
     pipe.zcard(UNACKED_INDEX)
-    waiting, in_flight = pipe.execute()
-    return int(waiting), int(in_flight)
+    *waiting, in_flight = pipe.execute()
+    return sum(map(int, waiting)), int(in_flight)
 
 
 # Which workers are up, and on what device, so a producer can size its tasks for them: each worker

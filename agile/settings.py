@@ -123,6 +123,9 @@ class QueueSettings:
             "socket_connect_timeout": 5,
             "socket_timeout": max(30, restore_every * 3),
             "health_check_interval": 15,
+            # Take from the queues in the order the worker names them (interactive first, agile.wire.lanes),
+            # instead of kombu's default round robin, which would let a bulk backlog delay a request.
+            "queue_order_strategy": "priority",
         }
         config = dict(
             broker_url=self.redis_url,

@@ -12,12 +12,22 @@ from dataclasses import asdict, dataclass, field
 
 TASK_NAME = "agile.score_batch"
 DEFAULT_QUEUE = "agile"
+INTERACTIVE_SUFFIX = ".interactive"  # the lane every worker takes from before the bulk queue
 MAX_ITEMS = 1024  # per task: a bigger batch gains nothing on one GPU and lengthens redelivery
 MAX_TEXT_CHARS = 200_000  # longer texts are refused; up to this they are scored truncated
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # job and batch ids: safe inside Redis key names
 PAYLOAD_KEYS = ("items", "job_id", "batch_id", "adapter", "model", "labels", "instructions", "threshold",
                 "observe", "policies")
 SET_KEYS = ("adapter", "threshold", "if")  # one entry of `policies`
+
+
+def lanes(queue: str) -> tuple[str, str]:
+    """(interactive, bulk): a fleet's two queues, in the order its workers take from them.
+
+    Requests someone waits on (`agile serve`, or any client that sends to the first name)
+    never wait behind a bulk backlog, only behind the batch a worker has in hand.
+    """
+    return f"{queue}{INTERACTIVE_SUFFIX}", queue
 
 
 class PayloadError(ValueError):

@@ -60,11 +60,13 @@ def start_private_redis(stack: ExitStack) -> str:
 
 def start_worker(stack: ExitStack, env: dict[str, str]) -> subprocess.Popen:
     """One worker, its banner and logs kept out of the demo's output (see WORKER_LOG)."""
+    from agile.wire import lanes
+
     WORKER_LOG.parent.mkdir(exist_ok=True)
     log = stack.enter_context(WORKER_LOG.open("w"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "agile.worker", "worker", "--pool", "solo", "--queues",
-         env["AGILE_QUEUE"], "--hostname", "agile-demo@%h", "--without-mingle", "--without-gossip",
+         ",".join(lanes(env["AGILE_QUEUE"])), "--hostname", "agile-demo@%h", "--without-mingle", "--without-gossip",
          "--loglevel", "WARNING"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     stack.callback(_stop, proc, "worker")

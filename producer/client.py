@@ -23,7 +23,7 @@ from agile.producer.pipeline import run_job, sized
 from agile.producer.results import drain_pages, record_results
 from agile.producer.source import MemorySource, Plan, batches
 from agile.settings import QueueSettings
-from agile.wire import TASK_NAME, BatchRequest, Item
+from agile.wire import TASK_NAME, BatchRequest, Item, lanes
 
 
 class ScoringClient:
@@ -83,9 +83,12 @@ class ScoringClient:
         return dict(self.results(self.submit(items), timeout))
 
     def score_now(self, items: Iterable[tuple[str, str]], timeout: float = 60) -> dict:
-        """One task, the plain Celery way: send_task, then .get() (at most 1024 comments, unique ids)."""
+        """One task, the plain Celery way: send_task, then .get() (at most 1024 comments, unique ids).
+
+        It goes to the interactive lane, as `agile serve`'s requests do: someone waits on it.
+        """
         req = BatchRequest([Item(str(i), t) for i, t in items], **self.policy)
-        result = self.app.send_task(TASK_NAME, kwargs=req.to_kwargs(), queue=self.settings.queue)
+        result = self.app.send_task(TASK_NAME, kwargs=req.to_kwargs(), queue=lanes(self.settings.queue)[0])
         try:
             return result.get(timeout)
         finally:

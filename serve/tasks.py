@@ -9,6 +9,9 @@ which the coalescer waits for), so the cost does not grow with the number of
 waiting requests. Each message carries an
 `expires` time (the request's deadline): a worker drops a task nobody waits for.
 Messages say `kwargsrepr: "{...}"`, so comment texts never reach Flower or logs.
+They go to the fleet's interactive lane (agile.wire.lanes), which every worker takes
+from before the bulk queue: a request waits for the batch a worker has in hand, never
+for a bulk job's backlog.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from redis.exceptions import RedisError
 
 from agile.broker import queue_depth
 from agile.settings import QueueSettings
-from agile.wire import TASK_NAME
+from agile.wire import TASK_NAME, lanes
 
 log = logging.getLogger("agile.serve")
 
@@ -104,16 +107,17 @@ class TaskQueue:
         self._depth = (0.0, 0)  # (monotonic time read, messages waiting)
         self._acks: set[asyncio.Task] = set()  # doNotStore results waiting for the worker's ack
         self._sync = None  # a redis-py client for agile.broker's depth reading (health checks only)
+        self.lane = lanes(settings.queue)[0]  # the interactive queue this server's tasks go to
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
     async def waiting(self) -> int:
-        """Messages waiting in the queue (all producers'), read at most every few milliseconds."""
+        """Messages waiting in the interactive lane (every server's), read at most every few milliseconds."""
         read_at, depth = self._depth
         if time.monotonic() - read_at > DEPTH_CACHE_SECONDS:
-            depth = await self.redis.llen(self.settings.queue)
+            depth = await self.redis.llen(self.lane)
             self._depth = (time.monotonic(), depth)
         return depth
 
@@ -123,13 +127,13 @@ class TaskQueue:
         return sum(1 for p in self._pending.values() if p.adapter == adapter and not p.taken and now < p.expires)
 
     async def depth(self) -> tuple[int, int]:
-        """(waiting, in flight), as the workers' metrics read it."""
+        """(waiting in both lanes, in flight), as the workers' metrics read it."""
         if self._sync is None:  # no retries: a health check must answer now, not after Redis is back
             import redis
 
             self._sync = redis.Redis.from_url(self.settings.redis_url, decode_responses=True,
                                               socket_connect_timeout=2, socket_timeout=5)
-        return await asyncio.to_thread(queue_depth, self._sync, self.settings.queue)
+        return await asyncio.to_thread(queue_depth, self._sync, *lanes(self.settings.queue))
 
     async def submit(self, adapter: str, items: list[dict], deadline_s: float, wait_ack: bool) -> asyncio.Future:
         """Queue one task; the future resolves to its Celery result meta (already deleted in Redis)."""
@@ -139,8 +143,8 @@ class TaskQueue:
                            time.monotonic() + deadline_s)
         self._pending[task_id] = pending  # before the push: a fast worker's result must find it
         try:
-            body = message(task_id, tag, self.settings.queue, {"items": items, "adapter": adapter}, expires)
-            await self.redis.lpush(self.settings.queue, body)
+            body = message(task_id, tag, self.lane, {"items": items, "adapter": adapter}, expires)
+            await self.redis.lpush(self.lane, body)
         except BaseException:
             self._pending.pop(task_id, None)
             raise

@@ -106,12 +106,14 @@ class Worker:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Worker:
+        from agile.wire import lanes
+
         if self.via_agile:
             args = ["-m", "agile.cli.main", "worker", "--hostname", f"{self.name}@%h",
                     "--", "--include", "queue_fixtures"]
         else:
             args = ["-m", "celery", "-A", "agile.worker", "worker", "--pool", "solo", "--hostname", f"{self.name}@%h",
-                    "--queues", self.env["AGILE_QUEUE"], "--without-mingle", "--without-gossip",
+                    "--queues", ",".join(lanes(self.env["AGILE_QUEUE"])), "--without-mingle", "--without-gossip",
                     "--include", "queue_fixtures", "--loglevel", "INFO"]
         with self.log.open("w") as out:
             self.proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=self.env, stdout=out,

@@ -23,6 +23,7 @@ from serve_fixtures import KEYS, Server, analyze, serve_env
 from agile.serve.attributes import AttributeMap
 from agile.serve.settings import ServeSettings, env_name
 from agile.settings import SERVE_KEYS, QueueSettings, SettingsError
+from agile.wire import lanes
 
 BODY = {"comment": {"text": "hello there"}, "requestedAttributes": {"TOXICITY": {}}}
 CAP = 1_000_000  # the idle server's AGILE_SERVE_MAX_BODY_BYTES
@@ -77,7 +78,7 @@ def _score_body(comments: int, chars: int) -> bytes:
 
 
 def test_a_body_over_the_cap_is_413_before_it_is_read_with_or_without_content_length(idle):
-    url, queue = idle["server"].url, idle["env"]["AGILE_QUEUE"]
+    url, queue = idle["server"].url, lanes(idle["env"]["AGILE_QUEUE"])[0]
     over = _score_body(60, 20_000)  # valid comments: read, they would be queued
     assert len(over) > CAP
     chunked = (over[i:i + 65_536] for i in range(0, len(over), 65_536))
@@ -105,7 +106,7 @@ def test_a_body_over_the_cap_is_413_before_it_is_read_with_or_without_content_le
 def test_an_unhandled_error_is_a_500_in_googles_shape_logged_and_counted(idle):
     """The test plays a broken worker whose result lacks the p_<label> the server reads: an error no
     handler expects, answered by Starlette's outermost middleware, still goes to the log and metrics."""
-    url, client, queue = idle["server"].url, idle["redis"].client(), idle["env"]["AGILE_QUEUE"]
+    url, client, queue = idle["server"].url, idle["redis"].client(), lanes(idle["env"]["AGILE_QUEUE"])[0]
     secret = "unhandled-secret-comment-5d2e"
     got: dict = {}
     asking = threading.Thread(target=lambda: got.setdefault("r", analyze(url, {**BODY, "comment": {"text": secret}})))
@@ -133,7 +134,7 @@ def test_a_full_queue_answers_429_and_a_late_score_504(idle):
     waiting = threading.Thread(target=lambda: slow.setdefault("r", analyze(url, BODY)))
     start = time.monotonic()
     waiting.start()
-    queue = idle["env"]["AGILE_QUEUE"]
+    queue = lanes(idle["env"]["AGILE_QUEUE"])[0]
     wait_for(lambda: idle["redis"].client().llen(queue) >= 1, 10, "the first task in the queue")
     time.sleep(0.05)  # past the server's 20 ms cache of the queue depth
     full = analyze(url, BODY)

@@ -52,9 +52,10 @@ def run(args) -> int:
     node = args.hostname or f"agile-{'cpu' if args.gpu is None else f'gpu{args.gpu}'}@%h"
     extra = [a for a in args.celery_args if a != "--"]
 
+    from agile.wire import lanes
     from agile.worker.app import app
 
     app.worker_main(["worker", "--pool", "solo", "--concurrency", "1", "--prefetch-multiplier", "1",
-                     "--queues", settings.queue, "--hostname", node, "--loglevel", args.loglevel,
+                     "--queues", ",".join(lanes(settings.queue)), "--hostname", node, "--loglevel", args.loglevel,
                      "--without-mingle", "--without-gossip", *extra])
     return 0

@@ -12,6 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from agile.broker import queue_depth
 from agile.settings import QueueSettings
+from agile.wire import lanes
 
 log = logging.getLogger("agile.worker")
 
@@ -38,7 +39,7 @@ class QueueDepth:
     def collect(self):
         family = GaugeMetricFamily("agile_queue_depth", "Batches in the queue, by state", labels=["state"])
         try:
-            waiting, in_flight = queue_depth(self.redis, self.settings.queue)
+            waiting, in_flight = queue_depth(self.redis, *lanes(self.settings.queue))  # both lanes: all work
         except Exception as exc:  # a scrape must not fail because Redis is restarting
             log.warning("queue depth unavailable: %s", exc)
             return
