@@ -7,14 +7,7 @@ import json
 import shutil
 
 import pandas as pd
-from queue_fixtures import (  # noqa: F401  (fixtures)
-    adapter_dir,
-    processes,
-    queue_env,
-    read_output,
-    run_cli,
-    write_csv,
-)
+from queue_fixtures import queue_env, read_output, run_cli, write_csv
 
 from agile.calibration import Calibration
 from agile.cli.main import main as agile
@@ -23,7 +16,7 @@ CALIBRATION = Calibration("platt", a=0.4, b=0.9, fitted_on="a test", rows=10)
 
 
 def test_agile_score_and_the_worker_serve_the_same_calibrated_probability(
-    processes, adapter_dir, tiny_preset, tmp_path, monkeypatch, capsys  # noqa: F811
+    processes, adapter_dir, tiny_preset, tmp_path, monkeypatch, capsys
 ):
     adapters = tmp_path / "adapters"
     shutil.copytree(adapter_dir / "tiny-toxic", adapters / "tiny-cal")

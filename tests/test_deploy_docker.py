@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import tomllib
-from deploy_fixtures import (  # noqa: F401  (compose_config is a fixture)
+from deploy_fixtures import (
     COMPOSE,
     COMPOSE_CPU,
     DOCKER,
@@ -23,7 +23,6 @@ from deploy_fixtures import (  # noqa: F401  (compose_config is a fixture)
     FAKE_ENV,
     LONGEST_BATCH_S,
     ROOT,
-    compose_config,
     dockerfile_instructions,
     dockerignore_excludes,
     go_duration_seconds,
@@ -161,7 +160,7 @@ def test_gpu_claim_gives_each_worker_its_own_gpu(tmp_path: Path) -> None:
 
 
 
-def test_compose_services_wired_for_scale_out(compose_config: dict[str, Any]) -> None:  # noqa: F811
+def test_compose_services_wired_for_scale_out(compose_config: dict[str, Any]) -> None:
     services = compose_config["services"]
     assert set(services) == {"redis", "worker", "flower", "producer", "serve"}
 
@@ -211,7 +210,7 @@ def test_compose_services_wired_for_scale_out(compose_config: dict[str, Any]) ->
     assert any(v["target"] == "/data" for v in producer["volumes"])
 
 
-def test_compose_serves_the_api_beside_the_workers(compose_config: dict[str, Any]) -> None:  # noqa: F811
+def test_compose_serves_the_api_beside_the_workers(compose_config: dict[str, Any]) -> None:
     from agile.serve.settings import ServeSettings
     from agile.settings import QueueSettings
 

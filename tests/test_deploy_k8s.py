@@ -14,7 +14,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_fixtures import (  # noqa: F401  (compose_config is a fixture)
+from deploy_fixtures import (
     COMPOSE,
     DOCKER,
     DOCKERFILE,
@@ -22,7 +22,6 @@ from deploy_fixtures import (  # noqa: F401  (compose_config is a fixture)
     K8S_VERSIONS,
     LONGEST_BATCH_S,
     QUANTITY,
-    compose_config,
     dockerfile_instructions,
     env_of,
     find,
@@ -143,7 +142,7 @@ def test_k8s_workers_scale_on_queued_plus_in_flight_and_never_cut_a_batch() -> N
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
 
 
-def test_containers_get_settings_agile_accepts_and_outlast_a_batch(compose_config: dict[str, Any]) -> None:  # noqa: F811
+def test_containers_get_settings_agile_accepts_and_outlast_a_batch(compose_config: dict[str, Any]) -> None:
     """agile refuses AGILE_* variables it does not know, so each container's environment (image plus
     compose or manifest) goes through the real settings check; the grace period must outlast the
     worker's soft shutdown and end before the visibility timeout would deliver the batch again."""

@@ -6,7 +6,6 @@ import json
 
 import pandas as pd
 import pytest
-from queue_fixtures import private_redis, redis_settings  # noqa: F401  (fixtures)
 
 from agile.producer.jobs import Job
 from agile.producer.results import Drain
@@ -18,7 +17,7 @@ FIELDS = {"p_Toxic": 0.7, "p_Safe": 0.3, "prediction": "Toxic", "flagged": True,
 
 
 @pytest.fixture
-def job(redis_settings, tmp_path):  # noqa: F811
+def job(redis_settings, tmp_path):
     """A 10-row job (ids with a duplicate, a blank and a leading zero), batch size 4: b0 b1 b2."""
     path = tmp_path / "dump.csv"
     path.write_text("id,text\n0012,a\nx,b\nx,c\n,d\ny,\nz,f\nw,g\nv,h\nu,i\nt,j\n")

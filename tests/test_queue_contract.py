@@ -20,11 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from celery import Celery
-from queue_fixtures import (  # noqa: F401  (fixtures)
+from queue_fixtures import (
     ROOT,
     drop_jobs,
     job_keys,
-    module_processes,
     queue_env,
     read_output,
     run_cli,
@@ -39,7 +38,7 @@ from agile.wire import TASK_NAME, JobKeys
 
 
 @pytest.fixture(scope="module")
-def fleet(module_processes, tiny_preset):  # noqa: F811
+def fleet(module_processes, tiny_preset):
     redis = module_processes.redis(persist=False)
     env = queue_env(redis.url, tiny_preset, QUEUE_TEST_DELAY="0.05")
     workers = [module_processes.worker(f"w{n}", env) for n in (1, 2)]

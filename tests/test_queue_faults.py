@@ -13,10 +13,9 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from queue_fixtures import (  # noqa: F401  (fixtures)
+from queue_fixtures import (
     POISON_KILL,
     POISON_RAISE,
-    processes,
     queue_env,
     read_output,
     release_key,
@@ -50,7 +49,7 @@ def assert_exactly_once(out, n: int, summary) -> None:
     assert (summary.status.scored, summary.status.failed) == (n, 0)  # Redis counters never double count
 
 
-def test_kill_9_mid_batch_then_every_comment_is_scored_exactly_once(processes, tiny_preset, tmp_path):  # noqa: F811
+def test_kill_9_mid_batch_then_every_comment_is_scored_exactly_once(processes, tiny_preset, tmp_path):
     redis = processes.redis()
     env = queue_env(redis.url, tiny_preset, batch_size=8, QUEUE_TEST_TRACE=TRACE)
     held = "b2"
@@ -69,7 +68,7 @@ def test_kill_9_mid_batch_then_every_comment_is_scored_exactly_once(processes, t
     assert all(batches.count(f"b{i}") == 1 for i in range(12) if f"b{i}" != held)
 
 
-def test_a_worker_killed_after_writing_back_does_not_double_count(processes, tiny_preset, tmp_path):  # noqa: F811
+def test_a_worker_killed_after_writing_back_does_not_double_count(processes, tiny_preset, tmp_path):
     redis = processes.redis()
     once = tmp_path / "killed-once.json"
     env = queue_env(redis.url, tiny_preset, batch_size=8, QUEUE_TEST_TRACE=TRACE,
@@ -83,7 +82,7 @@ def test_a_worker_killed_after_writing_back_does_not_double_count(processes, tin
     assert len(supervisor.workers) == 2
 
 
-def test_poison_batches_are_marked_failed_and_the_job_completes(processes, tiny_preset, tmp_path):  # noqa: F811
+def test_poison_batches_are_marked_failed_and_the_job_completes(processes, tiny_preset, tmp_path):
     redis = processes.redis()
     env = queue_env(redis.url, tiny_preset, batch_size=8, max_deliveries=2, QUEUE_TEST_TRACE=TRACE)
     supervisor = processes.supervise("w", env)
@@ -105,7 +104,7 @@ def test_poison_batches_are_marked_failed_and_the_job_completes(processes, tiny_
     assert batches.count("b3") == 2  # raised, raised and given up
 
 
-def test_redis_killed_and_restarted_empty_mid_submission_loses_nothing(processes, tiny_preset, tmp_path):  # noqa: F811
+def test_redis_killed_and_restarted_empty_mid_submission_loses_nothing(processes, tiny_preset, tmp_path):
     """No persistence: the queue, the job's keys and its counters are really gone; repair must restore them."""
     redis = processes.redis(persist=False)
     env = queue_env(redis.url, tiny_preset, batch_size=8, max_in_flight=3, QUEUE_TEST_TRACE=TRACE,
@@ -125,7 +124,7 @@ def test_redis_killed_and_restarted_empty_mid_submission_loses_nothing(processes
     assert worker.proc.poll() is None, "the worker reconnected instead of dying"
 
 
-def test_warm_shutdown_finishes_the_batch_in_hand(processes, tiny_preset, tmp_path):  # noqa: F811
+def test_warm_shutdown_finishes_the_batch_in_hand(processes, tiny_preset, tmp_path):
     redis = processes.redis()
     env = queue_env(redis.url, tiny_preset, batch_size=8, QUEUE_TEST_TRACE=TRACE)
     held = "b0"

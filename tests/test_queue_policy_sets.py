@@ -16,19 +16,7 @@ import sys
 
 import pytest
 from celery import Celery
-from queue_fixtures import (  # noqa: F401  (fixtures)
-    ROOT,
-    adapter_dir,
-    drop_jobs,
-    job_keys,
-    module_processes,
-    queue_env,
-    read_output,
-    run_cli,
-    use_env,
-    wait_for,
-    write_csv,
-)
+from queue_fixtures import ROOT, drop_jobs, job_keys, queue_env, read_output, run_cli, use_env, wait_for, write_csv
 
 from agile.cli.main import main as agile_main
 from agile.wire import TASK_NAME
@@ -38,7 +26,7 @@ POLICIES = ("tiny-toxic", "tiny-threat")
 
 
 @pytest.fixture(scope="module")
-def fleet(module_processes, tiny_preset, adapter_dir):  # noqa: F811
+def fleet(module_processes, tiny_preset, adapter_dir):
     redis = module_processes.redis(persist=False)
     env = queue_env(redis.url, tiny_preset, adapter_dir, QUEUE_TEST_DELAY="0.05")
     workers = [module_processes.worker(f"w{n}", env) for n in (1, 2)]

@@ -14,16 +14,7 @@ import uuid
 import pytest
 from celery import Celery
 from kombu import Connection
-from queue_fixtures import (  # noqa: F401  (fixtures)
-    adapter_dir,
-    free_port,
-    module_processes,
-    queue_env,
-    read_output,
-    run_cli,
-    settings_of,
-    write_csv,
-)
+from queue_fixtures import free_port, queue_env, read_output, run_cli, settings_of, write_csv
 
 from agile.producer.client import ScoringClient
 from agile.wire import TASK_NAME, JobKeys
@@ -33,7 +24,7 @@ BATCH_LINE = re.compile(r"batch ([0-9a-f]+)/(b\d+): \d+ scored")
 
 
 @pytest.fixture(scope="module")
-def fleet(module_processes, tiny_preset, adapter_dir):  # noqa: F811
+def fleet(module_processes, tiny_preset, adapter_dir):
     redis = module_processes.redis(password=PASSWORD)
     env = queue_env(redis.url, tiny_preset, adapter_dir, QUEUE_TEST_DELAY="0.02")
     ports = [free_port(), free_port()]

@@ -11,8 +11,7 @@ import re
 import httpx
 import pytest
 from celery import Celery
-from queue_fixtures import adapter_dir, module_processes  # noqa: F401  (fixtures)
-from serve_fixtures import KEYS, analyze, redis_strings, stack, wait_until  # noqa: F401
+from serve_fixtures import KEYS, analyze, redis_strings, wait_until
 
 from agile.wire import TASK_NAME, lanes
 
@@ -23,7 +22,7 @@ def body(text: str = TEXT, **extra) -> dict:
     return {"comment": {"text": text}, "requestedAttributes": {"TOXICITY": {}, "THREAT": {}}, **extra}
 
 
-def worker_scores(stack, adapter: str | None, texts: list[str]) -> dict:  # noqa: F811
+def worker_scores(stack, adapter: str | None, texts: list[str]) -> dict:
     """The worker's own answer through plain Celery, to compare the server's scores with."""
     app = Celery("check", broker=stack["redis"].url, backend=stack["redis"].url)
     app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
@@ -35,7 +34,7 @@ def worker_scores(stack, adapter: str | None, texts: list[str]) -> dict:  # noqa
     return out
 
 
-def test_analyze_answers_in_perspectives_shape_with_each_policys_positive_label(stack):  # noqa: F811
+def test_analyze_answers_in_perspectives_shape_with_each_policys_positive_label(stack):
     r = analyze(stack["server"].url, body(languages=["en"], clientToken="tok-1", spanAnnotations=True))
     assert r.status_code == 200, r.text
     out = r.json()
@@ -54,7 +53,7 @@ def test_analyze_answers_in_perspectives_shape_with_each_policys_positive_label(
                                                                       abs=1e-5)
 
 
-def test_the_workers_job_less_result_names_the_positive_label_and_threshold(stack):  # noqa: F811
+def test_the_workers_job_less_result_names_the_positive_label_and_threshold(stack):
     safe = worker_scores(stack, "tiny-safe", [TEXT])
     assert safe["positive_label"] == "Safe" and safe["threshold"] == 0.5
     assert safe["results"]["0"]["flagged"] == (safe["results"]["0"]["p_Safe"] >= 0.5)
@@ -63,14 +62,14 @@ def test_the_workers_job_less_result_names_the_positive_label_and_threshold(stac
     assert "flagged" not in zero_shot["results"]["0"]
 
 
-def test_an_attribute_whose_adapter_the_workers_lack_is_a_failed_precondition(stack):  # noqa: F811
+def test_an_attribute_whose_adapter_the_workers_lack_is_a_failed_precondition(stack):
     r = analyze(stack["server"].url, {"comment": {"text": TEXT}, "requestedAttributes": {"SEVERE_TOXICITY": {}}})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["status"] == "FAILED_PRECONDITION"
     assert "unknown adapter 'tiny-missing'" in r.json()["error"]["message"]
 
 
-def test_score_threshold_leaves_out_lower_scores_and_languages_default_to_the_trained_ones(stack):  # noqa: F811
+def test_score_threshold_leaves_out_lower_scores_and_languages_default_to_the_trained_ones(stack):
     first = analyze(stack["server"].url, body()).json()["attributeScores"]
     low, high = sorted(first, key=lambda a: first[a]["summaryScore"]["value"])
     cut = (first[low]["summaryScore"]["value"] + first[high]["summaryScore"]["value"]) / 2
@@ -89,7 +88,7 @@ def test_score_threshold_leaves_out_lower_scores_and_languages_default_to_the_tr
     ("wrong-bearer", 401, "UNAUTHENTICATED"),
     ("query", 200, None), ("header", 200, None), ("bearer", 200, None), ("file-key", 200, None),
 ])
-def test_api_keys_as_google_checks_them(stack, how, code, status):  # noqa: F811
+def test_api_keys_as_google_checks_them(stack, how, code, status):
     key, headers = None, {}
     if how in ("wrong-query", "query", "file-key"):
         key = {"wrong-query": "nope", "query": KEYS[0], "file-key": KEYS[1]}[how]
@@ -109,7 +108,7 @@ def test_api_keys_as_google_checks_them(stack, how, code, status):  # noqa: F811
 
 @pytest.mark.parametrize("path", ["/v1alpha1/comments:analyze", "/v1/score"])
 @pytest.mark.parametrize("payload", ["{", '{"comment": 5}', ""])
-def test_the_key_is_checked_before_the_body_is_read(stack, path, payload):  # noqa: F811
+def test_the_key_is_checked_before_the_body_is_read(stack, path, payload):
     """A client without a key hears 403 whatever its body says; a wrong key, the key's 400; a good key,
     the body's 400."""
     url = f"{stack['server'].url}{path}"
@@ -142,7 +141,7 @@ SECRET = "a-very-secret-comment-8c1f"
     ({"comment": {"text": SECRET}, "requestedAttributes": {"TOXICITY": {"scoreThreshold": 2}}}, "scoreThreshold"),
     ({"comment": {"text": 42}, "requestedAttributes": {"TOXICITY": {}}}, "'comment.text'"),
 ])
-def test_every_bad_input_gets_400_in_googles_shape_without_the_text(stack, payload, says):  # noqa: F811
+def test_every_bad_input_gets_400_in_googles_shape_without_the_text(stack, payload, says):
     r = analyze(stack["server"].url, payload)
     assert r.status_code == 400, r.text
     error = r.json()["error"]
@@ -167,7 +166,7 @@ GOOD = '"comment": {"text": "hello"}, "requestedAttributes": {"TOXICITY": {}}'
      + '": 0.5}}', "'thresholds."),
     ("/v1/score", '{"comments": [{"id": "' + S + '", "text": "hi"}], "policies": ["tiny-toxic"]}', "'comments.0.id'"),
 ])
-def test_an_unpaired_surrogate_outside_the_text_is_a_400_before_anything_is_queued(stack, path, payload, says):  # noqa: F811
+def test_an_unpaired_surrogate_outside_the_text_is_a_400_before_anything_is_queued(stack, path, payload, says):
     client = stack["redis"].client()
     before = client.llen(stack["trace"])
     r = httpx.post(f"{stack['server'].url}{path}", content=payload, timeout=60,
@@ -180,7 +179,7 @@ def test_an_unpaired_surrogate_outside_the_text_is_a_400_before_anything_is_queu
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
-def test_a_body_not_sent_as_json_is_refused_naming_its_content_type(stack, content_type):  # noqa: F811
+def test_a_body_not_sent_as_json_is_refused_naming_its_content_type(stack, content_type):
     headers = {"X-Goog-Api-Key": KEYS[0], **({"Content-Type": content_type} if content_type else {})}
     r = httpx.post(f"{stack['server'].url}/v1alpha1/comments:analyze", content=json.dumps(body()), headers=headers,
                    timeout=30)
@@ -191,7 +190,7 @@ def test_a_body_not_sent_as_json_is_refused_naming_its_content_type(stack, conte
                                             "expected 'application/json'.")
 
 
-def test_do_not_store_leaves_nothing_of_the_text_in_redis(stack):  # noqa: F811
+def test_do_not_store_leaves_nothing_of_the_text_in_redis(stack):
     client = stack["redis"].client()
     text = "do-not-store-" + SECRET
     r = analyze(stack["server"].url, body(text, doNotStore=True))
@@ -208,7 +207,7 @@ def test_do_not_store_leaves_nothing_of_the_text_in_redis(stack):  # noqa: F811
     assert not list(client.scan_iter("celery-task-meta-*"))
 
 
-def test_do_not_store_batches_under_two_policies_all_answer(stack):  # noqa: F811
+def test_do_not_store_batches_under_two_policies_all_answer(stack):
     """While one result waits for its worker's acknowledgement, the others are still read."""
     with httpx.Client(timeout=15) as http:
         for i in range(20):
@@ -218,7 +217,7 @@ def test_do_not_store_batches_under_two_policies_all_answer(stack):  # noqa: F81
             assert reply.status_code == 200, reply.text
 
 
-def test_concurrent_requests_are_coalesced_into_fewer_tasks(stack):  # noqa: F811
+def test_concurrent_requests_are_coalesced_into_fewer_tasks(stack):
     client = stack["redis"].client()
     before = client.llen(stack["trace"])
     n = 24
@@ -239,7 +238,7 @@ def test_concurrent_requests_are_coalesced_into_fewer_tasks(stack):  # noqa: F81
     assert values == pytest.approx([direct["results"][str(i)]["p_Toxic"] for i in range(n)], abs=1e-6)
 
 
-def test_native_batch_keeps_ids_and_order_and_marks_bad_rows(stack):  # noqa: F811
+def test_native_batch_keeps_ids_and_order_and_marks_bad_rows(stack):
     comments = [{"id": "0012", "text": "first"}, {"id": "b", "text": ""}, {"id": "12", "text": "third one"},
                 {"id": "long", "text": "x" * 30_000}, {"id": "huge", "text": "x" * 300_000}]
     r = httpx.post(f"{stack['server'].url}/v1/score", headers={"X-Goog-Api-Key": KEYS[0]}, timeout=60,
@@ -263,7 +262,7 @@ def test_native_batch_keeps_ids_and_order_and_marks_bad_rows(stack):  # noqa: F8
         assert r.status_code == 400 and says in r.json()["error"]["message"], r.text
 
 
-def test_a_request_may_flag_at_its_own_threshold(stack):  # noqa: F811
+def test_a_request_may_flag_at_its_own_threshold(stack):
     url = f"{stack['server'].url}/v1/score"
     comments = [{"id": str(i), "text": f"comment number {i}"} for i in range(6)]
     plain = httpx.post(url, params={"key": KEYS[0]}, json={"comments": comments, "policies": ["tiny-toxic"]},
@@ -285,7 +284,7 @@ def test_a_request_may_flag_at_its_own_threshold(stack):  # noqa: F811
         assert r.status_code == 400 and says in r.json()["error"]["message"], r.text
 
 
-def test_health_metrics_openapi_and_attributes(stack):  # noqa: F811
+def test_health_metrics_openapi_and_attributes(stack):
     url = stack["server"].url
     health = httpx.get(f"{url}/healthz", timeout=10).json()
     assert health["status"] == "ok" and health["queued"] >= 0
@@ -303,7 +302,7 @@ def test_health_metrics_openapi_and_attributes(stack):  # noqa: F811
     assert missing.status_code == 404 and missing.json()["error"]["status"] == "NOT_FOUND"
 
 
-def test_the_server_log_holds_no_key_and_no_comment_text(stack):  # noqa: F811
+def test_the_server_log_holds_no_key_and_no_comment_text(stack):
     analyze(stack["server"].url, body(SECRET))
     log = stack["server"].text()
     assert "/v1alpha1/comments:analyze 200" in log  # it does log requests

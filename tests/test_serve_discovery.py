@@ -8,8 +8,7 @@ import httpx
 import pytest
 from googleapiclient import discovery
 from googleapiclient.errors import HttpError
-from queue_fixtures import adapter_dir, module_processes  # noqa: F401  (fixtures)
-from serve_fixtures import KEYS, analyze, stack  # noqa: F401
+from serve_fixtures import KEYS, analyze
 
 TEXT = "you people are all the same and should leave"
 
@@ -20,7 +19,7 @@ def client(url: str, key: str):
                            discoveryServiceUrl=f"{url}/$discovery/rest?version=v1alpha1", cache_discovery=False)
 
 
-def test_perspectives_python_client_scores_through_the_discovery_document(stack):  # noqa: F811
+def test_perspectives_python_client_scores_through_the_discovery_document(stack):
     url = stack["server"].url
     request = {"comment": {"text": TEXT}, "requestedAttributes": {"TOXICITY": {}, "THREAT": {}},
                "languages": ["en"], "clientToken": "sample-1"}
@@ -32,7 +31,7 @@ def test_perspectives_python_client_scores_through_the_discovery_document(stack)
     assert 0 <= response["attributeScores"]["TOXICITY"]["summaryScore"]["value"] <= 1
 
 
-def test_the_client_hears_googles_errors(stack):  # noqa: F811
+def test_the_client_hears_googles_errors(stack):
     perspective = client(stack["server"].url, "not-a-key")
     with pytest.raises(HttpError) as caught:
         perspective.comments().analyze(body={"comment": {"text": TEXT},
@@ -44,7 +43,7 @@ def test_the_client_hears_googles_errors(stack):  # noqa: F811
     assert caught.value.resp.status == 400 and "Unknown attribute(s) SPAM" in caught.value.reason
 
 
-def test_the_document_names_the_server_it_was_fetched_from(stack):  # noqa: F811
+def test_the_document_names_the_server_it_was_fetched_from(stack):
     url = stack["server"].url
     doc = httpx.get(f"{url}/$discovery/rest", params={"version": "v1alpha1"}, timeout=10).json()
     assert doc["rootUrl"] == f"{url}/" and doc["name"] == "commentanalyzer" and doc["version"] == "v1alpha1"

@@ -9,7 +9,6 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from queue_fixtures import adapter_dir, module_processes  # noqa: F401  (fixtures)
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -17,7 +16,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from serve_fixtures import KEYS, stack  # noqa: F401
+from serve_fixtures import KEYS
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
@@ -26,7 +25,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
     ("POST", "/v1alpha1/comments:analyze", 40), ("POST", "/v1/score", 30),
     ("GET", "/v1alpha1/attributes", 5), ("GET", "/healthz", 5),
 ])
-def test_no_request_from_the_openapi_document_gets_a_server_error(stack, method, path, examples):  # noqa: F811
+def test_no_request_from_the_openapi_document_gets_a_server_error(stack, method, path, examples):
     operation = schemathesis.openapi.from_url(f"{stack['server'].url}/openapi.json")[path][method]
     cases = st.one_of(operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE))
     seen: dict[int, int] = {}

@@ -17,7 +17,7 @@ import time
 
 import httpx
 import pytest
-from queue_fixtures import ROOT, module_processes, queue_env, wait_for  # noqa: F401  (fixtures)
+from queue_fixtures import ROOT, queue_env, wait_for
 from serve_fixtures import KEYS, Server, analyze, serve_env
 
 from agile.serve.attributes import AttributeMap
@@ -35,7 +35,7 @@ def serve_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def idle(module_processes, tmp_path_factory):  # noqa: F811
+def idle(module_processes, tmp_path_factory):
     """A server on a queue nobody consumes: 1 waiting task fills it, 1.5 s is its deadline."""
     work = tmp_path_factory.mktemp("idle")
     redis = module_processes.redis()
@@ -62,7 +62,7 @@ def test_the_server_refuses_to_start_without_keys_unless_open_on_purpose(tmp_pat
     assert mapped.returncode == 2 and "not a plain adapter name" in mapped.stderr
 
 
-def test_open_on_purpose_serves_without_a_key(module_processes, tmp_path):  # noqa: F811
+def test_open_on_purpose_serves_without_a_key(module_processes, tmp_path):
     redis = module_processes.redis()
     server = Server(queue_env(redis.url, tmp_path), tmp_path, ("--open",)).start()
     module_processes.started.append(server)

@@ -7,7 +7,6 @@ import csv
 import numpy as np
 import pandas as pd
 import pytest
-from queue_fixtures import adapter_dir  # noqa: F401  (a fixture)
 
 from agile.cli.main import main
 from agile.policy import Policy
@@ -78,7 +77,7 @@ def pool_file(tmp_path):
 
 
 def test_suggest_end_to_end_in_process_and_from_an_earlier_scoring(
-        tiny_preset, adapter_dir, pool_file, tmp_path, monkeypatch, capsys):  # noqa: F811
+        tiny_preset, adapter_dir, pool_file, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("AGILE_ADAPTER_PATH", str(adapter_dir))
     common = ["--adapter", "tiny-toxic", "-i", str(pool_file), "--text-column", "body", "--model", str(tiny_preset)]
     out = tmp_path / "next.csv"
@@ -107,7 +106,7 @@ def test_suggest_end_to_end_in_process_and_from_an_earlier_scoring(
 
 
 def test_scores_of_another_pool_are_refused_in_one_line(
-        tiny_preset, adapter_dir, pool_file, tmp_path, monkeypatch, capsys):  # noqa: F811
+        tiny_preset, adapter_dir, pool_file, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("AGILE_ADAPTER_PATH", str(adapter_dir))
     other = tmp_path / "other.csv"
     pd.DataFrame({"id": ["a", "b"], "p_Toxic": [0.1, 0.2], "p_Safe": [0.9, 0.8]}).to_csv(other, index=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import signal
 
-from queue_fixtures import processes, queue_env, settings_of, wait_for, write_csv  # noqa: F401  (fixtures)
+from queue_fixtures import queue_env, settings_of, wait_for, write_csv
 
 from agile.broker import CPU_TASK_SIZE, GPU_TASK_SIZE, STALE_SECONDS, announce, live_workers, task_size, workers_key
 from agile.producer.jobs import Job
@@ -14,7 +14,7 @@ from agile.producer.pipeline import prepare, sized, start
 from agile.producer.source import FileSource
 
 
-def test_a_worker_announces_its_device_and_leaves_on_shutdown(processes, tiny_preset):  # noqa: F811
+def test_a_worker_announces_its_device_and_leaves_on_shutdown(processes, tiny_preset):
     redis = processes.redis()
     env = queue_env(redis.url, tiny_preset)
     settings = settings_of(env)
@@ -28,7 +28,7 @@ def test_a_worker_announces_its_device_and_leaves_on_shutdown(processes, tiny_pr
     assert live_workers(client, settings.key_prefix, settings.queue) == {}
 
 
-def test_stale_and_garbled_entries_do_not_count_and_are_dropped(processes):  # noqa: F811
+def test_stale_and_garbled_entries_do_not_count_and_are_dropped(processes):
     client = processes.redis().client()
     announce(client, "p", "q", "gpu-old", "cuda", now=1000.0)
     announce(client, "p", "q", "cpu-now", "cpu", now=5000.0)
@@ -38,7 +38,7 @@ def test_stale_and_garbled_entries_do_not_count_and_are_dropped(processes):  # n
     assert live_workers(client, "p", "q", now=5000.0 + STALE_SECONDS + 1) == {}
 
 
-def test_tasks_are_gpu_sized_while_a_gpu_worker_is_up_unless_the_size_is_given(processes, tmp_path):  # noqa: F811
+def test_tasks_are_gpu_sized_while_a_gpu_worker_is_up_unless_the_size_is_given(processes, tmp_path):
     redis = processes.redis()
     settings = settings_of(queue_env(redis.url, tmp_path))
     assert settings.batch_size == 0  # nothing given

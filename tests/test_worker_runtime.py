@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from queue_fixtures import adapter_dir  # noqa: F401  (a fixture)
 
 from agile.adapters import AdapterError
 from agile.settings import QueueSettings
@@ -15,7 +14,7 @@ TEXTS = ["you are lovely", "I will hurt you", "the weather is fine today, thanks
 
 
 @pytest.fixture(scope="module")
-def runtime(tiny_preset, adapter_dir):  # noqa: F811
+def runtime(tiny_preset, adapter_dir):
     return Runtime(QueueSettings(model=str(tiny_preset), adapter_path=str(adapter_dir), adapter_cache=2))
 
 
@@ -62,7 +61,7 @@ def test_another_model_is_refused_clearly(runtime):
         runtime.check_model("gemma3_1b")
 
 
-def test_an_adapter_retrained_under_the_same_name_is_picked_up(tiny_preset, adapter_dir, tmp_path):  # noqa: F811
+def test_an_adapter_retrained_under_the_same_name_is_picked_up(tiny_preset, adapter_dir, tmp_path):
     import shutil
 
     from safetensors.numpy import load_file, save_file

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from queue_fixtures import private_redis, redis_settings  # noqa: F401  (fixtures)
 
 from agile.wire import BatchRequest, JobKeys, task_deliveries_key
 from agile.worker.store import Store
 
 
 @pytest.fixture
-def store(redis_settings):  # noqa: F811
+def store(redis_settings):
     """A store, and job1 in Redis as Job.create makes it (its meta hash, `created` set)."""
     store = Store(redis_settings)
     store.redis.hset(JobKeys(redis_settings.key_prefix, "job1").meta, mapping={"created": "1", "status": "submitted"})
@@ -104,7 +103,7 @@ def test_a_task_without_a_job_counts_deliveries_by_task_id_and_they_expire(store
     assert store.begin(req, "task-1").count == 1
 
 
-def test_begin_rides_out_a_redis_restart(private_redis, redis_settings, monkeypatch):  # noqa: F811
+def test_begin_rides_out_a_redis_restart(private_redis, redis_settings, monkeypatch):
     """Redis down while a delivery is counted: retried until it is back, never a lost batch."""
     import threading
 
