@@ -27,6 +27,8 @@ import pyarrow.parquet as pq
 
 FORMATS = ("csv", "jsonl", "parquet")
 BLOCK = 1 << 20
+DELIMITERS = ",;\t|"  # what sniff_delimiter chooses from
+SNIFF_CHARS = 64 * 1024
 
 
 class TableError(ValueError):
@@ -51,25 +53,48 @@ def table_format(path: str | Path, given: str | None = None) -> str:
 
 
 def sniff_delimiter(path: Path) -> str:
+    """The candidate that splits the sample's records into as many fields as the header, most consistently.
+
+    Each candidate parses a sample of whole records (quotes honoured, any line ends), so a `;` file
+    from Excel with CRLF and quoted fields holding `;` or `,` is `;`; csv.Sniffer's character counts
+    and quote patterns read such files as `,`. A header of one field under every candidate means `,`.
+    """
     with path.open("r", encoding="utf-8", errors="replace", newline="") as f:
-        sample = f.read(64 * 1024)
-    try:
-        return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
-    except csv.Error:
-        return ","
+        sample = f.read(SNIFF_CHARS)
+        whole = not f.read(1)
+    best, best_share = ",", -1.0
+    for delimiter in DELIMITERS:
+        try:
+            records = [r for r in csv.reader(io.StringIO(sample, newline=""), delimiter=delimiter) if r]
+        except csv.Error:
+            continue
+        if not whole:
+            records = records[:-1]  # the sample may end inside its last record
+        if not records or len(records[0]) < 2:
+            continue
+        rows = records[1:]
+        share = sum(len(r) == len(records[0]) for r in rows) / len(rows) if rows else 1.0
+        if share > best_share:  # ties go to the earlier candidate
+            best, best_share = delimiter, share
+    return best
 
 
 class _Number(str):
     """A JSON number kept as the text it was written as (ids like 0012 or 1e3 stay as written)."""
 
 
-def _id_text(value) -> str:
+def _id_text(value, path: Path, row: int, column: str) -> str:
+    """An id as written. An array or object is refused: the output's id column is text, so it could
+    come back only re-serialised (spacing, key order and numbers like 1.50 not as written), and such
+    an id is almost always the wrong column."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False)
+        kind = "an object" if isinstance(value, dict) else "an array"
+        raise TableError(f"{path}: row {row}, column {column!r}: an id is one value (text, a number, true, "
+                         f"false or null), not {kind}; name another id column with --id-column")
     return str(value)
 
 
@@ -81,9 +106,13 @@ def _text(value, path: Path, row: int, column: str) -> str:
     raise TableError(f"{path}: row {row}, column {column!r}: expected text, got {value!r:.60}")
 
 
-def _missing(path: Path, column: str, columns, flag: str) -> TableError:
-    return TableError(f"{path}: no column {column!r} (columns: {', '.join(map(str, columns))}); "
-                      f"name the column with {flag}")
+def _missing(path: Path, column: str, columns, flag: str, delimited: bool) -> TableError:
+    """Names the flag that fixes it: --delimiter when a CSV header holds the column behind another delimiter."""
+    listed = f"{path}: no column {column!r} (columns: {', '.join(map(str, columns))})"
+    for delimiter in DELIMITERS if delimited else ():
+        if any(column in (part.strip(' "') for part in str(c).split(delimiter)) for c in columns):
+            return TableError(f"{listed}; the header looks split by {delimiter!r}: give --delimiter '{delimiter}'")
+    return TableError(f"{listed}; name the column with {flag}")
 
 
 def locate_bad_utf8(path: Path, fmt: str) -> str:
@@ -114,21 +143,48 @@ def locate_bad_utf8(path: Path, fmt: str) -> str:
     return f"row {row} (line {lines + 1}, byte offset {bad}): {reason}"
 
 
+def _parser_message(exc: Exception) -> str:
+    return str(exc).strip().removeprefix("Error tokenizing data. C error: ")
+
+
+def csv_frames(path: Path, delimiter: str | None = None, chunk_rows: int | None = None) -> Iterator[pd.DataFrame]:
+    """A CSV as frames of `chunk_rows` rows (None: one frame), every value the text written, or a TableError.
+
+    pandas takes the first column as the index when the first data row has one field more than the
+    header, shifting every column without a word (a later such row is refused). The header and that
+    row are read first as plain rows, so that one is refused too, naming its line.
+    """
+    sep = delimiter or sniff_delimiter(path)
+    options = {"sep": sep, "dtype": str, "keep_default_na": False, "index_col": False, "encoding": "utf-8",
+               "encoding_errors": "strict"}
+    start = 0
+    try:
+        try:
+            pd.read_csv(path, header=None, nrows=2, **options)
+        except pd.errors.ParserError as exc:
+            raise TableError(f"{path}: row 0 has more fields than the header ({_parser_message(exc)}); "
+                             f"quote a field that holds {sep!r}") from None
+        frames = pd.read_csv(path, chunksize=chunk_rows, **options) if chunk_rows else [pd.read_csv(path, **options)]
+        for frame in frames:
+            yield frame
+            start += len(frame)
+    except TableError:
+        raise
+    except UnicodeDecodeError:
+        raise TableError(f"{path}: invalid UTF-8 at {locate_bad_utf8(path, 'csv')}") from None
+    except pd.errors.EmptyDataError:
+        raise TableError(f"{path}: no header, the file is empty") from None
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise TableError(f"{path}: cannot read as csv after row {start}: {_parser_message(exc)}") from exc
+
+
 def _csv_chunks(path: Path, text_column: str, id_column: str | None, id_required: bool, chunk_rows: int,
                 delimiter: str | None) -> Iterator[Chunk]:
     start = 0
-    try:
-        for frame in pd.read_csv(path, sep=delimiter or sniff_delimiter(path), chunksize=chunk_rows, dtype=str,
-                                 keep_default_na=False, encoding="utf-8", encoding_errors="strict"):
-            yield _chunk(path, start, frame.columns, lambda c, f=frame: f[c].tolist(), len(frame),
-                         text_column, id_column, id_required)
-            start += len(frame)
-    except UnicodeDecodeError:
-        raise TableError(f"{path}: invalid UTF-8 at {locate_bad_utf8(path, 'csv')}") from None
-    except (pd.errors.ParserError, ValueError) as exc:
-        if isinstance(exc, TableError):
-            raise
-        raise TableError(f"{path}: cannot read as csv after row {start}: {exc}") from exc
+    for frame in csv_frames(path, delimiter, chunk_rows):
+        yield _chunk(path, start, frame.columns, lambda c, f=frame: f[c].tolist(), len(frame),
+                     text_column, id_column, id_required, delimited=True)
+        start += len(frame)
 
 
 def _parquet_chunks(path: Path, text_column: str, id_column: str | None, id_required: bool,
@@ -161,8 +217,8 @@ def _jsonl_chunks(path: Path, text_column: str, id_column: str | None, id_requir
                 continue
             try:
                 record = json.loads(raw.decode("utf-8"), parse_int=_Number, parse_float=_Number)
-            except UnicodeDecodeError as exc:
-                raise TableError(f"{path}: invalid UTF-8 at {where}: {exc.reason}") from None
+            except UnicodeDecodeError:
+                raise TableError(f"{path}: invalid UTF-8 at {locate_bad_utf8(path, 'jsonl')}") from None
             except json.JSONDecodeError as exc:
                 raise TableError(f"{path}: not a JSON line at {where}: {exc.msg} (column {exc.colno})") from None
             if not isinstance(record, dict):
@@ -179,14 +235,14 @@ def _jsonl_chunks(path: Path, text_column: str, id_column: str | None, id_requir
 
 
 def _chunk(path: Path, start: int, columns, column, n: int, text_column: str, id_column: str | None,
-           id_required: bool) -> Chunk:
+           id_required: bool, delimited: bool = False) -> Chunk:
     if text_column not in columns:
-        raise _missing(path, text_column, columns, "--text-column")
+        raise _missing(path, text_column, columns, "--text-column", delimited)
     if id_column is not None and id_column not in columns and id_required:
-        raise _missing(path, id_column, columns, "--id-column")
+        raise _missing(path, id_column, columns, "--id-column", delimited)
     texts = [_text(v, path, start + i, text_column) for i, v in enumerate(column(text_column))]
     if id_column is not None and id_column in columns:
-        ids = [_id_text(v) for v in column(id_column)]
+        ids = [_id_text(v, path, start + i, id_column) for i, v in enumerate(column(id_column))]
     else:
         ids = [str(start + i) for i in range(n)]
     return Chunk(start=start, ids=ids, texts=texts)

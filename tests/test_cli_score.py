@@ -72,6 +72,28 @@ def test_missing_column_is_one_clear_error(tiny_preset, comments, tmp_path, caps
     assert "no column 'text'" in err and "Traceback" not in err
 
 
+def test_a_first_row_with_an_extra_field_is_refused_not_scored_shifted(tiny_preset, tmp_path, capsys):
+    """An unquoted comma in the first comment: pandas took the ids as the index and scored the labels as texts."""
+    path = tmp_path / "dump.csv"
+    path.write_text("id,text,hateful\nh1,go back where you came from, nobody wants your kind here,1\n"
+                    + "".join(f"h{i},a fine comment {i},0\n" for i in range(2, 25)))
+    out = tmp_path / "o.csv"
+    code = main(["score", "--model", str(tiny_preset), "-i", str(path), "-o", str(out), "--max-length", "256"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and err.count("error:") == 1
+    assert "dump.csv: row 0 has more fields than the header (Expected 3 fields in line 2, saw 4)" in err
+    assert not out.exists()
+
+
+def test_an_excel_semicolon_csv_is_scored_row_by_row(tiny_preset, tmp_path, capsys):
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b'id;hateful;text\r\n0012;1;"you; all of you"\r\nx;0;"nice, calm day"\r\n')
+    out = tmp_path / "o.csv"
+    code = main(["score", "--model", str(tiny_preset), "-i", str(path), "-o", str(out), "--max-length", "256"])
+    assert code == 0, capsys.readouterr().err
+    assert pd.read_csv(out, dtype={"id": str})["id"].tolist() == ["0012", "x"]
+
+
 def test_error_midway_keeps_rows_already_scored_and_never_touches_the_output(tiny_preset, tmp_path, capsys):
     path = tmp_path / "bad.csv"
     path.write_bytes(b"id,text\n" + b"".join(b"%d,fine\n" % i for i in range(6)) + b"6,\xff\n")

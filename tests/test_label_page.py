@@ -234,6 +234,17 @@ def test_a_file_that_cannot_be_labelled_is_refused_in_one_line(tmp_path, capsys,
     assert not lock_path(path).exists()
 
 
+def test_a_first_row_with_an_extra_field_is_refused_not_shifted(tmp_path):
+    """pandas would take the ids as the index: every label would go beside another column's value."""
+    path = tmp_path / "shifted.csv"
+    path.write_text("id,text,p_a,p_b\nc1,go back, nobody wants you,0.5,0.5\nc2,fine,0.1,0.9\n")
+    run = subprocess.run([sys.executable, "-m", "agile.cli.main", "label", str(path), "--no-browser"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)  # read shifted, it would serve the page
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert "row 0 has more fields than the header (Expected 4 fields in line 2, saw 5)" in run.stderr
+    assert not lock_path(path).exists()
+
+
 def test_labels_can_be_named_for_a_file_without_scores(tmp_path):
     path = write_csv(tmp_path / "plain.csv", [["a1", "hello"]], ["id", "text"])
     labelling = open_labelling(path, "text", "id", ["spam", "ham"])

@@ -56,10 +56,13 @@ def test_bad_input_is_refused_before_a_job_exists(redis_settings, tmp_path):  # 
     good = write_csv(tmp_path / "dump.csv", 20)
     bad_utf8 = tmp_path / "bad.csv"
     bad_utf8.write_bytes(b"id,text\n" + b"".join(b"%d,fine\n" % i for i in range(29)) + b"29,bro\xffken\n")
+    shifted = tmp_path / "shifted.csv"  # pandas would take the ids as the index and send the labels as texts
+    shifted.write_text("id,text,label\n0,go back, nobody wants you,1\n1,fine,0\n")
     cases = [(FileSource.of(tmp_path / "absent.csv"), {}, "no such file"),
              (FileSource.of(good, text_column="comment"), {}, "no column 'comment'"),
              (FileSource.of(good, id_column="cid", id_required=True), {}, "no column 'cid'"),
              (FileSource.of(bad_utf8), {}, r"invalid UTF-8 at row 29 \(line 31, byte offset \d+\)"),
+             (FileSource.of(shifted), {}, r"row 0 has more fields than the header \(Expected 3 fields in line 2"),
              (FileSource.of(good), {"labels": ["A"]}, "labels")]
     for source, policy, says in cases:
         with pytest.raises((TableError, PayloadError), match=says):

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from agile.tables import TableError, TableWriter, read_chunks
+from agile.tables import TableError, TableWriter, read_chunks, sniff_delimiter
 
 
 def rows(n):
@@ -98,8 +98,8 @@ def test_a_malformed_json_line_and_bad_utf8_name_the_row_line_and_byte(tmp_path)
     path.write_bytes(b'{"text": "a"}\n\n{"text": "b"}\n{"text": "c"\n')
     with pytest.raises(TableError, match=r"not a JSON line at row 2 \(line 4, byte offset 29\)"):
         list(read_chunks(path))
-    path.write_bytes(b'{"text": "a"}\n{"text": "b\xff"}\n')
-    with pytest.raises(TableError, match=r"invalid UTF-8 at row 1 \(line 2, byte offset 14\)"):
+    path.write_bytes(b'{"text": "a"}\n{"text": "b\xff"}\n')  # the bad byte itself, as in a CSV (agile train too)
+    with pytest.raises(TableError, match=r"invalid UTF-8 at row 1 \(line 2, byte offset 25\)"):
         list(read_chunks(path))
     csv_path = tmp_path / "bad.csv"
     csv_path.write_bytes(b'id,text\n0,"two\nlines"\n1,ok\n2,b\xffd\n')
@@ -120,3 +120,73 @@ def test_an_output_appears_whole_or_not_at_all(tmp_path, suffix):
         w.write(rows(3))
         assert path.read_text() == "the previous output\n"  # nothing in place until the writer closes
     assert len(next(iter(read_chunks(path))).ids) == 3 and sorted(tmp_path.iterdir()) == [path]
+
+
+def test_a_first_row_with_one_field_more_than_the_header_is_refused_not_shifted(tmp_path):
+    """pandas would take the first column as the index and shift every column by one, without a word."""
+    path = tmp_path / "dump.csv"
+    rows = "".join(f"h{i},a fine comment {i},0\n" for i in range(2, 25))
+    path.write_text("id,text,hateful\n\nh1,go back where you came from, nobody wants your kind here,1\n" + rows)
+    with pytest.raises(TableError, match=r"dump\.csv: row 0 has more fields than the header "
+                                         r"\(Expected 3 fields in line 3, saw 4\); quote a field that holds ','"):
+        list(read_chunks(path))
+    path.write_text("id,text,hateful\n" + rows + "h1,go back where you came from, nobody wants your kind here,1\n")
+    with pytest.raises(TableError, match=r"after row 0: Expected 3 fields in line 25, saw 4"):  # as before
+        list(read_chunks(path))
+    path.write_text('id,text,hateful\nh1,"go back where you came from, nobody wants your kind here",1\n' + rows)
+    (chunk,) = read_chunks(path)
+    assert chunk.ids[:2] == ["h1", "h2"] and chunk.texts[0].startswith("go back where")
+
+
+EXCEL = {  # Excel's `;` CSVs: CRLF line ends, quoted fields holding `;` (csv.Sniffer gave up on all three: `,`)
+    "quoted_last": 'id;text\r\n1;"a; b"\r\n2;c, d\r\n',
+    "all_quoted": 'id;hateful;text\r\n1;1;"Hello; world, friend"\r\n2;0;"plain, text"\r\n3;0;"ok, fine"\r\n',
+    "quoted_newline": 'id;hateful;text\r\n1;1;"first line;\r\nsecond, line"\r\n2;0;"c, d"\r\n',
+}
+
+
+@pytest.mark.parametrize("layout", EXCEL)
+def test_excel_semicolon_csvs_are_sniffed_as_semicolon(tmp_path, layout):
+    path = tmp_path / "excel.csv"
+    path.write_bytes(EXCEL[layout].encode())
+    (chunk,) = read_chunks(path)
+    expected = {"quoted_last": ["a; b", "c, d"], "all_quoted": ["Hello; world, friend", "plain, text", "ok, fine"],
+                "quoted_newline": ["first line;\r\nsecond, line", "c, d"]}[layout]
+    assert chunk.texts == expected and chunk.ids == [str(i) for i in range(1, len(expected) + 1)]
+
+
+@pytest.mark.parametrize(("delimiter", "text"), [(",", "id,text\n1,a; b\n"), ("\t", "id\ttext\n1\ta, b; c\n"),
+                                                 ("|", "id|text\n1|a, b\n"), (",", "text\nhello; there\n")])
+def test_the_delimiter_is_the_one_that_splits_rows_like_the_header(tmp_path, delimiter, text):
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    assert sniff_delimiter(path) == delimiter
+
+
+def test_a_header_split_by_another_delimiter_hints_at_delimiter(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b'id;text;hateful\r\n1;"a; b";1\r\n2;c;0\r\n')
+    with pytest.raises(TableError, match=r"no column 'text' \(columns: id;text;hateful\); the header looks split "
+                                         r"by ';': give --delimiter ';'$"):
+        list(read_chunks(path, delimiter=","))
+    with pytest.raises(TableError, match=r"no column 'body' .*; name the column with --text-column$"):
+        list(read_chunks(path, text_column="body"))
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
+def test_an_array_or_object_id_is_refused_naming_row_and_column(tmp_path, suffix):
+    """A JSON array id came back as `["1"]`: it cannot come back as written, so it is refused."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / f"ids.{suffix}"
+    for kind, bad in (("an array", [1]), ("an object", {"n": 1})):
+        records = [{"id": 12, "text": "a"}, {"id": bad, "text": "b"}]
+        if suffix == "jsonl":
+            path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        else:
+            pq.write_table(pa.Table.from_pylist(records[1:]), path)
+        row = 1 if suffix == "jsonl" else 0
+        with pytest.raises(TableError, match=rf"row {row}, column 'id': an id is one value .*, not {kind}; "
+                                             "name another id column with --id-column"):
+            list(read_chunks(path))

@@ -114,6 +114,16 @@ def test_train_bad_input_is_one_error_and_no_adapter(tiny, tmp_path, capsys, con
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".adapter")]
 
 
+def test_train_names_a_bad_byte_by_row_line_and_offset(tmp_path, capsys):
+    """It said "byte 2" (an offset into a buffer of pandas'); agile submit names the row, line and offset."""
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(b'{"text": "a", "label": 0}\n{"text": "b\xff", "label": 1}\n')
+    code = main(["train", "--data", str(data), "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"{data}: invalid UTF-8 at row 1 (line 2, byte offset 37): invalid start byte" in err
+
+
 def test_unwritable_output_fails_before_training(tiny, table, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("")

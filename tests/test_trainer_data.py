@@ -137,3 +137,38 @@ def test_bad_attribute_or_file_is_one_clear_error(tmp_path, spec_or_file, messag
     assert str(path) in str(info.value)
     with pytest.raises(DataError, match="ETHOS multi-label is binary: give two label words"):
         ethos_attribute_split("violence", labels=("a", "b", "c"))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "where"),
+    [
+        ("bad.jsonl", b'{"text": "a", "label": 0}\n{"text": "b\xff", "label": 1}\n', "row 1 (line 2, byte offset 37)"),
+        ("bad.csv", b"text,label\nhello,Positive\n\xff\xfe bad,Negative\n", "row 1 (line 3, byte offset 26)"),
+    ],
+)
+def test_a_bad_byte_is_named_by_row_line_and_offset_as_agile_submit_names_it(tmp_path, name, content, where):
+    from agile.tables import TableError, read_chunks
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as info:
+        load_table(path)
+    assert str(info.value) == f"{path}: invalid UTF-8 at {where}: invalid start byte"
+    with pytest.raises(TableError) as submitted:  # what agile submit and agile score read through
+        list(read_chunks(path))
+    assert str(submitted.value) == str(info.value)
+
+
+def test_a_first_row_with_an_extra_field_is_refused_not_shifted(tmp_path):
+    path = tmp_path / "shifted.csv"
+    path.write_text("text,label\nyou people, all of you,Negative\nnice day,Positive\n")
+    with pytest.raises(DataError, match=r"shifted\.csv: row 0 has more fields than the header "
+                                        r"\(Expected 2 fields in line 2, saw 3\)"):
+        load_table(path)
+
+
+def test_an_excel_semicolon_csv_is_read_with_its_delimiter(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b'label;text\r\n1;"you; all of you"\r\n0;"nice, calm day"\r\n')
+    got = load_table(path)
+    assert got.texts == ["you; all of you", "nice, calm day"] and got.labels.tolist() == [1, 0]

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from agile.adapters import Adapter
 from agile.prompt import DEFAULT_LABELS
-from agile.tables import TableError, sniff_delimiter, table_format
+from agile.tables import TableError, csv_frames, locate_bad_utf8, table_format
 
 ETHOS_CSV = Path(__file__).resolve().parent.parent / "data" / "ethos" / "Ethos_Dataset_Binary.csv"
 ETHOS_TRAIN_ROWS = 800  # the codelab: first 800 shuffled rows train, the other 198 test
@@ -146,14 +146,15 @@ def validation_split(examples: Examples, fraction: float, seed: int) -> tuple[Ex
 
 
 def _read_frame(path: Path, fmt: str | None, delimiter: str | None) -> pd.DataFrame:
+    """The whole table; a bad CSV row or UTF-8 byte is named by row, line and byte offset, as agile submit does."""
     fmt = table_format(path, fmt)
     if fmt == "csv":
-        return pd.read_csv(
-            path, sep=delimiter or sniff_delimiter(path), dtype=str, keep_default_na=False,
-            encoding="utf-8", encoding_errors="strict",
-        )
+        return next(csv_frames(path, delimiter))
     if fmt == "jsonl":
-        return pd.read_json(path, lines=True, dtype=False, encoding="utf-8", encoding_errors="strict")
+        try:
+            return pd.read_json(path, lines=True, dtype=False, encoding="utf-8", encoding_errors="strict")
+        except UnicodeDecodeError:  # its offset counts from some buffer of pandas', not from the file's start
+            raise TableError(f"{path}: invalid UTF-8 at {locate_bad_utf8(path, fmt)}") from None
     return pd.read_parquet(path)
 
 
@@ -189,9 +190,7 @@ def load_table(
         df = _read_frame(path, fmt, delimiter)
     except TableError as exc:
         raise DataError(str(exc)) from exc
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: invalid UTF-8 at byte {exc.start} ({exc.reason})") from exc
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException, ValueError) as exc:
+    except (pa.ArrowException, ValueError) as exc:
         raise DataError(f"{path}: cannot read it: {exc}") from exc
     for column in (text_column, label_column):
         if column not in df.columns:

@@ -54,23 +54,16 @@ class Table:
     @classmethod
     def read(cls, path: Path, delimiter: str | None = None) -> Table:
         """Read FILE whole (a labelling round is small); ids and texts stay exactly as written."""
-        import pandas as pd
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from agile.tables import TableError, locate_bad_utf8, sniff_delimiter, table_format
+        from agile.tables import TableError, csv_frames, table_format
 
         if not path.is_file():
             raise TableError(f"{path}: no such file")
         fmt = table_format(path)
         if fmt == "csv":  # every value as the text written, as the trainer's data loader reads it
-            try:
-                frame = pd.read_csv(path, sep=delimiter or sniff_delimiter(path), dtype=str, keep_default_na=False,
-                                    encoding="utf-8", encoding_errors="strict")
-            except UnicodeDecodeError:
-                raise TableError(f"{path}: invalid UTF-8 at {locate_bad_utf8(path, 'csv')}") from None
-            except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-                raise TableError(f"{path}: cannot read it as csv: {str(exc).strip()}") from None
+            frame = next(csv_frames(path, delimiter))
             return cls(path, fmt, frame.to_dict("records"), [str(c) for c in frame.columns])
         if fmt == "jsonl":
             rows = _jsonl_rows(path)
