@@ -63,6 +63,7 @@ class AdapterMeta:
     metrics: dict = field(default_factory=dict)
     parent: dict = field(default_factory=dict)  # {name, version, path} of the adapter training started from
     rounds: list = field(default_factory=list)  # one {data, rows, ...} per training round, the first first
+    outputs: list[str] | None = None  # each label's name in outputs (`p_<name>`, prediction); None: the labels
     format_version: int = FORMAT_VERSION
 
     @property

@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                                  delimiter=args.delimiter)
         else:
             chunks = iter([Chunk(0, [str(i) for i in range(len(args.texts))], list(args.texts))])
-        schema = arrow_schema(policy.labels)
+        schema = arrow_schema(policy.names)
         writer = TableWriter(args.output, schema=schema) if args.output else TableWriter(sys.stdout, fmt="csv")
         name = model_info(model).spec
         start, n_cut, failed = time.perf_counter(), 0, Failures()
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
                 scored = policy.rows([chunk.ids[i] for i in todo], scores.probs, scores.truncated, name,
                                      threshold, args.observe) if todo else []
                 writer.write(in_order(chunk.ids, problems, scored,
-                                      lambda cid, why: output.row(policy.labels, cid, None, name, policy.name, why)))
+                                      lambda cid, why: output.row(policy.names, cid, None, name, policy.name, why)))
                 n_cut += int(scores.truncated.sum()) if todo else 0
                 bar.update(len(chunk.texts))
         writer.close()
@@ -177,7 +177,7 @@ def _run_set(args: argparse.Namespace, entries) -> int:
         return scorers[id(policy)].score(texts)
 
     names = list(policies)
-    positive = {n: p.positive_label for n, p in policies.items()}
+    positive = {n: p.positive_name for n, p in policies.items()}
     versions = {n: p.version for n, p in policies.items()}
     spec = model_info(model).spec
     if args.input:

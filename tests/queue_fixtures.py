@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -171,10 +172,14 @@ class Supervisor:
 def adapter_dir(tmp_path_factory, tiny_preset) -> Path:
     """A directory holding two adapters on the tiny model, random LoRA weights of the same layout:
     `tiny-toxic` (labels Toxic/Safe) and `tiny-threat` (positive label Negative, as ethos-hate's; another seed),
-    for policy sets."""
+    for policy sets; and `tiny-named`, tiny-threat's twin whose outputs read `threat` / `ok`."""
     root = tmp_path_factory.mktemp("queue-adapters")
     for name, labels, seed in (("tiny-toxic", ["Toxic", "Safe"], 0), ("tiny-threat", ["Negative", "Positive"], 1)):
         _random_adapter(tiny_preset, root / name, name, labels, seed)
+    named = root / "tiny-named"
+    shutil.copytree(root / "tiny-threat", named)
+    meta = json.loads((named / "adapter.json").read_text())
+    (named / "adapter.json").write_text(json.dumps({**meta, "name": "tiny-named", "outputs": ["threat", "ok"]}))
     return root
 
 

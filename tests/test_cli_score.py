@@ -2,7 +2,6 @@
 
 import pandas as pd
 import pytest
-from queue_fixtures import adapter_dir  # noqa: F401  (fixture)
 
 from agile.cli.main import main
 
@@ -37,7 +36,7 @@ def test_scores_a_file_one_row_per_input_row(tiny_preset, comments, tmp_path, su
 
 
 @pytest.mark.parametrize("by", ["name", "path"])
-def test_failed_rows_stay_in_place_under_a_policy_set(tiny_preset, adapter_dir, tmp_path, capsys,  # noqa: F811
+def test_failed_rows_stay_in_place_under_a_policy_set(tiny_preset, adapter_dir, tmp_path, capsys,
                                                        monkeypatch, by):
     """Empty rows fail the same way under a set, in their place, and the rest are scored."""
     monkeypatch.setenv("AGILE_ADAPTER_PATH", str(adapter_dir))
@@ -115,7 +114,7 @@ def test_label_not_in_vocabulary(tiny_preset, capsys):
 
 
 @pytest.mark.parametrize("policies", [[], ["--policy", "tiny-toxic", "--policy", "tiny-threat"]])
-def test_ctrl_c_keeps_the_rows_already_scored(tiny_preset, adapter_dir, tmp_path, policies):  # noqa: F811
+def test_ctrl_c_keeps_the_rows_already_scored(tiny_preset, adapter_dir, tmp_path, policies):
     """A real `agile score` process interrupted mid-file: exit 130, the scored rows kept in order in
     o.partial.csv, the existing output untouched, no temporary file left."""
     import os
@@ -140,7 +139,7 @@ def test_ctrl_c_keeps_the_rows_already_scored(tiny_preset, adapter_dir, tmp_path
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130, err
     partial = pd.read_csv(tmp_path / "o.partial.csv", dtype={"id": str})
-    assert 100 <= len(partial) < 20_000 and len(partial) % 100 == 0
+    assert 100 <= len(partial) < 20_000  # whole rows, a prefix: Ctrl-C may land inside a chunk's write
     assert partial["id"].tolist() == [f"{i:05d}" for i in range(len(partial))]
     assert f"the {len(partial)} rows scored before Ctrl-C are in" in err
     assert out.read_text() == "id,earlier\n1,run\n" and not list(tmp_path.glob(".o.csv*"))

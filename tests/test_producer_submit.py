@@ -8,7 +8,7 @@ import time
 import tracemalloc
 
 import pytest
-from queue_fixtures import private_redis, redis_settings, wait_for, write_csv  # noqa: F401  (fixtures)
+from queue_fixtures import wait_for, write_csv
 
 from agile.producer.jobs import Job, check_policy
 from agile.producer.pipeline import prepare, run_job, start
@@ -52,7 +52,7 @@ def test_a_policy_the_workers_would_refuse_is_refused_here(policy, says):
         check_policy([policy])
 
 
-def test_bad_input_is_refused_before_a_job_exists(redis_settings, tmp_path):  # noqa: F811
+def test_bad_input_is_refused_before_a_job_exists(redis_settings, tmp_path):
     good = write_csv(tmp_path / "dump.csv", 20)
     bad_utf8 = tmp_path / "bad.csv"
     bad_utf8.write_bytes(b"id,text\n" + b"".join(b"%d,fine\n" % i for i in range(29)) + b"29,bro\xffken\n")
@@ -76,7 +76,7 @@ def _write_back_one(job: Job, store: Store, batch) -> None:
     store.finish(req, "t", [{"error": "skipped"}] * len(req.items), None)
 
 
-def test_backpressure_is_per_job_in_redis_and_holds_across_processes(redis_settings, tmp_path):  # noqa: F811
+def test_backpressure_is_per_job_in_redis_and_holds_across_processes(redis_settings, tmp_path):
     source = FileSource.of(write_csv(tmp_path / "dump.csv", 40))
     job = start(redis_settings, source, [{}], prepare(redis_settings, source, [{}]))
     r = redis_settings.redis_client()
@@ -99,7 +99,7 @@ def test_backpressure_is_per_job_in_redis_and_holds_across_processes(redis_setti
     assert r.llen(redis_settings.queue) == 10 and status.state == "complete"  # no worker took them
 
 
-def test_bytes_in_flight_are_bounded_too(redis_settings, tmp_path):  # noqa: F811
+def test_bytes_in_flight_are_bounded_too(redis_settings, tmp_path):
     settings = redis_settings.with_(max_bytes_in_flight=100, max_in_flight=30)
     source = FileSource.of(write_csv(tmp_path / "dump.csv", 12))
     job = start(settings, source, [{}], prepare(settings, source, [{}]))

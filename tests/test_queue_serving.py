@@ -186,3 +186,22 @@ def test_metrics_json_logs_and_no_password_in_logs(fleet):
     assert batch_lines and all(x["job_id"] and x["task_id"] for x in batch_lines)
     for w in fleet["workers"]:
         assert PASSWORD not in w.text()
+
+
+def test_an_adapter_s_output_names_are_what_jobs_and_clients_read(fleet, producer_env, tmp_path, capsys):
+    """tiny-named is tiny-threat (same prompt, same weights) with outputs `threat`/`ok`: the same
+    scores, under the names, in a job's output and in the worker's result; tiny-threat is unchanged."""
+    source = write_csv(tmp_path / "dump.csv", 12)
+    outs = {name: tmp_path / f"{name}.csv" for name in ("tiny-named", "tiny-threat")}
+    for name, out in outs.items():
+        assert run_cli(["moderate", str(source), "-o", str(out), "--adapter", name, "--batch-size", "4"]) == 0
+    named, plain = (read_output(out) for out in outs.values())
+    assert list(named[0])[:4] == ["id", "p_threat", "p_ok", "prediction"]
+    assert list(plain[0])[:4] == ["id", "p_Negative", "p_Positive", "prediction"]
+    for a, b in zip(named, plain, strict=True):
+        assert abs(a["p_threat"] - b["p_Negative"]) < 1e-6 and abs(a["p_ok"] - b["p_Positive"]) < 1e-6
+        assert a["prediction"] == {"Negative": "threat", "Positive": "ok"}[b["prediction"]]
+        assert a["flagged"] == b["flagged"]
+    now = ScoringClient(producer_env, adapter="tiny-named").score_now([("n1", "quick one")])
+    assert now["labels"] == ["threat", "ok"] and now["positive_label"] == "threat"
+    assert set(now["results"]["n1"]) >= {"p_threat", "p_ok", "prediction", "flagged"}

@@ -103,11 +103,11 @@ def _template(args) -> tuple[PromptTemplate, str]:
     return template, positive
 
 
-def _examples(spec: str, args, labels, part: str):
+def _examples(spec: str, args, labels, part: str, aliases: tuple[str, ...] = ()):
     from agile.trainer.data import load_examples
 
     return load_examples(spec, labels, part=part, text_column=args.text_column,
-                         label_column=args.label_column)
+                         label_column=args.label_column, aliases=aliases)
 
 
 def cmd_train(args) -> int:
@@ -126,6 +126,7 @@ def cmd_train(args) -> int:
         report=Path(args.report) if args.report else None, validation_fraction=args.validation_fraction,
         threshold=args.threshold, calibration=args.calibration, text_column=args.text_column,
         label_column=args.label_column, init=args.init, parent_rows=args.parent_rows,
+        outputs=tuple(args.outputs) if args.outputs else None,
     ))
     return 0
 
@@ -133,8 +134,8 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from agile.trainer.evaluate import evaluate_adapter
 
-    found = evaluate_adapter(args.adapter, lambda labels: _examples(args.data, args, labels, "test"), args.model,
-                             args.batch_size, Path(args.report))
+    found = evaluate_adapter(args.adapter, lambda labels, names: _examples(args.data, args, labels, "test", names),
+                             args.model, args.batch_size, Path(args.report))
     print(json.dumps({k: found[k] for k in ("n", "threshold", "f1", "f1_at_0.5", "roc_auc", "precision",
                                              "recall", "accuracy", "confusion_matrix")}))
     print(json.dumps({"calibration": found["calibration"]}))
@@ -169,17 +170,17 @@ def cmd_suggest(args) -> int:
         chunks = read_chunks(args.input, args.text_column, args.id_column, args.chunk_rows, delimiter=args.delimiter)
         with tqdm(unit="comment", file=sys.stderr, desc="pool") as bar:
             chunks = suggest.counted(chunks, bar)
-            pairs = (suggest.scored_chunks(Path(args.scores), chunks, policy.labels) if args.scores
+            pairs = (suggest.scored_chunks(Path(args.scores), chunks, policy.names) if args.scores
                      else suggest.scored_pool(policy, chunks, args.model, args.batch_size))
             chosen, seen = suggest.suggest(policy, pairs, args.n, args.seed, excluded, args.candidates)
-        writer.write(suggest.output_rows(chosen, policy.labels, args.id_column or "id", args.text_column))
+        writer.write(suggest.output_rows(chosen, policy.names, args.id_column or "id", args.text_column))
         writer.close()
     except BaseException:
         writer.abort()
         raise
     print(f"agile suggest: {len(chosen.ids)} of {seen} comments to label ({len(excluded)} labelled texts "
           f"excluded), most uncertain first, in {out}; fill its '{suggest.LABEL_COLUMN}' column "
-          f"with {' or '.join(policy.labels)} (agile label {out})", file=sys.stderr)
+          f"with {' or '.join(policy.names)} (agile label {out})", file=sys.stderr)
     return 0
 
 
@@ -252,6 +253,10 @@ def register(subparsers) -> None:
                    "its training rows are read again and added to --data's (the next round of the agile loop)")
     p.add_argument("--no-parent-rows", dest="parent_rows", action="store_false",
                    help="with --init: train on --data's rows only")
+    p.add_argument("--outputs", type=_csv(str), default=None, metavar="NAME,NAME",
+                   help="what each label is called in outputs, in the labels' order (p_<name>, prediction): "
+                   "prompt with Positive,Negative and name them none,hate (default: the label words; "
+                   "with --init: the parent's)")
     p.add_argument("--report", default=None, help="also write the test report (metrics, plots) here")
     p.set_defaults(func=_run(cmd_train), command="train")
 

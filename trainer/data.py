@@ -8,6 +8,7 @@ there is one, before any model is loaded.
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,11 +159,13 @@ def _read_frame(path: Path, fmt: str | None, delimiter: str | None) -> pd.DataFr
     return pd.read_parquet(path)
 
 
-def _label_index(value, names: tuple[str, ...]) -> int | None:
-    """A label value as an index: a label word, or an integer 0..len(names)-1 (1.0 counts as 1)."""
+def _label_index(value, names: tuple[str, ...], aliases: tuple[str, ...] = ()) -> int | None:
+    """A label value as an index: a label word, its output name (`aliases`, in the labels' order),
+    or an integer 0..len(names)-1 (1.0 counts as 1)."""
     text = str(value).strip()
-    if text in names:
-        return names.index(text)
+    for words in (names, aliases):
+        if text in words:
+            return words.index(text)
     try:
         number = float(text)
     except ValueError:
@@ -179,8 +182,11 @@ def load_table(
     labels: tuple[str, ...] = DEFAULT_LABELS,
     fmt: str | None = None,
     delimiter: str | None = None,
+    aliases: tuple[str, ...] | None = None,
 ) -> Examples:
-    """Read a CSV / JSONL / Parquet file whose label column holds label words or integers."""
+    """Read a CSV / JSONL / Parquet file whose label column holds label words, their output
+    names (`aliases`) or integers. Rows left unlabelled (an empty cell: skipped in `agile label`)
+    are left out, and counted on stderr."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -200,17 +206,23 @@ def load_table(
             )
     if df.empty:
         raise DataError(f"{path}: no rows")
-    index = []
-    for row, value in enumerate(df[label_column].tolist()):
-        found = _label_index(value, labels)
+    words = list(labels) + [a for a in aliases or () if a not in labels]
+    unlabelled = df[label_column].isna() | (df[label_column].astype(str).str.strip() == "")
+    index, rows = [], np.flatnonzero(~unlabelled.to_numpy())
+    for row, value in zip(rows, df[label_column].to_numpy()[rows], strict=True):
+        found = _label_index(value, labels, tuple(aliases or ()))
         if found is None:
             raise DataError(
                 f"{path}: row {row}, column {label_column!r}: label {value!r} is not one of "
-                f"{list(labels)} nor an integer 0..{len(labels) - 1} (set the label words with --labels)"
+                f"{words} nor an integer 0..{len(labels) - 1} (set the label words with --labels)"
             )
         index.append(found)
+    if not index:
+        raise DataError(f"{path}: no labelled rows (every {label_column!r} cell is empty)")
+    if len(rows) < len(df):
+        print(f"{path}: {len(df) - len(rows)} of {len(df)} rows have no label and are left out", file=sys.stderr)
     texts = []
-    for row, value in enumerate(df[text_column].tolist()):
+    for row, value in zip(rows, df[text_column].to_numpy()[rows], strict=True):
         if not isinstance(value, str):
             raise DataError(f"{path}: row {row}, column {text_column!r}: expected text, got {value!r:.60}")
         texts.append(value)
@@ -249,7 +261,8 @@ def recorded_splits(adapter: Adapter, data: str | None = None, test: str | None 
         raise ValueError(f"{adapter.path}: trained without a validation split (--validation-fraction 0), so no "
                          "held-out training rows are left to fit a calibration on")
     columns = {"text_column": text_column or recorded.get("text_column", "text"),
-               "label_column": label_column or recorded.get("label_column", "label")}
+               "label_column": label_column or recorded.get("label_column", "label"),
+               "aliases": tuple(meta.outputs or ())}
     examples = load_examples(spec, tuple(meta.labels), "train", **columns)
     if examples.checksum() != meta.data_checksum:
         raise ValueError(f"{spec}: not the rows {adapter.path} was trained on (the data checksum differs)")

@@ -137,19 +137,21 @@ def write_report(
         raw_val, served = probs_val[:, positive], policy.calibrated(probs_val)[:, positive]
         panels = {"validation": (y_val, raw_val, served), **panels}
         result["calibration"]["validation"] = calibration_errors(y_val, raw_val, served)
-    other = " / ".join(n for n in examples.label_names if n != positive_label)
+    names = policy.names if len(policy.names) == len(examples.label_names) else list(examples.label_names)
+    shown = names[positive]  # the positive label as the policy's outputs name it
+    other = " / ".join(n for i, n in enumerate(names) if i != positive)
 
     with atomic_directory(report) as work:
         (work / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-        save_plots(work, y_true, y_score, policy.threshold, (other, positive_label))
+        save_plots(work, y_true, y_score, policy.threshold, (other, shown))
         save_reliability(work / "reliability.png", panels)
         with TableWriter(work / "scores.csv") as writer:
             writer.write([
                 {
                     "row": i,
-                    "label": examples.label_names[examples.labels[i]],
-                    f"p_{positive_label}": round(float(y_score[i]), 6),
-                    f"raw_p_{positive_label}": round(float(raw[i]), 6),
+                    "label": names[examples.labels[i]],
+                    f"p_{shown}": round(float(y_score[i]), 6),
+                    f"raw_p_{shown}": round(float(raw[i]), 6),
                     "flagged": int(y_score[i] >= policy.threshold),
                     "truncated": int(truncated[i]),
                     "text": examples.texts[i],
@@ -175,7 +177,7 @@ def evaluate_adapter(adapter_dir: str | Path, examples_of, model_spec: str | Non
                      report: Path) -> dict:
     """Score labelled rows with an adapter as it is served; metrics.json, plots and scores in `report`.
 
-    `examples_of(labels)` loads the rows once the adapter's labels are known.
+    `examples_of(labels, names)` loads the rows once the adapter's labels and output names are known.
     """
     from dataclasses import replace
 
@@ -186,7 +188,7 @@ def evaluate_adapter(adapter_dir: str | Path, examples_of, model_spec: str | Non
     if policy.positive_label is None:  # adapters written before positive labels were recorded
         policy = replace(policy, positive_label=adapter.meta.labels[1])
     check_writable(report)
-    examples = examples_of(tuple(adapter.meta.labels))
+    examples = examples_of(tuple(adapter.meta.labels), tuple(adapter.meta.outputs or ()))
     model, scorer = adapted_scorer(adapter, model_spec, batch_size)
     probs, truncated = score_examples(scorer, examples, desc="evaluate")
     return write_report(report, examples, probs, truncated, policy,

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from agile.adapters import Adapter
+from agile.policy import check_outputs
 from agile.prompt import PromptTemplate
 from agile.trainer.data import DataError, Examples, is_builtin, load_examples, validation_split
 from agile.trainer.settings import TrainSettings
@@ -44,10 +45,11 @@ class TrainRun:
     label_column: str = "label"
     init: str | None = None  # a parent adapter (directory or name) to continue from
     parent_rows: bool = True  # with init: train on the parent's rows too
+    outputs: tuple[str, ...] | None = None  # each label's name in outputs (`hate`, `none`); None: the label words
 
     def examples(self, spec: str, part: str) -> Examples:
         return load_examples(spec, self.template.labels, part=part, text_column=self.text_column,
-                             label_column=self.label_column)
+                             label_column=self.label_column, aliases=self.outputs)
 
 
 def check_splittable(examples: Examples, fraction: float) -> None:
@@ -93,7 +95,8 @@ def parent_examples(parent: Adapter) -> Examples:
             raise DataError(f"{parent.path}: adapter.json does not record its training data; "
                             "pass --no-parent-rows to train on the new rows only")
         rows = load_examples(source["data_spec"], tuple(parent.meta.labels), part="train",
-                             text_column=source["text_column"], label_column=source["label_column"])
+                             text_column=source["text_column"], label_column=source["label_column"],
+                             aliases=tuple(parent.meta.outputs or ()))
         found = rows if found is None else joined(found, rows)
     if found.checksum() != parent.meta.data_checksum:
         raise DataError(f"{parent.path}: the rows it was trained on ({found.source}) have changed since; "
@@ -107,8 +110,9 @@ def from_parent(run: TrainRun, parent: Adapter) -> TrainRun:
     settings = replace(run.settings, rank=meta.rank, target_layers=tuple(meta.target_layers),
                        max_length=meta.max_length, objective=meta.objective)
     test = run.test or meta.settings.get("test_spec")
+    outputs = run.outputs or (tuple(meta.outputs) if meta.outputs else None)
     return replace(run, template=meta.template, positive_label=meta.positive_label or meta.labels[1],
-                   settings=settings, test=test)
+                   settings=settings, test=test, outputs=outputs)
 
 
 def peak_memory() -> dict:
@@ -143,6 +147,8 @@ def run_training(run: TrainRun) -> Path:
     if parent is not None:
         run = from_parent(run, parent)
     settings, template, positive_label = run.settings, run.template, run.positive_label
+    if run.outputs:  # before any work: a bad name would otherwise surface after training
+        check_outputs(template.labels, run.outputs)
     check_writable(run.out)
     if run.report:
         check_writable(run.report)
@@ -184,6 +190,7 @@ def run_training(run: TrainRun) -> Path:
     else:  # nothing to fit on: raw scores, the given threshold or the codelab's argmax
         policy = Policy(template, name, positive_label, 0.5 if run.threshold is None else run.threshold,
                         settings.max_length)
+    policy = replace(policy, outputs=run.outputs)  # the report names the labels as the adapter's outputs will
     test_scores = None
     if test is not None:  # scored once, with the epoch, calibration and threshold already fixed
         test_scores = score_examples(scorer, test, desc="test")
@@ -211,7 +218,7 @@ def run_training(run: TrainRun) -> Path:
                   "text_column": run.text_column, "label_column": run.label_column, "test_spec": test_spec,
                   "validation_fraction": run.validation_fraction, "validation_seed": settings.seed,
                   "sources": used},
-        metrics=metrics, **lineage,
+        metrics=metrics, outputs=list(run.outputs) if run.outputs else None, **lineage,
     )
     save_adapter(model, meta, run.out)
     print(f"adapter written to {run.out}" + (f" (round {len(lineage['rounds'])}, from {parent.meta.name})"

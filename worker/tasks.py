@@ -119,7 +119,7 @@ def score(req: BatchRequest, task_id: str) -> dict:
         return {**ids_of(req), "scored": len(todo), "failed": len(req.problems)}
     # positive_label / threshold: what `flagged` means, so a client can read the policy's score
     # (p_<positive_label>) without knowing the adapter; both null for zero-shot.
-    return {**version, "labels": policy.labels, "positive_label": policy.positive_label,
+    return {**version, "labels": policy.names, "positive_label": policy.positive_name,
             "threshold": policy.threshold if policy.positive_label else None,
             "results": {item.id: result for item, result in zip(req.items, results, strict=True)}}
 
@@ -145,7 +145,7 @@ def score_set(req: BatchRequest, task_id: str, runtime) -> dict:
     results = [{"error": req.problems[item.id]} if item.id in req.problems else by_id[item.id]
                for item in req.items]
     versions = {name: p.version for name, p in used.items()}
-    positive = {name: p.positive_label for name, p in used.items()}
+    positive = {name: p.positive_name for name, p in used.items()}
     store().finish_set(req, task_id, results, runtime.info, versions, positive)
     name = "+".join(versions)
     done(req, name, len(todo), tokens, seconds)
