@@ -94,22 +94,21 @@ class Policy:
             return np.asarray(probs, dtype=np.float64)
         return self.calibration.apply(probs, self.labels.index(self.positive_label))
 
-    def fields(self, probs, truncated: bool, threshold: float | None = None) -> dict:
-        """One comment's result fields (`p_<label>` calibrated, prediction, flagged, truncated).
+    def fields(self, probs: np.ndarray, truncated: np.ndarray, threshold: float | None = None,
+               observe: bool = False) -> list[dict]:
+        """A batch's result fields (`p_<label>` calibrated, prediction, flagged, truncated), one
+        dict per row of `probs` [n, k], calibrated and decided over the whole batch at once.
 
-        `threshold` overrides the policy's own for one job or request.
+        `threshold` overrides the policy's own for one job or request; `observe` flags nothing.
         """
         return score_fields(self.names, self.calibrated(probs), truncated, self.positive_name,
-                            self.threshold if threshold is None else threshold)
+                            self.threshold if threshold is None else threshold, observe)
 
     def rows(self, ids: Sequence[str], probs: np.ndarray, truncated: np.ndarray, model: str,
              threshold: float | None = None, observe: bool = False) -> list[dict]:
         """One output row per comment, in the schema `agile.output` defines for every output file."""
-        from agile.policy_set import observed
-
-        fields = (self.fields(probs[i], truncated[i], threshold) for i in range(len(ids)))
-        return [output.row(self.names, cid, observed(f) if observe else f, model, self.name)
-                for cid, f in zip(ids, fields, strict=True)]
+        fields = self.fields(probs, truncated, threshold, observe)
+        return [output.row(self.names, cid, f, model, self.name) for cid, f in zip(ids, fields, strict=True)]
 
 
 def check_outputs(labels: Sequence[str], outputs: Sequence[str]) -> None:

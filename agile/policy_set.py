@@ -115,11 +115,6 @@ def _toml(path: Path):
     return tomllib
 
 
-def observed(fields: dict) -> dict:
-    """An observe-only result: the scores, nothing flagged, no prediction."""
-    return {**fields, "prediction": "", "flagged": False} if "flagged" in fields else fields
-
-
 def score_set(entries: Sequence[SetEntry], policy_of: Callable[[str], Policy],
               score: Callable[[Policy, list[str]], Scores], texts: list[str],
               observe: bool = False) -> tuple[list[dict], dict[str, Policy]]:
@@ -133,11 +128,14 @@ def score_set(entries: Sequence[SetEntry], policy_of: Callable[[str], Policy],
         flags[entry.name] = [False] * len(texts)
         for i in range(len(texts)):
             rows[i][entry.name] = None
-        scores = score(policy, [texts[i] for i in todo]) if todo else None
-        for k, i in enumerate(todo):
-            fields = policy.fields(scores.probs[k], scores.truncated[k], entry.threshold)
-            flags[entry.name][i] = bool(fields.get("flagged"))
-            rows[i][entry.name] = observed(fields) if observe else fields
+        if not todo:
+            continue
+        scores = score(policy, [texts[i] for i in todo])
+        decided = policy.fields(scores.probs, scores.truncated, entry.threshold)
+        shown = policy.fields(scores.probs, scores.truncated, entry.threshold, observe=True) if observe else decided
+        for i, fields, result in zip(todo, decided, shown, strict=True):
+            flags[entry.name][i] = bool(fields.get("flagged"))  # a gate opens at the threshold, observed or not
+            rows[i][entry.name] = result
     return rows, used
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from agile.decision import score_fields
@@ -64,10 +65,34 @@ def test_bad_texts_become_per_item_problems():
 
 
 def test_prediction_follows_the_adapter_threshold_or_the_most_probable_label():
-    flagged = score_fields(["Hate", "Fine"], [0.4, 0.6], False, "Hate", 0.3)
+    flagged, kept = score_fields(["Hate", "Fine"], [[0.4, 0.6], [0.4, 0.6]], [False, True], "Hate", 0.3)
     assert flagged == {"p_Hate": 0.4, "p_Fine": 0.6, "prediction": "Hate", "flagged": True, "truncated": False}
-    assert score_fields(["Hate", "Fine"], [0.4, 0.6], True, "Hate", 0.5)["prediction"] == "Fine"
-    assert score_fields(["A", "B", "C"], [0.2, 0.5, 0.3], False, None, 0.5)["prediction"] == "B"
+    assert kept["truncated"] is True
+    assert score_fields(["Hate", "Fine"], [[0.4, 0.6]], [True], "Hate", 0.5)[0]["prediction"] == "Fine"
+    assert score_fields(["A", "B", "C"], [[0.2, 0.5, 0.3]], [False], None, 0.5)[0]["prediction"] == "B"
+    observed = score_fields(["Hate", "Fine"], [[0.9, 0.1]], [False], "Hate", 0.3, observe=True)[0]
+    assert observed == {"p_Hate": 0.9, "p_Fine": 0.1, "prediction": "", "flagged": False, "truncated": False}
+    with pytest.raises(ValueError, match="NaN"):
+        score_fields(["A", "B"], [[0.5, 0.5], [float("nan"), 0.5]], [False, False], "A", 0.5)
+
+
+@pytest.mark.parametrize("positive", [None, "B"])
+def test_the_batch_rule_is_the_one_comment_rule_on_every_row(positive):
+    """The vectorised rule against the rule written out for one comment, on 500 random rows of 3 labels."""
+    rng = np.random.default_rng(7)
+    probs = rng.dirichlet(np.ones(3), size=500)
+    cut = rng.random(500) < 0.2
+    labels = ["A", "B", "C"]
+    for p, t, got in zip(probs, cut, score_fields(labels, probs, cut, positive, 0.4), strict=True):
+        want = {f"p_{label}": round(float(x), 6) for label, x in zip(labels, p, strict=True)}
+        if positive:
+            flagged = bool(p[1] >= 0.4)
+            want["prediction"] = "B" if flagged else max((p[0], "A"), (p[2], "C"))[1]
+            want["flagged"] = flagged
+        else:
+            want["prediction"] = labels[int(np.argmax(p))]
+        want["truncated"] = bool(t)
+        assert got == want and list(got) == list(want)
 
 
 def test_job_keys_share_one_cluster_slot_and_prefix():

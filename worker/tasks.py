@@ -19,7 +19,7 @@ from celery.exceptions import Reject
 from redis.exceptions import RedisError
 
 from agile.adapters import AdapterError
-from agile.policy_set import SetEntry, observed
+from agile.policy_set import SetEntry
 from agile.policy_set import score_set as score_set_rows
 from agile.tokens import LabelError
 from agile.wire import NAME, TASK_NAME, BatchFailed, BatchRequest, PayloadError
@@ -102,14 +102,9 @@ def score(req: BatchRequest, task_id: str) -> dict:
     start = time.perf_counter()
     scores = runtime.score(policy, [item.text for item in todo]) if todo else None
     seconds = time.perf_counter() - start
-    results, n = [], 0  # one per item, in item order
-    for item in req.items:
-        if item.id in req.problems:
-            results.append({"error": req.problems[item.id]})
-        else:
-            fields = policy.fields(scores.probs[n], scores.truncated[n], req.threshold)
-            results.append(observed(fields) if req.observe else fields)
-            n += 1
+    scored = iter(policy.fields(scores.probs, scores.truncated, req.threshold, req.observe) if todo else ())
+    results = [{"error": req.problems[item.id]} if item.id in req.problems else next(scored)
+               for item in req.items]  # one per item, in item order
     version = {"model": runtime.info.spec, "model_checksum": runtime.info.checksum,
                "adapter": req.adapter, "adapter_version": policy.version}
     store().finish(req, task_id, results, version, runtime.info.spec, policy.name)
