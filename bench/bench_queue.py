@@ -66,17 +66,22 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def workers(self, n: int, threads: int) -> None:
-        """Start n workers and wait until each has loaded its model and is consuming."""
+    def workers(self, n: int, threads: int, env: dict[str, str] | None = None,
+                celery_args: tuple[str, ...] = ()) -> list[subprocess.Popen]:
+        """Start n workers (extra `env`, and Celery options after `--`) and wait until each has loaded
+        its model and is consuming."""
+        extra = ["--", *celery_args] if celery_args else []
         for i in range(n):
-            self.spawn(f"worker{i}", [sys.executable, "-m", "agile.cli.main", "worker", "--hostname", f"bench{i}@%h"],
-                       self.env(threads))
-        for i, proc in enumerate(self.procs[-n:]):
+            self.spawn(f"worker{i}", [sys.executable, "-m", "agile.cli.main", "worker", "--hostname", f"bench{i}@%h",
+                                      *extra], {**self.env(threads), **(env or {})})
+        started = self.procs[-n:]
+        for i, proc in enumerate(started):
             log, deadline = self.tmp / f"worker{i}.log", time.monotonic() + 600
             while "ready:" not in log.read_text():
                 if proc.poll() is not None or time.monotonic() > deadline:
                     sys.exit(f"worker {i} not ready:\n{log.read_text()[-3000:]}")
                 time.sleep(0.1)
+        return started
 
     def close(self) -> None:
         for proc in reversed(self.procs):
