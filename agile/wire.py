@@ -8,7 +8,7 @@ the same contract in prose.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 TASK_NAME = "agile.score_batch"
 DEFAULT_QUEUE = "agile"
@@ -61,9 +61,10 @@ class BatchRequest:
     problems: dict[str, str] = field(default_factory=dict)  # id -> why this item cannot be scored
 
     def to_kwargs(self) -> dict:
-        out = asdict(self)
-        out.pop("problems")
-        out["items"] = [{"id": i.id, "text": i.text} for i in self.items]
+        # Shallow on purpose: dataclasses.asdict copied every Item recursively, ~10 µs a comment
+        # in a producer that sends hundreds of thousands of them.
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("items", "problems")}
+        out = {"items": [{"id": i.id, "text": i.text} for i in self.items], **out}
         return {k: v for k, v in out.items() if v is not None}
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -11,7 +12,7 @@ import pytest
 from queue_fixtures import wait_for, write_csv
 
 from agile.producer.jobs import Job, check_policy
-from agile.producer.pipeline import prepare, run_job, start
+from agile.producer.pipeline import JobCancelled, prepare, run_job, start
 from agile.producer.source import FileSource, batches
 from agile.tables import TableError
 from agile.wire import BatchRequest, PayloadError
@@ -103,8 +104,16 @@ def test_bytes_in_flight_are_bounded_too(redis_settings, tmp_path):
     settings = redis_settings.with_(max_bytes_in_flight=100, max_in_flight=30)
     source = FileSource.of(write_csv(tmp_path / "dump.csv", 12))
     job = start(settings, source, [{}], prepare(settings, source, [{}]))
-    threading.Thread(target=run_job, args=(settings, job, source), daemon=True).start()
+    def carry() -> None:
+        with contextlib.suppress(JobCancelled):  # how it ends: the test cancels the job
+            run_job(settings, job, source)
+
+    thread = threading.Thread(target=carry, daemon=True)
+    thread.start()
     wait_for(lambda: job.in_flight()[0] == 1, 10, "one batch in flight")
     time.sleep(0.5)
     assert job.in_flight()[0] == 1 and job.in_flight()[1] > 100  # one batch is over the bound: it goes alone
     assert json.loads(job.meta["policies"]) == [{}]
+    job.cancel()  # else the held-back sender outlives the test and writes into the next one's Redis
+    thread.join(10)
+    assert not thread.is_alive()
