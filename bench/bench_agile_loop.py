@@ -129,7 +129,8 @@ def main() -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(plot, dpi=120)
-    common.write_result(args.name, {"settings": vars(args), "curves": summary, "plot": str(plot)}, "cpu")
+    common.write_result(args.name, {"settings": vars(args), "curves": summary,
+                                    "plot": str(plot.relative_to(common.ROOT))}, "cpu")
 
 
 if __name__ == "__main__":
