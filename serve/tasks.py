@@ -66,7 +66,10 @@ class _Pending:
 
 
 def message(task_id: str, delivery_tag: str, queue: str, kwargs: dict, expires: datetime) -> str:
-    """A Celery protocol-2 message as kombu's Redis transport stores it (JSON, base64 body)."""
+    """A Celery protocol-2 message as kombu's Redis transport stores it (JSON, base64 body).
+
+    tests/test_wire_encoder.py holds it, key by key, to the message Celery's own `send_task` stores.
+    """
     body = json.dumps([[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
     headers = {
         "lang": "py", "task": TASK_NAME, "id": task_id, "shadow": None, "eta": None,
