@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -78,16 +79,7 @@ class QueueSettings:
             raise SettingsError(
                 f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(set(known) | OTHER_KEYS))}"
             )
-        values = {}
-        for key, f in known.items():
-            if key in env:
-                kind = type(getattr(cls, f.name))
-                try:
-                    values[f.name] = kind(env[key])
-                except ValueError:
-                    raise SettingsError(f"{key}={env[key]!r} is not a valid {kind.__name__}") from None
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return from_env(cls, env, env_name, overrides)
 
     def with_(self, **changes) -> QueueSettings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -161,6 +153,32 @@ class QueueSettings:
 
 def env_name(field_name: str) -> str:
     return f"AGILE_{field_name.upper()}"
+
+
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def from_env(cls, env: Mapping[str, str], name_of: Callable[[str], str], overrides: dict):
+    """The one reading of a settings dataclass: its defaults, then its variables, then `overrides`
+    (flags; None means 'not given'). Each value is parsed as its default's type; a bad one is a
+    SettingsError naming the variable."""
+    values: dict = {}
+    for f in fields(cls):
+        key = name_of(f.name)
+        if key not in env:
+            continue
+        raw, default = env[key], getattr(cls, f.name)
+        if isinstance(default, bool):
+            if raw.lower() not in TRUE + FALSE:
+                raise SettingsError(f"{key}={raw!r} must be one of {', '.join(TRUE + FALSE[:-1])}")
+            values[f.name] = raw.lower() in TRUE
+            continue
+        try:
+            values[f.name] = type(default)(raw)
+        except ValueError:
+            raise SettingsError(f"{key}={raw!r} is not a valid {type(default).__name__}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**values)
 
 
 def mask_url(url: str) -> str:

@@ -8,13 +8,12 @@ workers' strict check of AGILE_* names accepts them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from agile.settings import SettingsError
+from agile.settings import SettingsError, from_env
 from agile.wire import MAX_ITEMS, MAX_TEXT_CHARS
 
-TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 _ENV = {"api_keys": "AGILE_API_KEYS", "api_keys_file": "AGILE_API_KEYS_FILE"}
 
 
@@ -53,25 +52,7 @@ class ServeSettings:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> ServeSettings:
         """Defaults, then the variables, then `overrides` (flags; None means 'not given')."""
-        env = os.environ if env is None else env
-        values: dict = {}
-        for f in fields(cls):
-            key = env_name(f.name)
-            if key not in env:
-                continue
-            raw = env[key]
-            if f.type == "bool":
-                if raw.lower() not in TRUE + FALSE:
-                    raise SettingsError(f"{key}={raw!r} must be one of {', '.join(TRUE + FALSE[:-1])}")
-                values[f.name] = raw.lower() in TRUE
-                continue
-            kind = type(getattr(cls, f.name))
-            try:
-                values[f.name] = kind(raw)
-            except ValueError:
-                raise SettingsError(f"{key}={raw!r} is not a valid {kind.__name__}") from None
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return from_env(cls, os.environ if env is None else env, env_name, overrides)
 
     def keys(self) -> frozenset[str]:
         """Every API key configured, from AGILE_API_KEYS and the keys file."""
