@@ -9,6 +9,7 @@ rows: epochs, threshold and calibration come from validation rows carved from th
 
     OMP_NUM_THREADS=2 python bench/bench_agile_loop.py --seeds 1234,1235,1236 --name agile-loop
     python bench/bench_agile_loop.py --model PRESET_DIR --rounds 1 --per-round 8 --start 40 --name dry-run
+    python bench/bench_agile_loop.py --merge bench/results/agile-loop-s*.json --name agile-loop-3-seeds
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument("--name", default="agile-loop", help="results file name (bench/results/NAME.json)")
+    parser.add_argument("--merge", nargs="+", metavar="RESULT", help="merge earlier runs' results into --name")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.name, args.merge)
     common.setup("cpu", args.threads)
 
     from agile.adapters import load_adapter
@@ -104,34 +108,55 @@ def main() -> None:
                 print(f"seed {seed} {strategy} round {r}: {len(labelled)} labels, test ROC-AUC {auc:.4f} "
                       f"({train_s:.0f} s training)", flush=True)
 
+    report(args.name, vars(args), {strategy: ([n for n, _ in next(iter(by_seed.values()))],
+                                              np.array([[auc for _, auc in c] for c in by_seed.values()]),
+                                              seconds[strategy]) for strategy, by_seed in curves.items()})
+
+
+def report(name: str, settings: dict, found: dict[str, tuple[list[int], np.ndarray, float]]) -> None:
+    """The table, the learning-curve plot and the results file: per strategy, (labels, AUCs [seeds, rounds], s)."""
     rows, summary = [], {}
-    for strategy, by_seed in curves.items():
-        aucs = np.array([[auc for _, auc in curve] for curve in by_seed.values()])
-        labels = [n for n, _ in next(iter(by_seed.values()))]
+    for strategy, (labels, aucs, seconds) in found.items():
+        std = aucs.std(axis=0, ddof=1) if len(aucs) > 1 else np.zeros(aucs.shape[1])
         summary[strategy] = {"labels": labels, "mean": aucs.mean(axis=0).round(4).tolist(),
-                             "std": aucs.std(axis=0).round(4).tolist(), "per_seed": aucs.round(4).tolist(),
-                             "seconds": round(seconds[strategy], 1)}
+                             "std": std.round(4).tolist(), "per_seed": aucs.round(4).tolist(),
+                             "seconds": round(seconds, 1)}
         rows += [[strategy, n, f"{m:.3f} ± {s:.3f}"] for n, m, s in zip(labels, summary[strategy]["mean"],
                                                                          summary[strategy]["std"], strict=True)]
-    common.print_table(["strategy", "labels", "test ROC-AUC (mean ± std over seeds)"], rows)
-    plot = Path(__file__).parent / "results" / f"{args.name}.png"
+    common.print_table(["strategy", "labels", "test ROC-AUC (mean ± sample sd over seeds)"], rows)
+    plot = common.RESULTS / f"{name}.png"
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for strategy, found in summary.items():
-        ax.errorbar(found["labels"], found["mean"], yerr=found["std"], marker="o", capsize=3, label=strategy)
+    for strategy, curve in summary.items():
+        ax.errorbar(curve["labels"], curve["mean"], yerr=curve["std"], marker="o", capsize=3, label=strategy)
     ax.set_xlabel("labels")
     ax.set_ylabel("test ROC-AUC")
-    ax.set_title(f"ETHOS, {len(args.seeds.split(','))} seed(s)")
+    ax.set_title(f"ETHOS, {len(next(iter(found.values()))[1])} seed(s)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(plot, dpi=120)
-    common.write_result(args.name, {"settings": vars(args), "curves": summary,
-                                    "plot": str(plot.relative_to(common.ROOT))}, "cpu")
+    common.write_result(name, {"settings": settings, "curves": summary,
+                                "plot": str(plot.relative_to(common.ROOT))}, "cpu")
 
+
+def merge(name: str, paths: list[str]) -> None:
+    """One table and plot over runs of one seed each (a long loop is best run seed by seed)."""
+    import json
+
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    found = {}
+    for strategy in runs[0]["curves"]:
+        labels = runs[0]["curves"][strategy]["labels"]
+        if any(r["curves"][strategy]["labels"] != labels for r in runs):
+            raise SystemExit(f"--merge: the runs' {strategy} rounds differ; merge runs of the same settings")
+        found[strategy] = (labels, np.array([row for r in runs for row in r["curves"][strategy]["per_seed"]]),
+                           sum(r["curves"][strategy]["seconds"] for r in runs))
+    seeds = ",".join(r["settings"]["seeds"] for r in runs)
+    report(name, {**runs[0]["settings"], "seeds": seeds, "name": name, "merged": list(paths)}, found)
 
 if __name__ == "__main__":
     main()
