@@ -26,6 +26,7 @@ import numpy as np
 
 from agile.files import atomic_directory
 from agile.prompt import PromptTemplate
+from agile.settings import QueueSettings
 
 META_FILE = "adapter.json"
 WEIGHTS_FILE = "lora.safetensors"
@@ -190,7 +191,7 @@ def load_adapter(path: str | Path) -> Adapter:
 
 def adapter_dirs(extra: str | None = None) -> list[Path]:
     """The shipped adapters (SHIPPED_DIR) plus the directories on AGILE_ADAPTER_PATH (or `extra`)."""
-    spec = extra if extra is not None else os.environ.get("AGILE_ADAPTER_PATH", "")
+    spec = extra if extra is not None else QueueSettings.from_env().adapter_path
     return [SHIPPED_DIR] + [Path(p).expanduser().resolve() for p in spec.split(os.pathsep) if p]
 
 

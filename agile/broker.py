@@ -1,20 +1,34 @@
-"""How full the queue is, read from kombu's Redis layout (which Celery's Redis transport uses),
-and which workers are up on which device.
+"""Everything this project knows about Celery and kombu on Redis, in one place.
 
-A queue is a Redis list named after it; a message a worker has taken sits in the
-`unacked` hash until it is acknowledged, with its delivery tag in the
+Task messages: the producer and the service client send through Celery's own
+`send_task` (`sender`); `agile serve` pushes the same protocol-2 JSON by hand
+(`message`), held key by key to Celery's encoder by tests/test_wire_encoder.py.
+Results: `celery-task-meta-<id>` in the result backend.
+Queue depth: a queue is a Redis list named after it; a message a worker has taken
+sits in the `unacked` hash until it is acknowledged, with its delivery tag in the
 `unacked_index` sorted set. We count the index, never the hash: the hash holds
 whole message bodies (comment texts), which a depth reading has no business
 fetching. The index is shared by every queue of the Redis database, so
 `in_flight` counts them all: one queue per database gives the exact figure, and
 an overcount only makes a producer wait longer before it repairs a job.
+The payload inside a message is agile.wire's; who is up is agile.fleet's.
 """
 
 from __future__ import annotations
 
+import base64
 import json
-import time
+import socket
+from datetime import datetime
+from typing import TYPE_CHECKING
 
+from agile.wire import TASK_NAME
+
+if TYPE_CHECKING:
+    from agile.settings import QueueSettings
+
+RESULT_PREFIX = "celery-task-meta-"  # Celery's Redis result backend: one key per task id
+UNACKED = "unacked"  # kombu: delivered-but-unacknowledged messages, by delivery tag
 UNACKED_INDEX = "unacked_index"
 
 
@@ -28,53 +42,34 @@ def queue_depth(client, *queues: str) -> tuple[int, int]:
     return sum(map(int, waiting)), int(in_flight)
 
 
-# Which workers are up, and on what device, so a producer can size its tasks for them: each worker
-# stamps its entry in one hash per queue every HEARTBEAT_SECONDS; readers ignore (and drop) entries
-# older than STALE_SECONDS, so a SIGKILLed worker stops counting within a minute.
-HEARTBEAT_SECONDS = 15
-STALE_SECONDS = 60
-# Comments per task: a GPU worker wants tasks of 512-1,024 comments to fill its token budget
-# (docs/SCALING.md); a CPU worker scores 64 in a few seconds, so a lost task costs little.
-GPU_TASK_SIZE, CPU_TASK_SIZE = 512, 64
+def message(task_id: str, delivery_tag: str, queue: str, kwargs: dict, expires: datetime) -> str:
+    """A Celery protocol-2 message as kombu's Redis transport stores it (JSON, base64 body).
+
+    tests/test_wire_encoder.py holds it, key by key, to the message Celery's own `send_task` stores.
+    """
+    body = json.dumps([[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    headers = {
+        "lang": "py", "task": TASK_NAME, "id": task_id, "shadow": None, "eta": None,
+        "expires": expires.isoformat(), "group": None, "group_index": None, "retries": 0,
+        "timelimit": [None, None], "root_id": task_id, "parent_id": None, "argsrepr": "()",
+        "kwargsrepr": "{...}", "origin": f"agile-serve@{socket.gethostname()}", "ignore_result": False,
+        "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
+    }
+    properties = {
+        "correlation_id": task_id, "reply_to": "", "delivery_mode": 2,
+        "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
+        "body_encoding": "base64", "delivery_tag": delivery_tag,
+    }
+    return json.dumps({
+        "body": base64.b64encode(body.encode()).decode(), "content-encoding": "utf-8",
+        "content-type": "application/json", "headers": headers, "properties": properties,
+    })
 
 
-def workers_key(prefix: str, queue: str) -> str:
-    return f"{prefix}:workers:{queue}"
+def sender(settings: QueueSettings):
+    """A Celery app that only sends: no tasks, no model, the queue's own settings."""
+    from celery import Celery
 
-
-def announce(client, prefix: str, queue: str, worker: str, device: str, now: float | None = None) -> None:
-    """Stamp `worker` as up on `device` ('cpu', 'cuda')."""
-    key = workers_key(prefix, queue)
-    record = json.dumps({"device": device, "seen": time.time() if now is None else now})
-    pipe = client.pipeline(transaction=False)
-    pipe.hset(key, worker, record)
-    pipe.expire(key, STALE_SECONDS * 10)
-    pipe.execute()
-
-
-def retire(client, prefix: str, queue: str, worker: str) -> None:
-    client.hdel(workers_key(prefix, queue), worker)
-
-
-def live_workers(client, prefix: str, queue: str, now: float | None = None) -> dict[str, str]:
-    """{worker: device} of the workers stamped within STALE_SECONDS; older entries are removed."""
-    now = time.time() if now is None else now
-    live, stale = {}, []
-    for worker, raw in client.hgetall(workers_key(prefix, queue)).items():
-        try:
-            record = json.loads(raw)
-            fresh = now - float(record["seen"]) <= STALE_SECONDS
-        except (ValueError, TypeError, KeyError):
-            fresh = False
-        if fresh:
-            live[worker] = str(record["device"])
-        else:
-            stale.append(worker)
-    if stale:
-        client.hdel(workers_key(prefix, queue), *stale)
-    return live
-
-
-def task_size(devices: dict[str, str]) -> int:
-    """Comments per task for these live workers: GPU-sized as soon as one worker has a GPU."""
-    return GPU_TASK_SIZE if "cuda" in devices.values() else CPU_TASK_SIZE
+    app = Celery("agile-producer")
+    app.conf.update(settings.celery_config())
+    return app

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from agile.backend import use_torch
 from agile.prompt import DEFAULT_MAX_LENGTH
+from agile.settings import HomeSettings
 
 use_torch()
 
@@ -49,7 +50,7 @@ class ModelInfo:
 
 
 def agile_home() -> Path:
-    return Path(os.environ.get("AGILE_HOME", Path.home() / ".cache" / "agile")).expanduser()
+    return HomeSettings.from_env().home_dir
 
 
 def _sha256(path: Path) -> str:

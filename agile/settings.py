@@ -11,21 +11,51 @@ import os
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from agile.wire import DEFAULT_QUEUE, MAX_ITEMS
 
-# AGILE_* variables read by other parts of the project: `agile serve` (agile.serve.settings) and AGILE_HOME.
+# AGILE_* variables of `agile serve` (agile.serve.settings, which the core does not import; a test holds the two
+# lists together).
 SERVE_KEYS = frozenset({
     "AGILE_API_KEYS", "AGILE_API_KEYS_FILE", "AGILE_SERVE_HOST", "AGILE_SERVE_PORT", "AGILE_SERVE_OPEN",
     "AGILE_SERVE_ATTRIBUTES", "AGILE_SERVE_MAX_TEXT_BYTES", "AGILE_SERVE_MAX_COMMENTS", "AGILE_SERVE_MAX_BODY_BYTES",
     "AGILE_SERVE_COALESCE_MS", "AGILE_SERVE_MAX_BATCH", "AGILE_SERVE_MAX_QUEUE", "AGILE_SERVE_TIMEOUT",
 })
-OTHER_KEYS = frozenset({"AGILE_HOME", *SERVE_KEYS})
+CHECKOUT_DATA = Path(__file__).resolve().parent.parent / "data"  # the repository's data/, in a checkout only
 
 
 class SettingsError(ValueError):
     """A setting is unknown or has a value that cannot work; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class HomeSettings:
+    """Where agile keeps and finds its own files on this machine (AGILE_HOME, AGILE_DATA)."""
+
+    home: str = "~/.cache/agile"  # the converted model presets
+    data: str = ""  # a folder laid out like the repository's data/ (ETHOS); "": the checkout's own
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> HomeSettings:
+        return from_env(cls, os.environ if env is None else env, env_name, {})
+
+    @property
+    def home_dir(self) -> Path:
+        return Path(self.home).expanduser()
+
+    def data_file(self, relative: str) -> Path:
+        """A file of data/ (e.g. 'ethos/Ethos_Dataset_Binary.csv'), or one SettingsError saying where to get it.
+
+        ETHOS is GPL-3.0 data: it stays in the repository and is not in a wheel."""
+        base = Path(self.data).expanduser() if self.data else CHECKOUT_DATA
+        path = base / relative
+        if not path.is_file():
+            where = f"AGILE_DATA={self.data}" if self.data else "this installation (ETHOS is not in a wheel)"
+            raise SettingsError(f"{relative} is not in {where}: run from a checkout of the repository, or set "
+                                "AGILE_DATA to a copy of its data/ folder")
+        return path
 
 
 @dataclass(frozen=True)
@@ -37,7 +67,7 @@ class QueueSettings:
     model: str = "gemma3_270m"  # the one model a worker serves
     key_prefix: str = "agile"  # Redis keys of jobs: <prefix>:job:<id>:...
     max_deliveries: int = 3  # a batch that failed or killed its worker this often is marked failed
-    batch_size: int = 0  # comments per queued task; 0: sized by the live workers (agile.broker.task_size)
+    batch_size: int = 0  # comments per queued task; 0: sized by the live workers (agile.fleet.task_size)
     max_in_flight: int = 32  # batches of one job sent and not yet written back (Redis memory bound)
     max_bytes_in_flight: int = 64 << 20  # and their payload bytes (long comments)
     scoring_batch: int = 0  # rows per forward pass inside a worker; 0: the device's default (16 CPU, 512 GPU)
@@ -153,6 +183,9 @@ class QueueSettings:
 
 def env_name(field_name: str) -> str:
     return f"AGILE_{field_name.upper()}"
+
+
+OTHER_KEYS = frozenset({*(env_name(f.name) for f in fields(HomeSettings)), *SERVE_KEYS})
 
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")

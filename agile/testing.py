@@ -23,9 +23,9 @@ import sentencepiece as spm  # noqa: E402
 
 from agile.models import CHECKSUM_FILE, preset_checksum  # noqa: E402
 from agile.prompt import DEFAULT_INSTRUCTIONS, DEFAULT_LABELS  # noqa: E402
+from agile.settings import HomeSettings  # noqa: E402
 
 CAPS_FINAL, CAPS_ATTENTION = 0.2, 0.5
-ETHOS_CSV = Path(__file__).resolve().parent.parent / "data" / "ethos" / "Ethos_Dataset_Binary.csv"
 SHAPE = dict(num_layers=2, num_query_heads=2, num_key_value_heads=1, hidden_dim=16, intermediate_dim=32, head_dim=8)
 FAMILIES = {
     "gemma": (keras_hub.models.GemmaBackbone, keras_hub.models.GemmaTokenizer, SHAPE),
@@ -55,7 +55,7 @@ def tiny_proto(vocab_size: int = 4000) -> bytes:
 
     Trained once per process and size: a test session makes dozens of presets from one vocabulary.
     """
-    lines = ETHOS_CSV.read_text(encoding="utf-8").splitlines()[1:]
+    lines = HomeSettings().data_file("ethos/Ethos_Dataset_Binary.csv").read_text(encoding="utf-8").splitlines()[1:]
     lines += [DEFAULT_INSTRUCTIONS, "Text:Prediction:", "Toxic Safe Spam Ham"]
     out = io.BytesIO()
     spm.SentencePieceTrainer.train(

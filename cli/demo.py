@@ -87,7 +87,7 @@ def _stop(proc: subprocess.Popen, what: str) -> None:
 
 def main() -> int:
     from agile.adapters import resolve_adapter
-    from agile.producer.pipeline import moderate
+    from agile.producer.commands import moderate
     from agile.producer.source import FileSource
     from agile.settings import QueueSettings
 

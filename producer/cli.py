@@ -131,7 +131,7 @@ def _progress():
 
 @_fails_clearly
 def _cmd_submit(args) -> int:
-    from agile.producer.pipeline import submit
+    from agile.producer.commands import submit
 
     submit(_settings(args), _source(args), _policies(args), progress=_progress(), observe=args.observe,
            on_start=lambda job: print(job.job_id, flush=True))  # the id first: kept by a killed submit too
@@ -162,8 +162,8 @@ def _cmd_status(args) -> int:
 
 @_fails_clearly
 def _cmd_results(args) -> int:
+    from agile.producer.commands import collect
     from agile.producer.jobs import Job
-    from agile.producer.pipeline import collect
 
     settings = _settings(args)
     summary = collect(settings, Job.open(settings, args.job), args.out, args.out_format, progress=_progress())
@@ -172,7 +172,7 @@ def _cmd_results(args) -> int:
 
 @_fails_clearly
 def _cmd_moderate(args) -> int:
-    from agile.producer.pipeline import moderate
+    from agile.producer.commands import moderate
 
     summary = moderate(_settings(args), _source(args), args.out, _policies(args), fmt=args.out_format,
                        job_id=args.job, progress=_progress(), observe=args.observe,

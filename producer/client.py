@@ -18,8 +18,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 
-from agile.producer.jobs import POLL_SECONDS, Job, celery_app, check_policy
-from agile.producer.pipeline import run_job, sized
+from agile.broker import sender
+from agile.producer.commands import run_job, sized
+from agile.producer.jobs import POLL_SECONDS, Job, check_policy
 from agile.producer.results import drain_pages, record_results
 from agile.producer.source import MemorySource, Plan, batches
 from agile.settings import QueueSettings
@@ -35,7 +36,7 @@ class ScoringClient:
         check_policy([self.policy])
         self.redis = self.settings.redis_client()
         self.settings = sized(self.settings, self.redis)
-        self.app = celery_app(self.settings)
+        self.app = sender(self.settings)
         self._sources: dict[str, MemorySource] = {}  # job id -> its rows, to resend lost batches
 
     def submit(self, items: Iterable[tuple[str, str]]) -> Job:

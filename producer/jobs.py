@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from agile.adapters import check_name
-from agile.broker import queue_depth
+from agile.broker import queue_depth, sender
 from agile.producer.source import Batch, Plan
 from agile.prompt import DEFAULT_INSTRUCTIONS, DEFAULT_LABELS, PromptTemplate
 from agile.settings import QueueSettings
@@ -55,15 +55,6 @@ return 1
 
 class JobError(RuntimeError):
     """A job that cannot be run, resumed or collected as asked; the message says why and what to do."""
-
-
-def celery_app(settings: QueueSettings):
-    """A Celery app that only sends: no tasks, no model, the queue's own settings."""
-    from celery import Celery
-
-    app = Celery("agile-producer")
-    app.conf.update(settings.celery_config())
-    return app
 
 
 def payload(policies: list[dict], observe: bool = False) -> dict:
@@ -163,7 +154,7 @@ class Job:
     @property
     def app(self):
         if self._app is None:
-            self._app = celery_app(self.settings)
+            self._app = sender(self.settings)
         return self._app
 
     @classmethod

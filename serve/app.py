@@ -18,9 +18,9 @@ from agile.serve.attributes import AttributeMap
 from agile.serve.errors import ApiError
 from agile.serve.middleware import AccessLog, BodyLimit
 from agile.serve.models import Error, Health
+from agile.serve.queue_client import TaskQueue
 from agile.serve.service import Service
 from agile.serve.settings import ServeSettings
-from agile.serve.tasks import TaskQueue
 from agile.settings import QueueSettings
 
 log = logging.getLogger("agile.serve")

@@ -15,7 +15,7 @@ import asyncio
 from dataclasses import dataclass
 
 from agile.serve import metrics
-from agile.serve.tasks import TaskQueue, outcome
+from agile.serve.queue_client import TaskQueue, outcome
 
 
 @dataclass

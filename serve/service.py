@@ -16,8 +16,8 @@ from agile.serve import metrics
 from agile.serve.attributes import AttributeMap
 from agile.serve.batcher import Coalescer
 from agile.serve.errors import ApiError
+from agile.serve.queue_client import TaskFailed, TaskQueue
 from agile.serve.settings import ServeSettings
-from agile.serve.tasks import TaskFailed, TaskQueue
 from agile.wire import text_problem
 
 

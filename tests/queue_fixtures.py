@@ -296,8 +296,8 @@ def use_env(env: dict[str, str], monkeypatch) -> dict[str, str]:
 
 
 def job_keys(fleet: dict) -> list[str]:
-    """Every Redis key under a fleet's key prefix but the workers' own registry (agile.broker)."""
-    from agile.broker import workers_key
+    """Every Redis key under a fleet's key prefix but the workers' own registry (agile.fleet)."""
+    from agile.fleet import workers_key
 
     prefix = fleet["env"]["AGILE_KEY_PREFIX"]
     registry = workers_key(prefix, fleet["env"]["AGILE_QUEUE"])

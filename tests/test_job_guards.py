@@ -23,8 +23,8 @@ from queue_fixtures import ROOT, queue_env, wait_for, write_csv
 
 from agile.files import OutputError, check_output
 from agile.producer.cli import describe
+from agile.producer.commands import prepare, start
 from agile.producer.jobs import Job
-from agile.producer.pipeline import prepare, start
 from agile.producer.source import FileSource, SourceChanged
 
 

@@ -11,8 +11,8 @@ import tracemalloc
 import pytest
 from queue_fixtures import wait_for, write_csv
 
+from agile.producer.commands import JobCancelled, prepare, run_job, start
 from agile.producer.jobs import Job, check_policy
-from agile.producer.pipeline import JobCancelled, prepare, run_job, start
 from agile.producer.source import FileSource, batches
 from agile.tables import TableError
 from agile.wire import BatchRequest, PayloadError

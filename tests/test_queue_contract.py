@@ -253,7 +253,7 @@ def test_a_job_open_in_another_process_reads_everything_from_redis(env, tmp_path
     assert json.loads(job.meta["source"])["path"] == str(source.resolve())
     assert set(json.loads(job.meta["fingerprint"])) == {"size", "mtime_ns", "blake2b"}
     os.utime(source, ns=(0, 0))  # touched (copied to another machine): the bytes decide
-    from agile.producer.pipeline import job_source
+    from agile.producer.commands import job_source
 
     job_source(job)
     source.write_text(source.read_text().replace("c1,", "cX,"))

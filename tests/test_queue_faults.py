@@ -24,7 +24,7 @@ from queue_fixtures import (
     write_csv,
 )
 
-from agile.producer.pipeline import moderate
+from agile.producer.commands import moderate
 from agile.producer.source import FileSource
 
 TRACE = "queue-test-trace"

@@ -172,3 +172,31 @@ def test_an_excel_semicolon_csv_is_read_with_its_delimiter(tmp_path):
     path.write_bytes(b'label;text\r\n1;"you; all of you"\r\n0;"nice, calm day"\r\n')
     got = load_table(path)
     assert got.texts == ["you; all of you", "nice, calm day"] and got.labels.tolist() == [1, 0]
+
+
+def test_ethos_is_read_from_agile_data_when_set(tmp_path, monkeypatch):
+    """An installed agile has no data/ (ETHOS is GPL-3.0, not in a wheel): AGILE_DATA names a copy of it."""
+    import shutil
+
+    copy = tmp_path / "data" / "ethos"
+    copy.mkdir(parents=True)
+    for name in ("Ethos_Dataset_Binary.csv", "Ethos_Dataset_Multi_Label.csv"):
+        shutil.copy(f"data/ethos/{name}", copy / name)
+    df = pd.read_csv(copy / "Ethos_Dataset_Binary.csv", delimiter=";")
+    df.loc[0, "comment"] = "a row only the copy has"
+    df.to_csv(copy / "Ethos_Dataset_Binary.csv", sep=";", index=False)
+    monkeypatch.setenv("AGILE_DATA", str(tmp_path / "data"))
+    train, test = ethos_split()
+    assert "a row only the copy has" in train.texts + test.texts
+    assert len(ethos_attribute_split("race")[0]) == 346
+
+
+def test_ethos_missing_from_agile_data_is_one_error_naming_it(tmp_path, monkeypatch, capsys):
+    from agile.cli.main import main
+
+    monkeypatch.setenv("AGILE_DATA", str(tmp_path))
+    code = main(["train", "--data", "ethos", "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"ethos/Ethos_Dataset_Binary.csv is not in AGILE_DATA={tmp_path}" in err
+    assert "a copy of its data/ folder" in err and not (tmp_path / "p").exists()

@@ -136,7 +136,7 @@ def test_celery_settings_are_the_reliable_ones():
 def test_the_producer_side_imports_neither_torch_nor_keras():
     # `agile moderate` runs through the whole command line: building it must stay light too.
     code = ("import sys, agile.wire, agile.settings, agile.broker, agile.decision, agile.producer.client,"
-            "agile.producer.cli, agile.producer.pipeline, agile.worker.cli;"
+            "agile.producer.cli, agile.producer.commands, agile.worker.cli;"
             "import agile.cli.main; agile.cli.main.build_parser();"
             "bad = [m for m in ('torch', 'keras') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,6 +1,6 @@
 """The server's hand-built Celery message, held to a message Celery itself publishes.
 
-`agile serve` pushes protocol-2 JSON straight onto the queue's Redis list (serve/tasks.py); a
+`agile serve` pushes protocol-2 JSON straight onto the queue's Redis list (agile/broker.py); a
 Celery or kombu upgrade that changes the envelope would leave workers reading messages they no
 longer understand. Here Celery's own `send_task` publishes the same task through kombu's Redis
 transport to a real Redis, and the two stored messages must agree on every key and every value
@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 
 from celery import Celery
 
-from agile.serve.tasks import message
+from agile.broker import message
 from agile.wire import TASK_NAME
 
 PER_MESSAGE = {"id", "root_id", "origin", "expires", "correlation_id", "delivery_tag", "reply_to"}

@@ -8,9 +8,9 @@ import signal
 
 from queue_fixtures import queue_env, settings_of, wait_for, write_csv
 
-from agile.broker import CPU_TASK_SIZE, GPU_TASK_SIZE, STALE_SECONDS, announce, live_workers, task_size, workers_key
+from agile.fleet import CPU_TASK_SIZE, GPU_TASK_SIZE, STALE_SECONDS, announce, live_workers, task_size, workers_key
+from agile.producer.commands import prepare, sized, start
 from agile.producer.jobs import Job
-from agile.producer.pipeline import prepare, sized, start
 from agile.producer.source import FileSource
 
 

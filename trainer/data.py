@@ -18,14 +18,15 @@ import pyarrow as pa
 
 from agile.adapters import Adapter
 from agile.prompt import DEFAULT_LABELS
+from agile.settings import HomeSettings
 from agile.tables import TableError, csv_frames, locate_bad_utf8, table_format
 
-ETHOS_CSV = Path(__file__).resolve().parent.parent / "data" / "ethos" / "Ethos_Dataset_Binary.csv"
+ETHOS_CSV = "ethos/Ethos_Dataset_Binary.csv"  # inside data/ (agile.settings.HomeSettings.data_file)
 ETHOS_TRAIN_ROWS = 800  # the codelab: first 800 shuffled rows train, the other 198 test
 ETHOS_SHUFFLE_SEED = 32
 ETHOS_NAME = "ethos"  # `--data ethos` means the codelab's split of the file above
 # `--data ethos:ATTRIBUTE`: one column of the multi-label file (432 hateful comments), binarised.
-ETHOS_MULTI_CSV = ETHOS_CSV.with_name("Ethos_Dataset_Multi_Label.csv")
+ETHOS_MULTI_CSV = "ethos/Ethos_Dataset_Multi_Label.csv"
 ETHOS_ATTRIBUTES = ("violence", "directed_vs_generalized", "gender", "race", "national_origin",
                     "disability", "religion", "sexual_orientation")
 ETHOS_ATTRIBUTE_CUT = 0.5  # a comment has the attribute when at least half its annotators said so
@@ -93,19 +94,19 @@ def _shuffled_split(df: pd.DataFrame, truth: pd.Series, labels: tuple[str, ...],
             full.take(np.arange(n_train, len(full)), f"{name}-test"))
 
 
-def ethos_split(path: str | Path = ETHOS_CSV, labels: tuple[str, ...] = DEFAULT_LABELS) -> tuple[
+def ethos_split(path: str | Path | None = None, labels: tuple[str, ...] = DEFAULT_LABELS) -> tuple[
     Examples, Examples
 ]:
     """The codelab's split: hateful = isHate >= median, shuffled with seed 32, 800 train / 198 test.
 
     Label index 1 (the second label word, 'Negative' by default) is hateful, as in the codelab.
     """
-    df = _read_ethos(Path(path), labels, "ETHOS")
+    df = _read_ethos(Path(path or HomeSettings.from_env().data_file(ETHOS_CSV)), labels, "ETHOS")
     return _shuffled_split(df, df["isHate"] >= df["isHate"].median(), labels, ETHOS_NAME, ETHOS_TRAIN_ROWS)
 
 
 def ethos_attribute_split(
-    attribute: str, path: str | Path = ETHOS_MULTI_CSV, labels: tuple[str, ...] = DEFAULT_LABELS
+    attribute: str, path: str | Path | None = None, labels: tuple[str, ...] = DEFAULT_LABELS
 ) -> tuple[Examples, Examples]:
     """One attribute of the multi-label file as a binary task: label index 1 = rating >= 0.5.
 
@@ -114,7 +115,7 @@ def ethos_attribute_split(
     """
     if attribute not in ETHOS_ATTRIBUTES:
         raise DataError(f"ETHOS has no attribute {attribute!r}; choose one of {', '.join(ETHOS_ATTRIBUTES)}")
-    path = Path(path)
+    path = Path(path or HomeSettings.from_env().data_file(ETHOS_MULTI_CSV))
     df = _read_ethos(path, labels, "ETHOS multi-label")
     for column in ("comment", attribute):
         if column not in df.columns:

@@ -1,6 +1,6 @@
 """The worker says it is up, and on which device, so producers size their tasks for it.
 
-A daemon thread stamps this worker's entry in Redis (`agile.broker.announce`) every
+A daemon thread stamps this worker's entry in Redis (`agile.fleet.announce`) every
 few seconds; shutdown removes it, and a SIGKILLed worker's entry goes stale within a
 minute. Best effort: a Redis outage only delays the next stamp, never a batch.
 """
@@ -13,7 +13,7 @@ import threading
 
 from redis.exceptions import RedisError
 
-from agile.broker import HEARTBEAT_SECONDS, announce, retire
+from agile.fleet import HEARTBEAT_SECONDS, announce, retire
 from agile.settings import QueueSettings
 
 log = logging.getLogger("agile.worker")

@@ -17,10 +17,8 @@ for a bulk job's backlog.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
-import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,14 +26,12 @@ from datetime import datetime, timedelta, timezone
 
 from redis.exceptions import RedisError
 
-from agile.broker import queue_depth
+from agile.broker import RESULT_PREFIX, UNACKED, message, queue_depth
 from agile.settings import QueueSettings
-from agile.wire import TASK_NAME, lanes
+from agile.wire import lanes
 
 log = logging.getLogger("agile.serve")
 
-RESULT_PREFIX = "celery-task-meta-"  # Celery's Redis result backend
-UNACKED = "unacked"  # kombu: delivered-but-unacknowledged messages, by delivery tag
 READY = ("SUCCESS", "FAILURE", "REVOKED")
 POLL_SECONDS = 0.004
 ACK_WAIT_SECONDS = 2.0  # how long a doNotStore reply waits for the worker to drop the message
@@ -65,28 +61,6 @@ class _Pending:
         return self.expires + LATE_SECONDS
 
 
-def message(task_id: str, delivery_tag: str, queue: str, kwargs: dict, expires: datetime) -> str:
-    """A Celery protocol-2 message as kombu's Redis transport stores it (JSON, base64 body).
-
-    tests/test_wire_encoder.py holds it, key by key, to the message Celery's own `send_task` stores.
-    """
-    body = json.dumps([[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
-    headers = {
-        "lang": "py", "task": TASK_NAME, "id": task_id, "shadow": None, "eta": None,
-        "expires": expires.isoformat(), "group": None, "group_index": None, "retries": 0,
-        "timelimit": [None, None], "root_id": task_id, "parent_id": None, "argsrepr": "()",
-        "kwargsrepr": "{...}", "origin": f"agile-serve@{socket.gethostname()}", "ignore_result": False,
-        "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
-    }
-    properties = {
-        "correlation_id": task_id, "reply_to": "", "delivery_mode": 2,
-        "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
-        "body_encoding": "base64", "delivery_tag": delivery_tag,
-    }
-    return json.dumps({
-        "body": base64.b64encode(body.encode()).decode(), "content-encoding": "utf-8",
-        "content-type": "application/json", "headers": headers, "properties": properties,
-    })
 
 
 def outcome(meta: dict) -> dict:

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agile.broker import live_workers, task_size
 from agile.files import check_output, same_file
+from agile.fleet import live_workers, task_size
 from agile.producer.jobs import POLL_SECONDS, Job, JobError, JobStatus, check_policy
 from agile.producer.lease import Lease
 from agile.producer.results import Drain, Totals
@@ -72,7 +72,7 @@ def prepare(settings: QueueSettings, source: FileSource, policies: list[dict], o
 
 def sized(settings: QueueSettings, client=None) -> QueueSettings:
     """The settings with a task size: AGILE_BATCH_SIZE / --batch-size when given, else one for the
-    workers up now (512 comments once one has a GPU, 64 otherwise; `agile.broker.task_size`)."""
+    workers up now (512 comments once one has a GPU, 64 otherwise; `agile.fleet.task_size`)."""
     if settings.batch_size:
         return settings
     own = client is None
