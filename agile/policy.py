@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from agile import output
 from agile.adapters import Adapter, AdapterError
 from agile.calibration import IDENTITY, Calibration, CalibrationError
 from agile.decision import score_fields
@@ -103,12 +102,6 @@ class Policy:
         """
         return score_fields(self.names, self.calibrated(probs), truncated, self.positive_name,
                             self.threshold if threshold is None else threshold, observe)
-
-    def rows(self, ids: Sequence[str], probs: np.ndarray, truncated: np.ndarray, model: str,
-             threshold: float | None = None, observe: bool = False) -> list[dict]:
-        """One output row per comment, in the schema `agile.output` defines for every output file."""
-        fields = self.fields(probs, truncated, threshold, observe)
-        return [output.row(self.names, cid, f, model, self.name) for cid, f in zip(ids, fields, strict=True)]
 
 
 def check_outputs(labels: Sequence[str], outputs: Sequence[str]) -> None:

@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING
 from agile.wire import PayloadError, _check_set
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
     from agile.policy import Policy
     from agile.scoring import Scores
 
@@ -137,31 +135,6 @@ def score_set(entries: Sequence[SetEntry], policy_of: Callable[[str], Policy],
             flags[entry.name][i] = bool(fields.get("flagged"))  # a gate opens at the threshold, observed or not
             rows[i][entry.name] = result
     return rows, used
-
-
-def row(names: Sequence[str], positive: dict[str, str], versions: dict[str, str], row_id: str,
-        result: dict | None, model: str = "", error: str = "") -> dict:
-    """One output row of a set; `result` is {name: fields or None}, None when the row failed."""
-    out: dict = {"id": row_id}
-    cut = False
-    for name in names:
-        fields = (result or {}).get(name)
-        out[f"p_{name}"] = fields.get(f"p_{positive[name]}") if fields else None
-        out[f"flagged_{name}"] = fields.get("flagged") if fields else None
-        out[f"version_{name}"] = versions.get(name, "") if fields else ""
-        cut = cut or bool(fields and fields.get("truncated"))
-    out["truncated"] = None if result is None else cut
-    out["model"], out["error"] = model, error
-    return out
-
-
-def arrow_schema(names: Sequence[str]) -> pa.Schema:
-    import pyarrow as pa
-
-    types = {"p": pa.float64(), "flagged": pa.bool_(), "version": pa.string()}
-    return pa.schema([("id", pa.string()),
-                      *((f"{c}_{n}", types[c]) for n in names for c in ("p", "flagged", "version")),
-                      ("truncated", pa.bool_()), ("model", pa.string()), ("error", pa.string())])
 
 
 def add_arguments(parser) -> None:

@@ -47,15 +47,11 @@ def _adapter_policy(name: str, max_length: int | None):
     return Policy.from_adapter(load_adapter(path)).with_max_length(max_length)
 
 
-def _policy(args: argparse.Namespace):
-    """The policy to score with (its adapter loaded), from --adapter or the zero-shot flags."""
+def _zero_shot(args: argparse.Namespace):
+    """The zero-shot policy the flags describe (no adapter)."""
     from agile.policy import Policy
     from agile.prompt import PromptTemplate
 
-    if args.adapter:
-        if args.labels or args.instructions or args.separator:
-            raise SystemExit("agile score: --labels/--instructions/--separator come from the adapter; drop them")
-        return _adapter_policy(args.adapter, args.max_length)
     labels = tuple(s.strip() for s in args.labels.split(",")) if args.labels else DEFAULT_LABELS
     template = PromptTemplate(
         labels, args.instructions or DEFAULT_INSTRUCTIONS, args.separator or DEFAULT_SEPARATOR
@@ -89,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from agile import output
     from agile.adapters import AdapterError, merge_adapter
     from agile.models import DEFAULT_MODEL, ModelLoadError, load_model, model_info
-    from agile.output import arrow_schema
-    from agile.policy_set import PolicySetError, from_args
+    from agile.policy_set import PolicySetError, SetEntry, from_args, score_set
     from agile.scoring import LabelScorer, ScoringSettings
     from agile.tables import Chunk, TableError, TableWriter, read_chunks
     from agile.tokens import LabelError
@@ -98,43 +93,54 @@ def run(args: argparse.Namespace) -> int:
     writer = None
     try:
         _check_inputs(args)
-        if args.separator and (args.policy or args.policy_set):
+        if args.separator and (args.adapter or args.policy or args.policy_set):
             raise PolicySetError("--separator is for zero-shot scoring; an adapter brings its own")
         entries = from_args(args)
-        if entries and (len(entries) > 1 or entries[0].gate):
-            return _run_set(args, entries)
-        threshold = entries[0].threshold if entries else None
-        args.adapter = entries[0].name if entries else None
-        policy = _policy(args)
-        adapter = policy.adapter
-        spec = args.model or (adapter.meta.base_model if adapter else DEFAULT_MODEL)
-        model = load_model(spec, dtype=args.dtype, sequence_length=policy.max_length)
-        if adapter:
-            merge_adapter(model, adapter)
-        scorer = LabelScorer(model, policy.template, ScoringSettings(policy.max_length, args.batch_size))
+        if entries is None:  # zero-shot: a set of one policy, made from the flags
+            zero_shot = _zero_shot(args)
+            entries, policies = [SetEntry(zero_shot.name)], {zero_shot.name: zero_shot}
+        else:
+            policies = {e.name: _adapter_policy(e.name, args.max_length) for e in entries}
+        first = next(iter(policies.values()))
+        spec = args.model or (first.adapter.meta.base_model if first.adapter else DEFAULT_MODEL)
+        model = load_model(spec, dtype=args.dtype, sequence_length=max(p.max_length for p in policies.values()))
+        scorers = {id(p): LabelScorer(model, p.template, ScoringSettings(p.max_length, args.batch_size))
+                   for p in policies.values()}  # by identity: an entry may name its adapter by path
+        applied: list = [None]  # the policy whose LoRA weights are in the model now
+
+        def score(policy, texts):
+            if applied[0] is not policy and policy.adapter is not None:
+                merge_adapter(model, policy.adapter)  # any rank and targets may follow any other
+            applied[0] = policy
+            return scorers[id(policy)].score(texts)
+
+        single = len(entries) == 1 and entries[0].gate is None
+        layout = (output.one_policy(first.name, first.names, entries[0].name) if single else
+                  output.per_policy({n: p.positive_name for n, p in policies.items()},
+                                    {n: p.version for n, p in policies.items()}))
         if args.input:
             chunks = read_chunks(args.input, args.text_column, args.id_column, args.chunk_rows,
                                  delimiter=args.delimiter)
         else:
             chunks = iter([Chunk(0, [str(i) for i in range(len(args.texts))], list(args.texts))])
-        schema = arrow_schema(policy.names)
-        writer = TableWriter(args.output, schema=schema) if args.output else TableWriter(sys.stdout, fmt="csv")
+        writer = (TableWriter(args.output, schema=layout.schema()) if args.output
+                  else TableWriter(sys.stdout, fmt="csv"))
         name = model_info(model).spec
         start, n_cut, failed = time.perf_counter(), 0, Failures()
         with tqdm(unit="comment", disable=args.input is None, file=sys.stderr) as bar:
             for chunk in chunks:
                 todo, problems = failed.check(chunk)
-                scores = scorer.score([chunk.texts[i] for i in todo]) if todo else None
-                scored = policy.rows([chunk.ids[i] for i in todo], scores.probs, scores.truncated, name,
-                                     threshold, args.observe) if todo else []
-                writer.write(in_order(chunk.ids, problems, scored,
-                                      lambda cid, why: output.row(policy.names, cid, None, name, policy.name, why)))
-                n_cut += int(scores.truncated.sum()) if todo else 0
+                results, _ = score_set(entries, policies.__getitem__, score, [chunk.texts[i] for i in todo],
+                                       args.observe) if todo else ([], {})
+                scored = [layout.row(chunk.ids[i], r, name) for i, r in zip(todo, results, strict=True)]
+                writer.write(in_order(chunk.ids, problems, scored, lambda cid, why: layout.row(cid, None, name, why)))
+                n_cut += sum(any(f and f.get("truncated") for f in r.values()) for r in results)
                 bar.update(len(chunk.texts))
         writer.close()
         elapsed = time.perf_counter() - start
-        print(f"agile score: {writer.rows} rows in {elapsed:.1f} s ({writer.rows / max(elapsed, 1e-9):.1f}"
-              f" comments/s); {n_cut} comment(s) cut to fit {policy.max_length} tokens"
+        under = f" under {len(policies)} policies ({', '.join(policies)})" if not single else ""
+        print(f"agile score: {writer.rows} rows{under} in {elapsed:.1f} s ({writer.rows / max(elapsed, 1e-9):.1f}"
+              f" comments/s); {n_cut} comment(s) cut to fit {max(p.max_length for p in policies.values())} tokens"
               + (f"; wrote {args.output}" if args.output else ""), file=sys.stderr)
         return failed.report()
     except (TableError, AdapterError, ModelLoadError, LabelError, ValueError, OSError) as exc:
@@ -155,53 +161,6 @@ def keep_partial(writer, output: Path | None, why: str) -> None:
     if kept:
         print(f"agile score: the {writer.rows} rows scored before {why} are in {kept}; {output} was not touched",
               file=sys.stderr)
-
-
-def _run_set(args: argparse.Namespace, entries) -> int:
-    """A policy set in this process: one model, each adapter merged in per chunk, one row per comment."""
-    from agile.adapters import merge_adapter
-    from agile.models import load_model, model_info
-    from agile.policy_set import arrow_schema, row, score_set
-    from agile.scoring import LabelScorer, ScoringSettings
-    from agile.tables import Chunk, TableWriter, read_chunks
-
-    policies = {e.name: _adapter_policy(e.name, args.max_length) for e in entries}
-    first = next(iter(policies.values()))
-    model = load_model(args.model or first.adapter.meta.base_model, dtype=args.dtype,
-                       sequence_length=max(p.max_length for p in policies.values()))
-    scorers = {id(p): LabelScorer(model, p.template, ScoringSettings(p.max_length, args.batch_size))
-               for p in policies.values()}  # by identity: an entry may name its adapter by path
-
-    def score(policy, texts):
-        merge_adapter(model, policy.adapter)  # any rank and targets may follow any other
-        return scorers[id(policy)].score(texts)
-
-    names = list(policies)
-    positive = {n: p.positive_name for n, p in policies.items()}
-    versions = {n: p.version for n, p in policies.items()}
-    spec = model_info(model).spec
-    if args.input:
-        chunks = read_chunks(args.input, args.text_column, args.id_column, args.chunk_rows, delimiter=args.delimiter)
-    else:
-        chunks = iter([Chunk(0, [str(i) for i in range(len(args.texts))], list(args.texts))])
-    failed = Failures()
-    writer = TableWriter(args.output, schema=arrow_schema(names)) if args.output else TableWriter(sys.stdout, fmt="csv")
-    try:
-        for chunk in chunks:
-            todo, problems = failed.check(chunk)
-            results, _ = score_set(entries, policies.__getitem__, score, [chunk.texts[i] for i in todo],
-                                   args.observe) if todo else ([], {})
-            scored = [row(names, positive, versions, chunk.ids[i], r, spec) for i, r in zip(todo, results,
-                                                                                             strict=True)]
-            writer.write(in_order(chunk.ids, problems, scored,
-                                  lambda cid, why: row(names, positive, versions, cid, None, spec, why)))
-    except (Exception, KeyboardInterrupt) as exc:
-        keep_partial(writer, args.output, "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "the error")
-        raise
-    writer.close()
-    print(f"agile score: {writer.rows} rows under {len(names)} policies ({', '.join(names)})"
-          + (f"; wrote {args.output}" if args.output else ""), file=sys.stderr)
-    return failed.report()
 
 
 class Failures:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
-from agile import output, policy_set
+from agile import output
 from agile.files import check_output
 from agile.producer.jobs import Job, JobError
 from agile.producer.source import SourceChanged
@@ -156,13 +156,13 @@ class Drain:
                before_rename: Callable[[], None] | None = None) -> Totals:
         """Write the output (one row per input row, in order) in one rename; remove the spool.
 
-        `names`: the job is a policy set of these policies (the set's columns, `agile.policy_set.row`).
+        `names`: the job is a policy set of these policies (the set's columns, `agile.output.per_policy`).
         `before_rename()` runs once every row is written, before the output replaces anything:
         its exception leaves the old output (and the spool) as they were.
         """
         total_batches = -(-total_rows // batch_size)
         labels = [] if names else self._labels(total_batches, labels)
-        schema = policy_set.arrow_schema(names) if names else output.arrow_schema(labels)
+        schema = _layout({}, names, labels).schema()
         totals = Totals()
         rows = iter(rows)
         with TableWriter(self.out, self.fmt, schema=schema) as writer:
@@ -171,18 +171,13 @@ class Drain:
                 chunk = list(islice(rows, batch_size))
                 if len(chunk) != min(batch_size, total_rows - n * batch_size):
                     raise SourceChanged(f"{self.out}: the source no longer has the rows the job was made from")
-                model, policy = record.get("model", ""), record.get("policy", "")
+                layout, model = _layout(record, names, labels), record.get("model", "")
                 for (row_id, _), result in zip(chunk, record_results(record, len(chunk)), strict=True):
                     error = result.get("error", "")
-                    fields = None if error else result
-                    if names:
-                        page.append(policy_set.row(names, record.get("positive_labels", {}),
-                                                   record.get("versions", {}), row_id, fields, model, error))
-                        counted = [f"{n} flagged" for n in names if fields and (fields.get(n) or {}).get("flagged")]
-                    else:
-                        page.append(output.row(labels, row_id, fields, model, policy, error))
-                        counted = [] if error else [result.get("prediction", "")]
-                    for key in counted + (["failed"] if error else []):
+                    # A set's worker writes {policy: fields} per row, a single policy's worker the fields.
+                    scored = None if error else result if names else {layout.policies[0]: result}
+                    page.append(layout.row(row_id, scored, model, error))
+                    for key in layout.counted(scored) + (["failed"] if error else []):
                         totals.predictions[key] += 1
                     totals.failed += bool(error)
                 if len(page) >= WRITE_ROWS:
@@ -197,3 +192,12 @@ class Drain:
         totals.scored = totals.rows - totals.failed
         self.spool.unlink(missing_ok=True)
         return totals
+
+
+def _layout(record: dict, names: list[str] | None, labels: list[str]) -> output.Layout:
+    """The output columns for a batch record: a set's (with the versions that batch was scored with)
+    or one policy's."""
+    if names:
+        positive = record.get("positive_labels") or {}
+        return output.per_policy({n: positive.get(n, "") for n in names}, record.get("versions") or {})
+    return output.one_policy(record.get("policy", ""), labels)
