@@ -42,12 +42,14 @@ class Totals:
 
 
 def record_results(record: dict, n: int) -> list[dict]:
-    """A batch record's per-row results ({fields} or {"error"}), exactly `n` of them."""
+    """A batch record's per-row results ({policy: fields or None} or {"error"}), exactly `n` of them."""
     results = record.get("results")
     if results is None:
         return [{"error": record.get("error") or "the batch was refused"}] * n
     if len(results) != n:
         return [{"error": f"the worker returned {len(results)} results for {n} rows"}] * n
+    if "policies" not in record:  # a worker from before one record shape (a spool kept over an upgrade)
+        return [r if "error" in r else {record.get("policy", ""): r} for r in results]
     return results
 
 
@@ -145,10 +147,12 @@ class Drain:
                 yield json.loads(f.read(length))["record"]
 
     def _labels(self, total_batches: int, hint: list[str]) -> list[str]:
+        """One policy's output names, as the workers wrote them (an adapter may rename its labels)."""
         for record in self._records(total_batches):
-            for result in record.get("results") or []:
-                if "error" not in result:
-                    return [k[2:] for k in result if k.startswith("p_")]
+            for result in record_results(record, len(record.get("results") or ())):
+                fields = next(iter(result.values())) if "error" not in result else None
+                if fields:
+                    return [k[2:] for k in fields if k.startswith("p_")]
         return hint
 
     def finish(self, rows: Iterable[tuple[str, str]], batch_size: int, total_rows: int,
@@ -174,8 +178,7 @@ class Drain:
                 layout, model = _layout(record, names, labels), record.get("model", "")
                 for (row_id, _), result in zip(chunk, record_results(record, len(chunk)), strict=True):
                     error = result.get("error", "")
-                    # A set's worker writes {policy: fields} per row, a single policy's worker the fields.
-                    scored = None if error else result if names else {layout.policies[0]: result}
+                    scored = None if error else result
                     page.append(layout.row(row_id, scored, model, error))
                     for key in layout.counted(scored) + (["failed"] if error else []):
                         totals.predictions[key] += 1
@@ -200,4 +203,5 @@ def _layout(record: dict, names: list[str] | None, labels: list[str]) -> output.
     if names:
         positive = record.get("positive_labels") or {}
         return output.per_policy({n: positive.get(n, "") for n in names}, record.get("versions") or {})
-    return output.one_policy(record.get("policy", ""), labels)
+    key = (record.get("policies") or [record.get("policy", "")])[0]
+    return output.one_policy((record.get("names") or {}).get(key, key), labels, key)

@@ -7,12 +7,16 @@ import json
 import pandas as pd
 import pytest
 
+from agile.models import ModelInfo
+from agile.policy import Policy
 from agile.producer.jobs import Job
 from agile.producer.results import Drain
 from agile.producer.source import FileSource, SourceChanged, batches
+from agile.prompt import PromptTemplate
 from agile.wire import BatchRequest
 from agile.worker.store import Store
 
+POLICY = Policy(PromptTemplate(("Safe", "Toxic")), "tiny-toxic", "Toxic")
 FIELDS = {"p_Toxic": 0.7, "p_Safe": 0.3, "prediction": "Toxic", "flagged": True, "truncated": False}
 
 
@@ -35,8 +39,9 @@ def write_back(job: Job, source: FileSource, numbers) -> None:
         if batch.number in numbers:
             req = BatchRequest.from_task((), {"items": [{"id": i.id, "text": i.text} for i in batch.items()],
                                               "job_id": job.job_id, "batch_id": batch.id})
-            results = [{"error": req.problems[i.id]} if i.id in req.problems else FIELDS for i in req.items]
-            store.finish(req, "t", results, None, "m", "tiny-toxic")
+            results = [{"error": req.problems[i.id]} if i.id in req.problems else {"tiny-toxic": FIELDS}
+                       for i in req.items]
+            store.finish(req, "t", results, ModelInfo("m", "c"), {"tiny-toxic": POLICY})
 
 
 @pytest.mark.parametrize("suffix", ["csv", "jsonl", "parquet"])
@@ -87,3 +92,27 @@ def test_a_changed_source_leaves_the_old_output_and_the_spool(job, tmp_path):
         drain.finish(source.rows(), 4, 10, [])
     assert out.read_text() == "earlier output\n" and drain.spool.exists()
     assert not list(tmp_path.glob(".out.csv.*"))
+
+
+def test_records_written_before_one_record_shape_still_make_the_same_output(job, tmp_path):
+    """A spool or a Redis kept over an upgrade holds single-policy records of the older shape (fields per
+    row, `policy` beside them): they are read as a set of one, and the output is the same."""
+    job, source = job
+    write_back(job, source, {0, 1, 2})
+    new = tmp_path / "new.csv"
+    drain = Drain(job, new)
+    drain.step()
+    entries = [json.loads(line) for line in drain.spool.read_text().splitlines()]
+    drain.finish(source.rows(), 4, 10, [])
+    for entry in entries:
+        record = entry["record"]
+        old = {"ids": record["ids"], "model": record["model"], "policy": "tiny-toxic", "adapter_version": "",
+               "results": [r if "error" in r else r["tiny-toxic"] for r in record["results"]]}
+        job.redis.hset(job.keys.results, entry["batch"], json.dumps(old))
+    old_out = tmp_path / "old.csv"
+    again = Drain(job, old_out)
+    assert again.step() == 3
+    again.finish(source.rows(), 4, 10, [])
+    assert old_out.read_text() == new.read_text()
+    frame = pd.read_csv(new)
+    assert frame["policy"].tolist().count("tiny-toxic") == 10 and frame["p_Toxic"].notna().sum() == 9

@@ -6,6 +6,9 @@ import json
 
 import pytest
 
+from agile.models import ModelInfo
+from agile.policy import Policy
+from agile.prompt import PromptTemplate
 from agile.wire import BatchRequest, JobKeys, task_deliveries_key
 from agile.worker.store import Store
 
@@ -24,24 +27,28 @@ def batch(batch_id: str, ids: list[str]) -> BatchRequest:
 
 
 def results(n: int, failed: tuple[int, ...] = ()) -> list[dict]:
-    ok = {"p_A": 0.25, "p_B": 0.75, "prediction": "B", "truncated": False}
+    ok = {"a": {"p_A": 0.25, "p_B": 0.75, "prediction": "B", "truncated": False}}
     return [{"error": "text is empty"} if k in failed else ok for k in range(n)]
 
 
 def test_a_redelivered_batch_is_not_counted_twice(store):
     keys = JobKeys(store.settings.key_prefix, "job1")
-    version = {"model": "m", "model_checksum": "c", "adapter": "a", "adapter_version": "v1"}
-    assert store.finish(batch("b0", ["0", "1", "2"]), "t", results(3, failed=(2,)), version, "m", "a") == 1
-    assert store.finish(batch("b0", ["0", "1", "2"]), "t", results(3), version, "m", "a") == 0
-    assert store.finish(batch("b1", ["3"]), "t", results(1), version, "m", "a") == 1
+    info = ModelInfo("m", "c")
+    used = {"a": Policy(PromptTemplate(("A", "B")), "policy-a", "B", version="v1")}
+    assert store.finish(batch("b0", ["0", "1", "2"]), "t", results(3, failed=(2,)), info, used) == 1
+    assert store.finish(batch("b0", ["0", "1", "2"]), "t", results(3), info, used) == 0
+    assert store.finish(batch("b1", ["3"]), "t", results(1), info, used) == 1
     r = store.redis
     meta = r.hgetall(keys.meta)
     assert (int(meta["scored"]), int(meta["failed"])) == (3, 1)
     record = json.loads(r.hget(keys.results, "b0"))
     assert record["ids"] == ["0", "1", "2"] and record["results"][2] == {"error": "text is empty"}
-    assert record["results"][0]["prediction"] == "B" and (record["model"], record["policy"]) == ("m", "a")
+    assert record["results"][0]["a"]["prediction"] == "B" and record["model"] == "m"
+    assert (record["policies"], record["names"], record["versions"], record["positive_labels"]) == (
+        ["a"], {"a": "policy-a"}, {"a": "v1"}, {"a": "B"})
     assert r.smembers(keys.done) == {"b0", "b1"}
-    assert [json.loads(v) for v in r.smembers(keys.versions)] == [version]
+    assert [json.loads(v) for v in r.smembers(keys.versions)] == [
+        {"model": "m", "model_checksum": "c", "adapters": {"a": "v1"}}]
     assert 0 < r.ttl(keys.results) <= store.settings.job_ttl
 
 

@@ -17,12 +17,18 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
 from agile.settings import QueueSettings
 from agile.wire import BatchRequest, JobKeys, task_deliveries_key
+
+if TYPE_CHECKING:
+    from agile.models import ModelInfo
+    from agile.policy import Policy
 
 log = logging.getLogger("agile.worker")
 RETRY_SECONDS = 120.0  # how long a delivery count waits for Redis before the batch goes back on the queue
@@ -141,27 +147,21 @@ class Store:
         return int(self._retrying(f"writing back {job_id}/{batch_id}",
                                   lambda: self._write_back(keys=key_list, args=args)))
 
-    def finish(self, req: BatchRequest, task_id: str, results: list[dict], version: dict | None,
-               model: str = "", policy: str = "") -> int:
-        """Write a job batch's results (one per item, {fields} or {"error"}), or end a job-less task."""
+    def finish(self, req: BatchRequest, task_id: str, results: list[dict], info: ModelInfo | None = None,
+               used: Mapping[str, Policy] | None = None) -> int:
+        """Write a job batch's results, or end a job-less task: one record shape for every policy set,
+        a single policy being a set of one. `results` has one entry per item, {policy: fields or None}
+        or {"error"}; `used` is each policy the batch was scored with, by its key in the results."""
         if not req.job_id:
             self.forget(task_id)
             return 1
+        used = used or {}
         failed = sum(1 for r in results if "error" in r)
-        record = {"ids": [item.id for item in req.items], "results": results, "model": model, "policy": policy,
-                  "adapter_version": (version or {}).get("adapter_version", "")}
-        return self.write_record(req.job_id, req.batch_id, record, len(results) - failed, failed, version)
-
-    def finish_set(self, req: BatchRequest, task_id: str, results: list[dict], info, versions: dict[str, str],
-                   positive: dict[str, str]) -> int:
-        """Write a policy set batch's results (one per item: {policy: fields or None} or {"error"})."""
-        if not req.job_id:
-            self.forget(task_id)
-            return 1
-        failed = sum(1 for r in results if "error" in r)
-        record = {"ids": [item.id for item in req.items], "results": results, "model": info.spec,
-                  "policies": list(versions), "versions": versions, "positive_labels": positive}
-        version = {"model": info.spec, "model_checksum": info.checksum, "adapters": versions}
+        versions = {key: p.version for key, p in used.items()}
+        record = {"ids": [item.id for item in req.items], "results": results, "model": info.spec if info else "",
+                  "policies": list(used), "names": {key: p.name for key, p in used.items()},
+                  "versions": versions, "positive_labels": {key: p.positive_name for key, p in used.items()}}
+        version = {"model": info.spec, "model_checksum": info.checksum, "adapters": versions} if info else None
         return self.write_record(req.job_id, req.batch_id, record, len(results) - failed, failed, version)
 
     def refuse(self, job_id: str, batch_id: str, n_items: int, reason: str) -> int:

@@ -19,6 +19,7 @@ from celery.exceptions import Reject
 from redis.exceptions import RedisError
 
 from agile.adapters import AdapterError
+from agile.policy import ZERO_SHOT
 from agile.policy_set import SetEntry
 from agile.policy_set import score_set as score_set_rows
 from agile.tokens import LabelError
@@ -85,44 +86,23 @@ def score_batch(self, *args, **kwargs) -> dict:
 
 
 def score(req: BatchRequest, task_id: str) -> dict:
+    """Every request is a policy set: a plain `adapter` (or zero-shot `labels`) is a set of one."""
     from agile.worker.runtime import get_runtime
 
     runtime = get_runtime(settings())
     runtime.check_model(req.model)
-    if req.policies:
-        return score_set(req, task_id, runtime)
-    try:
-        policy = runtime.policy(req.adapter, req.labels, req.instructions)
-    except ValueError as exc:  # PromptTemplate's own checks on zero-shot labels
-        if isinstance(exc, PERMANENT):
-            raise
-        raise PayloadError(str(exc)) from exc
-    metrics.ADAPTERS.labels(policy.name, policy.version).set(1)
-    todo = [item for item in req.items if item.id not in req.problems]
-    start = time.perf_counter()
-    scores = runtime.score(policy, [item.text for item in todo]) if todo else None
-    seconds = time.perf_counter() - start
-    scored = iter(policy.fields(scores.probs, scores.truncated, req.threshold, req.observe) if todo else ())
-    results = [{"error": req.problems[item.id]} if item.id in req.problems else next(scored)
-               for item in req.items]  # one per item, in item order
-    version = {"model": runtime.info.spec, "model_checksum": runtime.info.checksum,
-               "adapter": req.adapter, "adapter_version": policy.version}
-    store().finish(req, task_id, results, version, runtime.info.spec, policy.name)
-    tokens = int(scores.n_tokens.sum()) if scores is not None else 0
-    done(req, policy.name, len(todo), tokens, seconds)
-    if req.job_id:
-        return {**ids_of(req), "scored": len(todo), "failed": len(req.problems)}
-    # positive_label / threshold: what `flagged` means, so a client can read the policy's score
-    # (p_<positive_label>) without knowing the adapter; both null for zero-shot.
-    return {**version, "labels": policy.names, "positive_label": policy.positive_name,
-            "threshold": policy.threshold if policy.positive_label else None,
-            "results": {item.id: result for item, result in zip(req.items, results, strict=True)}}
+    entries = ([SetEntry.from_wire(e) for e in req.policies] if req.policies
+               else [SetEntry(req.adapter or ZERO_SHOT, req.threshold)])
 
+    def policy_of(name: str):
+        try:
+            return runtime.policy(name, None, None) if req.policies or req.adapter else runtime.policy(
+                None, req.labels, req.instructions)
+        except ValueError as exc:  # PromptTemplate's own checks on zero-shot labels
+            if isinstance(exc, PERMANENT):
+                raise
+            raise PayloadError(str(exc)) from exc
 
-def score_set(req: BatchRequest, task_id: str, runtime) -> dict:
-    """A policy set: each policy back to back on this worker's one model; one result per item and policy."""
-    entries = [SetEntry.from_wire(e) for e in req.policies]
-    todo = [item for item in req.items if item.id not in req.problems]
     tokens = 0
 
     def scored(policy, texts):
@@ -132,23 +112,29 @@ def score_set(req: BatchRequest, task_id: str, runtime) -> dict:
         tokens += int(out.n_tokens.sum())
         return out
 
+    todo = [item for item in req.items if item.id not in req.problems]
     start = time.perf_counter()
-    rows, used = score_set_rows(entries, lambda name: runtime.policy(name, None, None), scored,
-                                [item.text for item in todo], bool(req.observe))
+    rows, used = score_set_rows(entries, policy_of, scored, [item.text for item in todo], bool(req.observe))
     seconds = time.perf_counter() - start
     by_id = dict(zip((item.id for item in todo), rows, strict=True))
     results = [{"error": req.problems[item.id]} if item.id in req.problems else by_id[item.id]
-               for item in req.items]
-    versions = {name: p.version for name, p in used.items()}
-    positive = {name: p.positive_name for name, p in used.items()}
-    store().finish_set(req, task_id, results, runtime.info, versions, positive)
-    name = "+".join(versions)
-    done(req, name, len(todo), tokens, seconds)
+               for item in req.items]  # one per item, in item order
+    store().finish(req, task_id, results, runtime.info, used)
+    done(req, "+".join(p.name for p in used.values()), len(todo), tokens, seconds)
     if req.job_id:
         return {**ids_of(req), "scored": len(todo), "failed": len(req.problems)}
-    return {"model": runtime.info.spec, "model_checksum": runtime.info.checksum, "versions": versions,
-            "positive_labels": positive,
-            "results": {item.id: result for item, result in zip(req.items, results, strict=True)}}
+    model = {"model": runtime.info.spec, "model_checksum": runtime.info.checksum}
+    if req.policies:
+        return {**model, "versions": {k: p.version for k, p in used.items()},
+                "positive_labels": {k: p.positive_name for k, p in used.items()},
+                "results": {item.id: result for item, result in zip(req.items, results, strict=True)}}
+    # One policy: its fields per comment. positive_label / threshold say what `flagged` means, so a
+    # client can read the policy's score (p_<positive_label>) without knowing the adapter; null for zero-shot.
+    ((key, policy),) = used.items()
+    return {**model, "adapter": req.adapter, "adapter_version": policy.version, "labels": policy.names,
+            "positive_label": policy.positive_name, "threshold": policy.threshold if policy.positive_label else None,
+            "results": {item.id: result if "error" in result else result[key]
+                        for item, result in zip(req.items, results, strict=True)}}
 
 
 def done(req: BatchRequest, name: str, scored: int, tokens: int, seconds: float) -> None:
@@ -165,7 +151,7 @@ def done(req: BatchRequest, name: str, scored: int, tokens: int, seconds: float)
 
 def fail_all(req: BatchRequest, task_id: str, reason: str) -> None:
     """Mark every item of the batch failed with `reason` (the job still completes)."""
-    store().finish(req, task_id, [{"error": reason}] * len(req.items), None)
+    store().finish(req, task_id, [{"error": reason}] * len(req.items))
     metrics.FAILED.labels(req.adapter or ("policy-set" if req.policies else "zero-shot")).inc(len(req.items))
     log.warning("batch %s: %d items failed: %s", req.batch_key or "(no job)", len(req.items), reason,
                 extra={**ids_of(req), "failed": len(req.items)})
