@@ -64,7 +64,8 @@ class ScoringClient:
                     start = int(batch_id[1:]) * size
                     chunk = source.items[start:start + size]
                     for (item_id, _), result in zip(chunk, record_results(record, len(chunk)), strict=True):
-                        yield item_id, result
+                        # one policy: a record's {policy: fields} per row is just that policy's fields
+                        yield item_id, result if "error" in result else next(iter(result.values()))
             if len(seen) >= job.total_batches:
                 break
             if job.stalled():
