@@ -24,10 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/pytest
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not redis"
+	$(BIN)/pytest -m "not slow and not redis"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
