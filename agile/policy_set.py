@@ -116,25 +116,41 @@ def _toml(path: Path):
 def score_set(entries: Sequence[SetEntry], policy_of: Callable[[str], Policy],
               score: Callable[[Policy, list[str]], Scores], texts: list[str],
               observe: bool = False) -> tuple[list[dict], dict[str, Policy]]:
-    """Every text under each entry, back to back: per text {name: fields, or None where its gate was shut}."""
-    rows: list[dict] = [{} for _ in texts]
+    """Every text under each entry, back to back: per text {name: fields, or None where its gate was shut}.
+
+    Built column by column: an ungated entry's fields are already one per text, in order, so a set of
+    one costs a dict per text and nothing more; flags are kept only for entries that gate another."""
+    gates = {e.gate for e in entries}
+    columns: dict[str, list[dict | None]] = {}
     flags: dict[str, list[bool]] = {}
     used: dict[str, Policy] = {}
     for entry in entries:
         policy = used[entry.name] = policy_of(entry.name)
-        todo = [i for i in range(len(texts)) if entry.gate is None or flags[entry.gate][i]]
-        flags[entry.name] = [False] * len(texts)
-        for i in range(len(texts)):
-            rows[i][entry.name] = None
-        if not todo:
-            continue
-        scores = score(policy, [texts[i] for i in todo])
-        decided = policy.fields(scores.probs, scores.truncated, entry.threshold)
-        shown = policy.fields(scores.probs, scores.truncated, entry.threshold, observe=True) if observe else decided
-        for i, fields, result in zip(todo, decided, shown, strict=True):
-            flags[entry.name][i] = bool(fields.get("flagged"))  # a gate opens at the threshold, observed or not
-            rows[i][entry.name] = result
-    return rows, used
+        todo = range(len(texts)) if entry.gate is None else [i for i, f in enumerate(flags[entry.gate]) if f]
+        decided: list[dict] = []
+        shown: list[dict] = []
+        if todo:
+            scores = score(policy, texts if entry.gate is None else [texts[i] for i in todo])
+            decided = policy.fields(scores.probs, scores.truncated, entry.threshold)
+            shown = policy.fields(scores.probs, scores.truncated, entry.threshold, observe=True) if observe \
+                else decided
+        if entry.gate is None:
+            columns[entry.name] = shown  # already one per text, in order
+        else:
+            column: list[dict | None] = [None] * len(texts)
+            for i, result in zip(todo, shown, strict=True):
+                column[i] = result
+            columns[entry.name] = column
+        if entry.name in gates:  # a gate opens at the threshold, observed or not
+            flag = [False] * len(texts)
+            for i, fields in zip(todo, decided, strict=True):
+                flag[i] = bool(fields.get("flagged"))
+            flags[entry.name] = flag
+    if len(columns) == 1:
+        ((name, column),) = columns.items()
+        return [{name: result} for result in column], used
+    names = list(columns)
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)], used
 
 
 def add_arguments(parser) -> None:

@@ -106,12 +106,13 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(spec, dtype=args.dtype, sequence_length=max(p.max_length for p in policies.values()))
         scorers = {id(p): LabelScorer(model, p.template, ScoringSettings(p.max_length, args.batch_size))
                    for p in policies.values()}  # by identity: an entry may name its adapter by path
-        applied: list = [None]  # the policy whose LoRA weights are in the model now
+        applied = None  # the policy whose LoRA weights are in the model now
 
         def score(policy, texts):
-            if applied[0] is not policy and policy.adapter is not None:
+            nonlocal applied
+            if applied is not policy and policy.adapter is not None:
                 merge_adapter(model, policy.adapter)  # any rank and targets may follow any other
-            applied[0] = policy
+            applied = policy
             return scorers[id(policy)].score(texts)
 
         single = len(entries) == 1 and entries[0].gate is None
