@@ -73,3 +73,12 @@ def sender(settings: QueueSettings):
     app = Celery("agile-producer")
     app.conf.update(settings.celery_config())
     return app
+
+
+def job_of(raw: str) -> str | None:
+    """The job id of a queued task message (protocol 2, JSON body), or None for anything else."""
+    try:
+        body = json.loads(base64.b64decode(json.loads(raw)["body"]))
+        return body[1].get("job_id")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None

@@ -20,7 +20,9 @@ from collections.abc import Iterable, Iterator
 
 from agile.broker import sender
 from agile.producer.commands import run_job, sized
-from agile.producer.jobs import POLL_SECONDS, Job, check_policy
+from agile.producer.jobs import POLL_SECONDS, Job
+from agile.producer.payload import check_policy
+from agile.producer.repair import Repair
 from agile.producer.results import drain_pages, record_results
 from agile.producer.source import MemorySource, Plan, batches
 from agile.settings import QueueSettings
@@ -54,8 +56,9 @@ class ScoringClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         source = self._sources[job.job_id]
         size, seen = job.batch_size, set()
+        repair = Repair(job)
         while len(seen) < job.total_batches:
-            job.restore({})
+            repair.restore({})
             for page in drain_pages(self.redis, job.keys):
                 for batch_id, record in page:
                     if batch_id in seen:
@@ -68,8 +71,8 @@ class ScoringClient:
                         yield item_id, result if "error" in result else next(iter(result.values()))
             if len(seen) >= job.total_batches:
                 break
-            if job.stalled():
-                job.repair(batches(source.rows(), size))
+            if repair.stalled():
+                repair.resend(batches(source.rows(), size))
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job.job_id} not complete after {timeout:.0f} s")
             time.sleep(POLL_SECONDS)

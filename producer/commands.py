@@ -18,10 +18,13 @@ from pathlib import Path
 
 from agile.files import check_output, same_file
 from agile.fleet import live_workers, task_size
-from agile.producer.jobs import POLL_SECONDS, Job, JobError, JobStatus, check_policy
+from agile.producer.jobs import POLL_SECONDS, Job, JobError
 from agile.producer.lease import Lease
+from agile.producer.payload import check_policy
+from agile.producer.repair import Repair
 from agile.producer.results import Drain, Totals
 from agile.producer.source import FileSource, MemorySource, Plan, batches
+from agile.producer.status import JobStatus
 from agile.prompt import DEFAULT_LABELS
 from agile.settings import QueueSettings
 from agile.tables import TableError, table_format
@@ -142,15 +145,16 @@ def run_job(settings: QueueSettings, job: Job, source: FileSource | MemorySource
     deadline = None if timeout is None else time.monotonic() + timeout
     pending = batches(source.rows(), job.batch_size, first=job.next_batch)
     collected = drain.counts if drain else {}
+    repair = Repair(job)
     while True:
         if lease is not None:
             lease.check()
-        job.restore(collected)
+        repair.restore(collected)
         sent_all = job.submit_some(pending)
         if drain is not None:
             drain.step()
-        if job.next_batch and job.stalled():
-            resent = job.repair(batches(source.rows(), job.batch_size))
+        if job.next_batch and repair.stalled():
+            resent = repair.resend(batches(source.rows(), job.batch_size))
             log.warning("job %s: no progress and nothing queued; sent %d lost batch(es) again", job.job_id, resent)
         status = job.status()
         check_open(job.job_id, status.meta)

@@ -1,4 +1,4 @@
-"""A scoring job in Redis: self-contained metadata, a lifecycle, backpressure from Redis state, repair.
+"""A scoring job in Redis: self-contained metadata, a lifecycle, backpressure from Redis state.
 
 Everything needed to finish, repair or resume a job lives in its meta hash
 (source and how to read it, its fingerprint, batch size, policies, totals), so
@@ -6,138 +6,29 @@ any process that can read the dump can carry it on. Lifecycle: submitting ->
 submitted -> complete -> delivered, or cancelled. Backpressure counts a job's
 batches sent and not yet written back (the `inflight` hash, which workers clear
 on write-back) and their bytes, so it holds across processes and restarts.
-Repair: the queue cannot promise that nothing is lost (a Redis restart without
-persistence drops messages and keys), so a job that stops moving re-sends the
-batches below its submission frontier that were never written back; keyed
-writes make that safe. A Redis that came back empty gets the job's meta and the
-batches already collected (`restore`) before anything is re-sent.
+Lost batches: agile.producer.repair. Its policies on the wire: agile.producer.payload.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
-from agile.adapters import check_name
-from agile.broker import queue_depth, sender
+from agile.broker import job_of, sender
+from agile.producer.payload import payload
 from agile.producer.source import Batch, Plan
-from agile.prompt import DEFAULT_INSTRUCTIONS, DEFAULT_LABELS, PromptTemplate
+from agile.producer.status import JobStatus
 from agile.settings import QueueSettings
-from agile.wire import TASK_NAME, BatchRequest, JobKeys, PayloadError
+from agile.wire import TASK_NAME, BatchRequest, JobKeys
 
 POLL_SECONDS = 0.2
-IDLE_STALL_SECONDS = 5.0  # queue empty, nothing in flight, no progress: batches were lost
 COUNTERS = ("scored", "failed", "first_done_at", "last_done_at", "resent_batches", "drained")
-
-# KEYS: meta, done. ARGV: ttl, n static pairs, the pairs, then (batch id, scored, failed) triples.
-RESTORE = """
-local n = tonumber(ARGV[2])
-local i = 3
-for _ = 1, n do
-  redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-while i <= #ARGV do
-  if redis.call('SADD', KEYS[2], ARGV[i]) == 1 then
-    redis.call('HINCRBY', KEYS[1], 'scored', ARGV[i + 1])
-    redis.call('HINCRBY', KEYS[1], 'failed', ARGV[i + 2])
-  end
-  i = i + 3
-end
-for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[1]) end
-return 1
-"""
 
 
 class JobError(RuntimeError):
     """A job that cannot be run, resumed or collected as asked; the message says why and what to do."""
-
-
-def payload(policies: list[dict], observe: bool = False) -> dict:
-    """The task keys (besides items, job and batch) that carry a job's policies.
-
-    One policy goes as the plain single-policy payload (`adapter`, `labels`, ...);
-    several, or one with a gate, as a policy set (`policies`).
-    """
-    policies = [{k: v for k, v in p.items() if v is not None} for p in policies]
-    flag = {"observe": True} if observe else {}
-    if len(policies) == 1 and "if" not in policies[0]:
-        return {**policies[0], **flag}
-    model = {"model": policies[0]["model"]} if policies[0].get("model") else {}
-    return {"policies": [{k: v for k, v in p.items() if k != "model"} for p in policies], **model, **flag}
-
-
-def check_policy(policies: list[dict], observe: bool = False) -> None:
-    """The worker's own checks on a job's policies (payload parser, label rules, adapter names), run before
-    a job exists. Whether the workers have an adapter only they can tell: its batches fail closed if not."""
-    kwargs = payload(policies, observe)
-    try:
-        BatchRequest.from_task((), {"items": [{"id": "0", "text": "x"}], "job_id": "check", "batch_id": "b0",
-                                    **kwargs})
-        for policy in kwargs.get("policies") or [kwargs]:
-            if policy.get("adapter") is not None:
-                check_name(policy["adapter"])
-        if not kwargs.get("adapter") and not kwargs.get("policies"):
-            PromptTemplate(tuple(kwargs.get("labels") or DEFAULT_LABELS),
-                           kwargs.get("instructions") or DEFAULT_INSTRUCTIONS)
-    except ValueError as exc:  # PayloadError, AdapterError, or PromptTemplate's label rules
-        raise PayloadError(f"the workers would refuse this policy: {exc}") from None
-
-
-@dataclass
-class JobStatus:
-    job_id: str
-    meta: dict[str, str]
-    done_batches: int
-    versions: list[dict] = field(default_factory=list)
-    in_flight: int = 0
-
-    def _int(self, key: str) -> int:
-        return int(self.meta.get(key) or 0)
-
-    @property
-    def exists(self) -> bool:
-        return bool(self.meta)
-
-    total_rows = property(lambda self: self._int("total_rows"))
-    total_batches = property(lambda self: self._int("total_batches"))
-    next_batch = property(lambda self: self._int("next_batch"))
-    scored = property(lambda self: self._int("scored"))
-    failed = property(lambda self: self._int("failed"))
-    duplicates = property(lambda self: self._int("duplicate_ids"))
-
-    @property
-    def state(self) -> str:
-        state = self.meta.get("status", "")
-        if state in ("submitting", "submitted") and self.total_batches and self.done_batches >= self.total_batches:
-            return "complete"
-        return state
-
-    @property
-    def complete(self) -> bool:
-        return self.state in ("complete", "delivered")
-
-    @property
-    def rows_done(self) -> int:
-        return min(self.scored + self.failed, self.total_rows)
-
-    @property
-    def rate(self) -> float | None:
-        """Comments per second since the job was created."""
-        last = float(self.meta.get("last_done_at") or 0)
-        span = last - float(self.meta.get("created") or last)
-        return self.rows_done / span if span > 0 else None
-
-    @property
-    def eta(self) -> float | None:
-        """Seconds left at the rate so far; None once the job is done, delivered or cancelled."""
-        if self.state not in ("submitting", "submitted") or not self.rate:
-            return None
-        return max(0.0, (self.total_rows - self.rows_done) / self.rate)
 
 
 class Job:
@@ -148,8 +39,6 @@ class Job:
         self.redis = redis or settings.redis_client()
         self._app = app
         self.meta = {k: v for k, v in meta.items() if k not in COUNTERS}  # to restore an emptied Redis
-        self._last_done, self._last_move = -1, time.monotonic()  # for stall detection
-        self._restore = self.redis.register_script(RESTORE)
 
     @property
     def app(self):
@@ -272,47 +161,6 @@ class Job:
             self.redis.hset(self.keys.meta, "status", "submitted")
         return True
 
-    # ------------------------------------------------------------ repair
-
-    def restore(self, collected: dict[str, tuple[int, int]]) -> bool:
-        """If Redis lost the job, put its meta back and mark the batches already collected as done."""
-        if self.redis.hexists(self.keys.meta, "created"):
-            return False
-        static = [x for pair in self.meta.items() for x in pair]
-        triples = [x for bid, (s, f) in collected.items() for x in (bid, s, f)]
-        self._restore(keys=[self.keys.meta, self.keys.done],
-                      args=[self.settings.job_ttl, len(self.meta), *static, *triples])
-        self._last_done = -1
-        return True
-
-    def stalled(self) -> bool:
-        """No batch written back for a while, and none could still be on its way."""
-        done, now = self.redis.scard(self.keys.done), time.monotonic()
-        if done != self._last_done:
-            self._last_done, self._last_move = done, now
-            return False
-        idle = now - self._last_move
-        if idle <= IDLE_STALL_SECONDS:
-            return False
-        waiting, held = queue_depth(self.redis, self.settings.queue)
-        # Batches still queued, or held by a worker (a dead one's come back after the
-        # visibility timeout), are not lost: wait. An idle queue means they were. On a
-        # queue others keep busy, repair anyway after a long wait (at worst, work twice).
-        return (waiting == 0 and held == 0) or idle > 2 * self.settings.visibility_timeout + 60
-
-    def repair(self, batches: Iterator[Batch]) -> int:
-        """Send again every batch below the frontier that was never written back; returns how many."""
-        done = self.redis.smembers(self.keys.done)
-        resent = 0
-        for batch in batches:
-            if batch.number >= self.next_batch:
-                break
-            if batch.id not in done:
-                self.send(batch, resend=True)
-                resent += 1
-        self._last_move = time.monotonic()
-        return resent
-
     # ------------------------------------------------------------ endings
 
     def _end(self, state: str, **fields: str) -> None:
@@ -331,16 +179,7 @@ class Job:
         self._end("cancelled", cancelled_at=f"{time.time():.3f}")
         removed = 0
         for raw in self.redis.lrange(self.settings.queue, 0, -1):
-            if _job_of(raw) == self.job_id:
+            if job_of(raw) == self.job_id:
                 removed += self.redis.lrem(self.settings.queue, 1, raw)
         return removed
 
-
-def _job_of(raw: str) -> str | None:
-    """The job id of a queued Celery message (protocol 2, JSON body), or None."""
-    try:
-        message = json.loads(raw)
-        body = json.loads(base64.b64decode(message["body"]))
-        return body[1].get("job_id")
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return None

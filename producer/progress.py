@@ -10,7 +10,7 @@ import sys
 import time
 from typing import TextIO
 
-from agile.producer.jobs import JobStatus
+from agile.producer.status import JobStatus
 
 LINE_SECONDS = 5.0
 

@@ -12,7 +12,8 @@ import pytest
 from queue_fixtures import wait_for, write_csv
 
 from agile.producer.commands import JobCancelled, prepare, run_job, start
-from agile.producer.jobs import Job, check_policy
+from agile.producer.jobs import Job
+from agile.producer.payload import check_policy
 from agile.producer.source import FileSource, batches
 from agile.tables import TableError
 from agile.wire import BatchRequest, PayloadError
