@@ -1,8 +1,10 @@
 """Everything this project knows about Celery and kombu on Redis, in one place.
 
-Task messages: the producer and the service client send through Celery's own
-`send_task` (`sender`); `agile serve` pushes the same protocol-2 JSON by hand
-(`message`), held key by key to Celery's encoder by tests/test_wire_encoder.py.
+Task messages: the producer's batches and `agile serve`'s requests are protocol-2
+JSON pushed by hand (`message`: each batch encoded once, queued in the same Redis
+round trip as its bookkeeping), held key by key to Celery's encoder by
+tests/test_wire_encoder.py; the service client's interactive `score` sends through
+Celery's own `send_task` (`sender`).
 Results: `celery-task-meta-<id>` in the result backend.
 Queue depth: a queue is a Redis list named after it; a message a worker has taken
 sits in the `unacked` hash until it is acknowledged, with its delivery tag in the
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 RESULT_PREFIX = "celery-task-meta-"  # Celery's Redis result backend: one key per task id
 UNACKED = "unacked"  # kombu: delivered-but-unacknowledged messages, by delivery tag
 UNACKED_INDEX = "unacked_index"
+HOST = socket.gethostname()
 
 
 def queue_depth(client, *queues: str) -> tuple[int, int]:
@@ -42,17 +45,19 @@ def queue_depth(client, *queues: str) -> tuple[int, int]:
     return sum(map(int, waiting)), int(in_flight)
 
 
-def message(task_id: str, delivery_tag: str, queue: str, kwargs: dict, expires: datetime) -> str:
-    """A Celery protocol-2 message as kombu's Redis transport stores it (JSON, base64 body).
+def message(task_id: str, delivery_tag: str, queue: str, kwargs: dict, expires: datetime | None = None,
+            ignore_result: bool = False, sender: str = "agile-serve") -> str:
+    """A Celery protocol-2 message as kombu's Redis transport stores it (JSON, base64 body), encoded once.
 
-    tests/test_wire_encoder.py holds it, key by key, to the message Celery's own `send_task` stores.
+    tests/test_wire_encoder.py holds it, key by key, to the message Celery's own `send_task` stores,
+    with and without `expires` and a stored result.
     """
     body = json.dumps([[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
     headers = {
         "lang": "py", "task": TASK_NAME, "id": task_id, "shadow": None, "eta": None,
-        "expires": expires.isoformat(), "group": None, "group_index": None, "retries": 0,
+        "expires": expires.isoformat() if expires else None, "group": None, "group_index": None, "retries": 0,
         "timelimit": [None, None], "root_id": task_id, "parent_id": None, "argsrepr": "()",
-        "kwargsrepr": "{...}", "origin": f"agile-serve@{socket.gethostname()}", "ignore_result": False,
+        "kwargsrepr": "{...}", "origin": f"{sender}@{HOST}", "ignore_result": ignore_result,
         "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
     }
     properties = {

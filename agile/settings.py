@@ -69,7 +69,7 @@ class QueueSettings:
     max_deliveries: int = 3  # a batch that failed or killed its worker this often is marked failed
     batch_size: int = 0  # comments per queued task; 0: sized by the live workers (agile.fleet.task_size)
     max_in_flight: int = 32  # batches of one job sent and not yet written back (Redis memory bound)
-    max_bytes_in_flight: int = 64 << 20  # and their payload bytes (long comments)
+    max_bytes_in_flight: int = 64 << 20  # and their queued message bytes (long comments)
     scoring_batch: int = 0  # rows per forward pass inside a worker; 0: the device's default (16 CPU, 512 GPU)
     adapter_cache: int = 4  # adapters kept loaded per worker
     metrics_port: int = 9808  # Prometheus; 0 disables

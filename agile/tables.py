@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import math
+import operator
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -299,7 +300,8 @@ class TableWriter:
 
     def __init__(self, path: str | Path | TextIO, fmt: str | None = None, schema: pa.Schema | None = None):
         self._schema = schema
-        self._csv: csv.DictWriter | None = None
+        self._csv = None  # a csv.writer once the first row names the columns
+        self._columns: list[str] = []
         self._parquet: pq.ParquetWriter | None = None
         self.rows = 0
         if not isinstance(path, (str, Path)):  # an open text stream, e.g. stdout
@@ -320,9 +322,21 @@ class TableWriter:
             return
         if self.fmt == "csv":
             if self._csv is None:
-                self._csv = csv.DictWriter(self._file, fieldnames=list(rows[0]))
-                self._csv.writeheader()
-            self._csv.writerows(rows)
+                self._columns = list(rows[0])
+                one = self._columns[0]
+                self._csv = csv.writer(self._file)
+                self._values = (operator.itemgetter(*self._columns) if len(self._columns) > 1
+                                else lambda row: (row[one],))
+                self._csv.writerow(self._columns)
+            # The header's columns, in its order, from every row: one C call per row, not DictWriter's
+            # per-row Python; a row with other keys is refused as DictWriter would refuse it.
+            try:
+                if any(n != len(self._columns) for n in map(len, rows)):
+                    raise KeyError
+                values = list(map(self._values, rows))
+            except KeyError:
+                raise ValueError(f"{self.path}: every row must have the columns {self._columns}") from None
+            self._csv.writerows(values)
         elif self.fmt == "jsonl":
             self._file.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         else:

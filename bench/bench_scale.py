@@ -254,6 +254,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12, help="rows per profile table")
     parser.add_argument("--name", help="result file name (default: derived from the flags)")
     args = parser.parse_args()
+    if args.profile and not (shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists()):
+        parser.error("--profile samples with py-spy, which is not installed: pip install py-spy")
     common.setup("cpu", 1)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the `with` blocks stop every process started here
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -15,6 +15,7 @@ No torch or keras is imported here.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Iterator
 
@@ -46,7 +47,7 @@ class ScoringClient:
         source = MemorySource(tuple((str(i), t) for i, t in items))
         size = self.settings.batch_size
         plan = Plan(len(source.items), -(-len(source.items) // size), 0, batch_size=size)
-        job = Job.create(self.settings, [self.policy], plan, size, {"source_kind": "client"}, self.redis, self.app)
+        job = Job.create(self.settings, [self.policy], plan, size, {"source_kind": "client"}, self.redis)
         self._sources[job.job_id] = source
         run_job(self.settings, job, source)
         return job
@@ -58,12 +59,13 @@ class ScoringClient:
         size, seen = job.batch_size, set()
         repair = Repair(job)
         while len(seen) < job.total_batches:
-            repair.restore({})
+            repair.restore()
             for page in drain_pages(self.redis, job.keys):
-                for batch_id, record in page:
+                for batch_id, raw in page:
                     if batch_id in seen:
                         continue
                     seen.add(batch_id)
+                    record = json.loads(raw)
                     start = int(batch_id[1:]) * size
                     chunk = source.items[start:start + size]
                     for (item_id, _), result in zip(chunk, record_results(record, len(chunk)), strict=True):
@@ -72,7 +74,7 @@ class ScoringClient:
             if len(seen) >= job.total_batches:
                 break
             if repair.stalled():
-                repair.resend(batches(source.rows(), size))
+                repair.resend(batches(source.chunks(), size))
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job.job_id} not complete after {timeout:.0f} s")
             time.sleep(POLL_SECONDS)

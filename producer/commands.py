@@ -143,8 +143,8 @@ def run_job(settings: QueueSettings, job: Job, source: FileSource | MemorySource
     when the job is cancelled or delivered by another process, or another took its `lease`.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    pending = batches(source.rows(), job.batch_size, first=job.next_batch)
-    collected = drain.counts if drain else {}
+    pending = batches(source.chunks(), job.batch_size, first=job.next_batch)
+    collected = drain.counts if drain else dict
     repair = Repair(job)
     while True:
         if lease is not None:
@@ -154,7 +154,7 @@ def run_job(settings: QueueSettings, job: Job, source: FileSource | MemorySource
         if drain is not None:
             drain.step()
         if job.next_batch and repair.stalled():
-            resent = repair.resend(batches(source.rows(), job.batch_size))
+            resent = repair.resend(batches(source.chunks(), job.batch_size))
             log.warning("job %s: no progress and nothing queued; sent %d lost batch(es) again", job.job_id, resent)
         status = job.status()
         check_open(job.job_id, status.meta)

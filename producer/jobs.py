@@ -16,12 +16,12 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from agile.broker import job_of, sender
+from agile.broker import job_of, message
 from agile.producer.payload import payload
 from agile.producer.source import Batch, Plan
 from agile.producer.status import JobStatus
 from agile.settings import QueueSettings
-from agile.wire import TASK_NAME, BatchRequest, JobKeys
+from agile.wire import JobKeys
 
 POLL_SECONDS = 0.2
 COUNTERS = ("scored", "failed", "first_done_at", "last_done_at", "resent_batches", "drained")
@@ -32,23 +32,17 @@ class JobError(RuntimeError):
 
 
 class Job:
-    def __init__(self, settings: QueueSettings, job_id: str, meta: dict[str, str], redis=None, app=None):
+    def __init__(self, settings: QueueSettings, job_id: str, meta: dict[str, str], redis=None):
         self.settings = settings
         self.job_id = job_id
         self.keys = JobKeys(settings.key_prefix, job_id)
         self.redis = redis or settings.redis_client()
-        self._app = app
+        self._payload: dict | None = None  # the task kwargs every batch of the job shares
         self.meta = {k: v for k, v in meta.items() if k not in COUNTERS}  # to restore an emptied Redis
-
-    @property
-    def app(self):
-        if self._app is None:
-            self._app = sender(self.settings)
-        return self._app
 
     @classmethod
     def create(cls, settings: QueueSettings, policies: list[dict], plan: Plan, batch_size: int,
-               source: dict[str, str], redis=None, app=None, observe: bool = False) -> Job:
+               source: dict[str, str], redis=None, observe: bool = False) -> Job:
         """Record a new job (state submitting) with everything needed to finish it."""
         if batch_size < 1:
             raise ValueError(f"a job needs a task size of at least 1 comment, got {batch_size}")
@@ -57,7 +51,7 @@ class Job:
                 "policies": json.dumps(policies), "observe": "1" if observe else "0", "total_rows": str(plan.rows),
                 "total_batches": str(plan.batches), "next_batch": "0", "duplicate_ids": str(plan.duplicates),
                 "duplicate_examples": json.dumps(plan.examples), **source}
-        job = cls(settings, uuid.uuid4().hex[:16], meta, redis, app)
+        job = cls(settings, uuid.uuid4().hex[:16], meta, redis)
         pipe = job.redis.pipeline()
         pipe.hset(job.keys.meta, mapping=meta)
         pipe.expire(job.keys.meta, settings.job_ttl)
@@ -119,26 +113,30 @@ class Job:
 
     # ------------------------------------------------------------ sending
 
-    def _kwargs(self, batch: Batch) -> dict:
-        return BatchRequest(batch.items(), job_id=self.job_id, batch_id=batch.id,
-                            **payload(self.policies, self.observe)).to_kwargs()
+    def _message(self, batch: Batch) -> str:
+        """The batch's task message, encoded once: its kwargs are what agile.wire.BatchRequest parses."""
+        if self._payload is None:
+            self._payload = {"job_id": self.job_id, **payload(self.policies, self.observe)}
+        return message(uuid.uuid4().hex, uuid.uuid4().hex, self.settings.queue,
+                       {"items": batch.items(), "batch_id": batch.id, **self._payload},
+                       ignore_result=True, sender="agile-producer")
 
     def send(self, batch: Batch, resend: bool = False) -> None:
-        """Queue one batch: recorded in flight (and the frontier moved) before the message goes out."""
-        kwargs = self._kwargs(batch)
+        """Queue one batch, recorded in flight (and the frontier moved) in the same transaction."""
+        body = self._message(batch)
         pipe = self.redis.pipeline()
-        pipe.hset(self.keys.inflight, batch.id, len(json.dumps(kwargs)))
+        pipe.hset(self.keys.inflight, batch.id, len(body))
         pipe.expire(self.keys.inflight, self.settings.job_ttl)
         if resend:
             pipe.hincrby(self.keys.meta, "resent_batches", 1)
         elif batch.number >= self.next_batch:
             self.meta["next_batch"] = str(batch.number + 1)
             pipe.hset(self.keys.meta, "next_batch", self.meta["next_batch"])
+        pipe.lpush(self.settings.queue, body)  # kombu's Redis transport: a queue is a list, taken from the right
         pipe.execute()
-        self.app.send_task(TASK_NAME, kwargs=kwargs, queue=self.settings.queue, ignore_result=True)
 
     def in_flight(self) -> tuple[int, int]:
-        """(batches, payload bytes) sent and not yet written back, from Redis: every process agrees."""
+        """(batches, message bytes) sent and not yet written back, from Redis: every process agrees."""
         sizes = self.redis.hvals(self.keys.inflight)
         return len(sizes), sum(int(s) for s in sizes)
 

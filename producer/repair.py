@@ -10,7 +10,7 @@ batches already collected (`restore`) before anything is re-sent.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from agile.broker import queue_depth
 from agile.producer.jobs import Job
@@ -46,13 +46,14 @@ class Repair:
         self._last_done, self._last_move = -1, time.monotonic()
         self._restore = job.redis.register_script(RESTORE)
 
-    def restore(self, collected: dict[str, tuple[int, int]]) -> bool:
-        """If Redis lost the job, put its meta back and mark the batches already collected as done."""
+    def restore(self, collected: Callable[[], dict[str, tuple[int, int]]] = dict) -> bool:
+        """If Redis lost the job, put its meta back and mark the batches already collected
+        (`collected()`: batch id -> (scored, failed)) as done."""
         job = self.job
         if job.redis.hexists(job.keys.meta, "created"):
             return False
         static = [x for pair in job.meta.items() for x in pair]
-        triples = [x for bid, (s, f) in collected.items() for x in (bid, s, f)]
+        triples = [x for bid, (s, f) in collected().items() for x in (bid, s, f)]
         self._restore(keys=[job.keys.meta, job.keys.done],
                       args=[job.settings.job_ttl, len(job.meta), *static, *triples])
         self._last_done = -1

@@ -62,13 +62,13 @@ def record_counts(record: dict) -> tuple[int, int]:
     return len(results) - failed, failed
 
 
-def drain_pages(redis, keys: JobKeys) -> Iterator[list[tuple[str, dict]]]:
-    """Pages of (batch id, record) now in Redis; a page is deleted once the caller asks for the next."""
+def drain_pages(redis, keys: JobKeys) -> Iterator[list[tuple[str, str]]]:
+    """Pages of (batch id, record JSON) now in Redis; a page is deleted once the caller asks for the next."""
     cursor = None
     while cursor != 0:
         cursor, page = redis.hscan(keys.results, cursor or 0, count=PAGE)
         if page:
-            yield [(bid, json.loads(raw)) for bid, raw in page.items()]
+            yield list(page.items())
             redis.hdel(keys.results, *page)
 
 
@@ -83,7 +83,6 @@ class Drain:
         self.spool = self.out.parent / f".agile-{job.job_id}.spool"
         check_output(out, (*reads, self.spool))
         self.index: dict[int, tuple[int, int]] = {}  # batch number -> (offset, length) in the spool
-        self.counts: dict[str, tuple[int, int]] = {}  # batch id -> (scored, failed), for a Redis restore
         self._load()
         self._claim()
 
@@ -97,23 +96,24 @@ class Drain:
                 if not line.endswith(b"\n"):
                     break
                 try:
-                    entry = json.loads(line)
-                except ValueError:
+                    self.index[_number(json.loads(line)["batch"])] = (keep, len(line))
+                except (ValueError, KeyError, TypeError, AttributeError):
                     break
-                self._add(entry["batch"], entry["record"], keep, len(line))
                 keep += len(line)
         with self.spool.open("rb+") as f:
             f.truncate(keep)
 
-    def _add(self, batch_id: str, record: dict, offset: int, length: int) -> None:
-        self.index[int(BATCH_ID.match(batch_id).group(1))] = (offset, length)
-        self.counts[batch_id] = record_counts(record)
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """(scored, failed) of every batch collected so far, read back from the spool: what a Redis that
+        lost the job needs restored (agile.producer.repair), so only then is a record decoded here."""
+        with self.spool.open("rb") as f:
+            return {f"b{n}": record_counts(json.loads(_read(f, at))["record"]) for n, at in self.index.items()}
 
     def _claim(self) -> None:
         where = f"{socket.gethostname()}:{self.spool}"
         held = self.job.redis.hget(self.job.keys.meta, "spool")
         drained = int(self.job.redis.hget(self.job.keys.meta, "drained") or 0)
-        if held and held != where and drained and not self.counts:
+        if held and held != where and drained and not self.index:
             raise JobError(f"job {self.job.job_id}: the scores collected so far are in {held}; run "
                            "`agile results` on that machine with -o in that directory")
         self.job.meta["spool"] = where
@@ -124,10 +124,13 @@ class Drain:
         moved = 0
         with self.spool.open("ab") as f:
             for page in drain_pages(self.job.redis, self.job.keys):
-                new = [(bid, rec) for bid, rec in page if BATCH_ID.match(bid) and bid not in self.counts]
-                for bid, record in new:
-                    line = (json.dumps({"batch": bid, "record": record}, ensure_ascii=False) + "\n").encode()
-                    self._add(bid, record, f.tell(), len(line))
+                new = [(bid, raw) for bid, raw in page if BATCH_ID.match(bid) and _number(bid) not in self.index]
+                for bid, raw in new:
+                    # kept as the worker wrote it, not decoded and encoded again; a spool line is one record
+                    if "\n" in raw or not raw.startswith("{"):
+                        raw = json.dumps(json.loads(raw), ensure_ascii=False)
+                    line = f'{{"batch": "{bid}", "record": {raw}}}\n'.encode()
+                    self.index[_number(bid)] = (f.tell(), len(line))
                     f.write(line)
                 f.flush()
                 os.fsync(f.fileno())  # on disk before the page is deleted from Redis
@@ -142,9 +145,7 @@ class Drain:
     def _records(self, total_batches: int) -> Iterator[dict]:
         with self.spool.open("rb") as f:
             for n in range(total_batches):
-                offset, length = self.index[n]
-                f.seek(offset)
-                yield json.loads(f.read(length))["record"]
+                yield json.loads(_read(f, self.index[n]))["record"]
 
     def _labels(self, total_batches: int, hint: list[str]) -> list[str]:
         """One policy's output names, as the workers wrote them (an adapter may rename its labels)."""
@@ -195,6 +196,15 @@ class Drain:
         totals.scored = totals.rows - totals.failed
         self.spool.unlink(missing_ok=True)
         return totals
+
+
+def _number(batch_id: str) -> int:
+    return int(BATCH_ID.match(batch_id).group(1))
+
+
+def _read(f, at: tuple[int, int]) -> bytes:
+    f.seek(at[0])
+    return f.read(at[1])
 
 
 def _layout(record: dict, names: list[str] | None, labels: list[str]) -> output.Layout:

@@ -16,13 +16,11 @@ import json
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
-from agile.tables import TableError, read_chunks
-from agile.wire import Item
+from agile.tables import Chunk, TableError, read_chunks
 
 EXAMPLES = 5  # duplicate ids named in the warning
 EXAMPLE_WINDOW = 100_000  # first distinct ids remembered to name duplicates (the count is always exact)
@@ -43,20 +41,29 @@ class Batch:
     def id(self) -> str:
         return f"b{self.number}"
 
-    def items(self) -> list[Item]:
-        return [Item(str(self.start + k), text) for k, text in enumerate(self.texts)]
+    def items(self) -> list[dict]:
+        """The batch's items as the wire has them: the row number as id, the text."""
+        return [{"id": str(n), "text": text} for n, text in enumerate(self.texts, self.start)]
 
 
-def batches(rows: Iterable[tuple[str, str]], size: int, first: int = 0) -> Iterator[Batch]:
-    """Batches of `size` consecutive rows, numbered from 0, starting at batch `first`."""
-    rows = iter(rows)
-    if first:
-        for _ in islice(rows, first * size):
-            pass
-    number = first
-    while chunk := list(islice(rows, size)):
-        yield Batch(number, number * size, [i for i, _ in chunk], [t for _, t in chunk])
-        number += 1
+def batches(chunks: Iterable[Chunk], size: int, first: int = 0) -> Iterator[Batch]:
+    """Batches of `size` consecutive rows, numbered from 0, starting at batch `first`: list slices of
+    the source's column chunks, no Python per row."""
+    skip, number = first * size, first
+    ids: list[str] = []
+    texts: list[str] = []
+    for chunk in chunks:
+        cut = min(skip, len(chunk.ids))
+        skip -= cut
+        ids += chunk.ids[cut:]
+        texts += chunk.texts[cut:]
+        at = 0
+        while len(ids) - at >= size:
+            yield Batch(number, number * size, ids[at:at + size], texts[at:at + size])
+            number, at = number + 1, at + size
+        del ids[:at], texts[:at]
+    if ids:
+        yield Batch(number, number * size, ids, texts)
 
 
 @dataclass
@@ -87,10 +94,14 @@ class FileSource:
            fmt: str | None = None, delimiter: str | None = None, id_required: bool = False) -> FileSource:
         return cls(str(Path(path).resolve()), text_column, id_column, id_required, fmt, delimiter)
 
+    def chunks(self) -> Iterator[Chunk]:
+        """The rows in file order, a column chunk at a time; ids are row numbers when the file has no id column."""
+        return read_chunks(self.path, self.text_column, self.id_column, fmt=self.fmt,
+                           delimiter=self.delimiter, id_required=self.id_required)
+
     def rows(self) -> Iterator[tuple[str, str]]:
-        """(id, text) per row, in file order; ids are row numbers when the file has no id column."""
-        for chunk in read_chunks(self.path, self.text_column, self.id_column, fmt=self.fmt,
-                                 delimiter=self.delimiter, id_required=self.id_required):
+        """(id, text) per row, in file order."""
+        for chunk in self.chunks():
             yield from zip(chunk.ids, chunk.texts, strict=True)
 
     def to_json(self) -> str:
@@ -160,6 +171,9 @@ class MemorySource:
     """Rows a service client holds in memory (`ScoringClient`): batched like a file."""
 
     items: tuple[tuple[str, str], ...]
+
+    def chunks(self) -> Iterator[Chunk]:
+        yield Chunk(0, [i for i, _ in self.items], [t for _, t in self.items])
 
     def rows(self) -> Iterator[tuple[str, str]]:
         return iter(self.items)

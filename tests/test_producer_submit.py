@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import threading
 import time
@@ -15,7 +16,7 @@ from agile.producer.commands import JobCancelled, prepare, run_job, start
 from agile.producer.jobs import Job
 from agile.producer.payload import check_policy
 from agile.producer.source import FileSource, batches
-from agile.tables import TableError
+from agile.tables import Chunk, TableError
 from agile.wire import BatchRequest, PayloadError
 from agile.worker.store import Store
 
@@ -24,19 +25,31 @@ def test_batches_are_fixed_row_ranges_and_keep_every_row(tmp_path):
     path = tmp_path / "dump.csv"
     path.write_text("id,text\n" + "".join(f"d{i % 3},comment {i}\n" for i in range(10)))
     source = FileSource.of(path)
-    first = [(b.id, b.start, b.ids, [i.id for i in b.items()]) for b in batches(source.rows(), 4)]
-    assert first == [(b.id, b.start, b.ids, [i.id for i in b.items()]) for b in batches(source.rows(), 4)]
+    first = [(b.id, b.start, b.ids, [i["id"] for i in b.items()]) for b in batches(source.chunks(), 4)]
+    assert first == [(b.id, b.start, b.ids, [i["id"] for i in b.items()]) for b in batches(source.chunks(), 4)]
     assert first[0] == ("b0", 0, ["d0", "d1", "d2", "d0"], ["0", "1", "2", "3"])  # wire ids: row numbers
     assert first[-1][:3] == ("b2", 8, ["d2", "d0"])
-    assert [b.id for b in batches(source.rows(), 4, first=1)] == ["b1", "b2"]
+    assert [b.id for b in batches(source.chunks(), 4, first=1)] == ["b1", "b2"]
     plan = source.inspect(4)
     assert (plan.rows, plan.batches, plan.duplicates, plan.examples) == (10, 3, 7, ["d0", "d1", "d2"])
+
+
+@pytest.mark.parametrize("first", [0, 1, 2, 3])
+def test_batches_cut_across_the_readers_chunks_as_across_one(first):
+    """The reader's chunks end anywhere; a batch (and a resume's skip) may span several of them."""
+    rows = [(f"i{n}", f"t{n}") for n in range(11)]
+    ends = [0, 3, 8, 8, 10, 11]  # an empty chunk too
+    chunks = [Chunk(a, [i for i, _ in rows[a:b]], [t for _, t in rows[a:b]]) for a, b in itertools.pairwise(ends)]
+    got = [(b.number, b.start, b.ids, b.texts) for b in batches(chunks, 4, first=first)]
+    want = [(n, 4 * n, [i for i, _ in rows[4 * n:4 * n + 4]], [t for _, t in rows[4 * n:4 * n + 4]])
+            for n in range(first, 3)]
+    assert got == want
 
 
 def test_reading_a_big_dump_keeps_memory_flat(tmp_path):
     path = write_csv(tmp_path / "big.csv", 200_000)
     tracemalloc.start()
-    rows = sum(len(b.ids) for b in batches(FileSource.of(path).rows(), 64))
+    rows = sum(len(b.ids) for b in batches(FileSource.of(path).chunks(), 64))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert rows == 200_000
@@ -73,7 +86,7 @@ def test_bad_input_is_refused_before_a_job_exists(redis_settings, tmp_path):
 
 
 def _write_back_one(job: Job, store: Store, batch) -> None:
-    req = BatchRequest.from_task((), {"items": [{"id": i.id, "text": i.text} for i in batch.items()],
+    req = BatchRequest.from_task((), {"items": batch.items(),
                                       "job_id": job.job_id, "batch_id": batch.id})
     store.finish(req, "t", [{"error": "skipped"}] * len(req.items), None)
 
@@ -90,7 +103,7 @@ def test_backpressure_is_per_job_in_redis_and_holds_across_processes(redis_setti
     other = Job.open(redis_settings, job.job_id)  # another process sees the same three in flight
     assert other.in_flight()[0] == 3 and not other.has_room()
     store, most = Store(redis_settings), 0
-    for batch in batches(source.rows(), 4):
+    for batch in batches(source.chunks(), 4):
         wait_for(lambda b=batch: other.status().next_batch > b.number, 10, f"{batch.id} sent")
         most = max(most, other.in_flight()[0])
         _write_back_one(job, store, batch)

@@ -13,6 +13,7 @@ import base64
 import json
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from celery import Celery
 
 from agile.broker import message
@@ -26,14 +27,15 @@ NOT_SENT = {
 }
 
 
-def _publish_with_celery(redis_url: str, queue: str, kwargs: dict, expires: datetime) -> None:
+def _publish_with_celery(redis_url: str, queue: str, kwargs: dict, expires: datetime | None,
+                         ignore_result: bool) -> None:
     app = Celery("encoder-check", broker=redis_url, set_as_current=False)
     app.conf.update(task_serializer="json", accept_content=["json"], broker_connection_retry_on_startup=False)
     try:
-        # The server reads every result from the backend, so it asks for it to be stored, as a
-        # Celery client would with ignore_result=False.
+        # The server reads every result from the backend, so it asks for it to be stored; the
+        # producer's batches write back themselves and have no deadline.
         app.send_task(TASK_NAME, kwargs=kwargs, queue=queue, expires=expires, kwargsrepr="{...}",
-                      ignore_result=False)
+                      ignore_result=ignore_result)
     finally:
         app.close()
 
@@ -49,25 +51,31 @@ def _same_shape(ours, theirs, where: str = "message") -> None:
         assert ours == theirs, f"{where}: {ours!r} here, {theirs!r} from Celery"
 
 
-def test_the_servers_message_is_the_one_celery_publishes(redis_settings, private_redis) -> None:
+@pytest.mark.parametrize("sender", ["agile-serve", "agile-producer"])
+def test_our_messages_are_the_ones_celery_publishes(redis_settings, private_redis, sender) -> None:
     client = private_redis.client()
     queue = "encoder-check"
     kwargs = {"adapter": "ethos-hate", "items": [{"id": "0012", "text": "a comment"}], "job": None}
-    expires = datetime.now(timezone.utc) + timedelta(seconds=30)
-    _publish_with_celery(redis_settings.redis_url, queue, kwargs, expires)
+    serve = sender == "agile-serve"
+    expires = datetime.now(timezone.utc) + timedelta(seconds=30) if serve else None
+    _publish_with_celery(redis_settings.redis_url, queue, kwargs, expires, ignore_result=not serve)
     raw = client.lpop(queue)
     assert raw is not None, "Celery published nothing onto the queue's list"
     theirs = json.loads(raw)
-    ours = json.loads(message("id-1", "tag-1", queue, kwargs, expires))
+    ours = json.loads(message("id-1", "tag-1", queue, kwargs, expires, ignore_result=not serve, sender=sender))
 
-    # The origin names the sender; Celery's says gen<pid>@host, ours agile-serve@host.
+    # The origin names the sender; Celery's says gen<pid>@host, ours agile-serve@host or agile-producer@host.
     theirs["headers"]["origin"] = ours["headers"]["origin"]
-    for key in NOT_SENT:
+    for key in NOT_SENT if serve else set(NOT_SENT) - {"expiration"}:  # no deadline, no expiration
         assert key in theirs["properties"], f"Celery no longer sends {key!r}: drop it from NOT_SENT"
         del theirs["properties"][key]
     _same_shape({k: v for k, v in ours.items() if k != "body"}, {k: v for k, v in theirs.items() if k != "body"})
     assert json.loads(base64.b64decode(ours["body"])) == json.loads(base64.b64decode(theirs["body"]))
-    assert datetime.fromisoformat(theirs["headers"]["expires"]) == expires
-    assert datetime.fromisoformat(ours["headers"]["expires"]) == expires
+    assert ours["headers"]["ignore_result"] is theirs["headers"]["ignore_result"] is (not serve)
+    if serve:
+        assert datetime.fromisoformat(theirs["headers"]["expires"]) == expires
+        assert datetime.fromisoformat(ours["headers"]["expires"]) == expires
+    else:
+        assert ours["headers"]["expires"] is theirs["headers"]["expires"] is None
     assert ours["headers"]["id"] == ours["headers"]["root_id"] == ours["properties"]["correlation_id"]
     assert theirs["headers"]["id"] == theirs["headers"]["root_id"] == theirs["properties"]["correlation_id"]
