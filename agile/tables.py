@@ -241,12 +241,20 @@ def _chunk(path: Path, start: int, columns, column, n: int, text_column: str, id
         raise _missing(path, text_column, columns, "--text-column", delimited)
     if id_column is not None and id_column not in columns and id_required:
         raise _missing(path, id_column, columns, "--id-column", delimited)
-    texts = [_text(v, path, start + i, text_column) for i, v in enumerate(column(text_column))]
+    texts = _as_text(column(text_column), _text, path, start, text_column)
     if id_column is not None and id_column in columns:
-        ids = [_id_text(v, path, start + i, id_column) for i, v in enumerate(column(id_column))]
+        ids = _as_text(column(id_column), _id_text, path, start, id_column)
     else:
-        ids = [str(start + i) for i in range(n)]
+        ids = list(map(str, range(start, start + n)))
     return Chunk(start=start, ids=ids, texts=texts)
+
+
+def _as_text(values: list, convert, path: Path, start: int, column: str) -> list[str]:
+    """A column's values as text: as they are when every one is already a plain string (every CSV
+    column, most others: one C-level pass), else each through `convert`."""
+    if set(map(type, values)) <= {str}:
+        return values
+    return [convert(v, path, start + i, column) for i, v in enumerate(values)]
 
 
 def read_chunks(
