@@ -106,7 +106,7 @@ def test_records_written_before_one_record_shape_still_make_the_same_output(job,
     drain.finish(source.rows(), 4, 10, [])
     for entry in entries:
         record = entry["record"]
-        old = {"ids": record["ids"], "model": record["model"], "policy": "tiny-toxic", "adapter_version": "",
+        old = {"model": record["model"], "policy": "tiny-toxic", "adapter_version": "",
                "results": [r if "error" in r else r["tiny-toxic"] for r in record["results"]]}
         job.redis.hset(job.keys.results, entry["batch"], json.dumps(old))
     old_out = tmp_path / "old.csv"

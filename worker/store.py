@@ -158,7 +158,8 @@ class Store:
         used = used or {}
         failed = sum(1 for r in results if "error" in r)
         versions = {key: p.version for key, p in used.items()}
-        record = {"ids": [item.id for item in req.items], "results": results, "model": info.spec if info else "",
+        # no ids: the results are in item order, and whoever sent the batch has its items
+        record = {"results": results, "model": info.spec if info else "",
                   "policies": list(used), "names": {key: p.name for key, p in used.items()},
                   "versions": versions, "positive_labels": {key: p.positive_name for key, p in used.items()}}
         version = {"model": info.spec, "model_checksum": info.checksum, "adapters": versions} if info else None
