@@ -354,6 +354,11 @@ class TableWriter:
             self._parquet.write_table(table.cast(self._parquet.schema))
         self.rows += len(rows)
 
+    def flush(self) -> None:
+        """What is written so far reaches the temporary file (a long write shows its progress)."""
+        if self._file is not None:
+            self._file.flush()
+
     def _close_file(self) -> None:
         if self._file is not None and self.work is not None:
             self._file.flush()

@@ -176,10 +176,12 @@ def moderate(cluster: Cluster, dump: Path, out: Path, batch: int, profiler: Prof
     found = re.search(r"job (\S+): (\d+) rows in", log)
     if found is None:
         sys.exit(f"agile moderate printed no summary:\n{log[-3000:]}")
-    created, delivered = cluster.redis.hmget(JobKeys(cluster.settings.key_prefix, found[1]).meta,
-                                             "created", "delivered_at")
-    return {"rows": int(found[2]), "job_s": float(delivered) - float(created), "wall_s": wall,
-            "cpu_s": usage.ru_utime + usage.ru_stime}
+    created, first, last, delivered = map(float, cluster.redis.hmget(
+        JobKeys(cluster.settings.key_prefix, found[1]).meta, "created", "first_done_at", "last_done_at",
+        "delivered_at"))
+    # head: until the first batch is written back; tail: from the last one to the output in place
+    return {"rows": int(found[2]), "job_s": delivered - created, "head_s": first - created,
+            "tail_s": delivered - last, "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
 def check_output(path: Path, rows: int) -> None:
@@ -282,10 +284,10 @@ def main() -> None:
 
     print()
     common.print_table(
-        ["workers", "rate/s each", "rows", "batch", "job s", "comments/s", "ideal/s", "of ideal", "process s",
-         "producer µs/c", "less start-up", "workers µs/c", "Redis µs/c"],
+        ["workers", "rate/s each", "rows", "batch", "job s", "head s", "tail s", "comments/s", "ideal/s",
+         "of ideal", "process s", "producer µs/c", "less start-up", "workers µs/c", "Redis µs/c"],
         [[r["workers"], f"{r['rate']:,.0f}" if r["rate"] else "∞", f"{r['rows']:,}", r["batch"], r["job_s"],
-          r["comments_per_s"], f"{r['ideal_per_s']:,.0f}" if r["ideal_per_s"] else "∞",
+          r["head_s"], r["tail_s"], r["comments_per_s"], f"{r['ideal_per_s']:,.0f}" if r["ideal_per_s"] else "∞",
           f"{r['share_of_ideal']:.0%}" if r["share_of_ideal"] else "-", r["wall_s"], r["producer_us"],
           r["producer_us_less_startup"], r["workers_us"], r["redis_us"]] for r in results])
     print(f"\ngoal (issue 19): >= {GOAL_SHARE:.0%} of ideal at 4 x 10,000/s on 150,000 rows; producer and "

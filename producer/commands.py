@@ -193,19 +193,21 @@ def collect(settings: QueueSettings, job: Job, out: str | Path, fmt: str | None 
         drain = Drain(job, out, fmt, reads=(source.path,))
         try:
             check_source(job, source)
-            status = run_job(settings, job, source, drain, progress, timeout, on_wait, lease)
             names = [p["adapter"] for p in job.policies] if job.is_set else None
+            drain.open_output(source.rows(), job.batch_size, int(job.meta["total_rows"]), _labels(job), names)
+            status = run_job(settings, job, source, drain, progress, timeout, on_wait, lease)
 
             def still_ours() -> None:  # the last moment before the output appears
                 lease.check()
                 check_source(job, source)
 
-            totals = drain.finish(source.rows(), job.batch_size, int(job.meta["total_rows"]), _labels(job), names,
-                                  before_rename=still_ours)
+            totals = drain.finish(before_rename=still_ours)
         except JobCancelled:
+            drain.abort()
             drain.spool.unlink(missing_ok=True)  # nothing left to resume
             raise
         except BaseException as exc:
+            drain.abort()
             if drain.spool.exists():
                 exc.add_note(f"the scores collected so far are kept in {drain.spool}; "
                              f"`agile results {job.job_id} -o {out}` carries on from there")

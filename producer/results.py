@@ -4,9 +4,12 @@ Workers write one record per batch (its rows' results, in row order). Each page
 of records is appended to a spool beside the output and synced to disk before it
 is deleted from Redis, so a crash loses nothing: run the same command again and
 it carries on from the spool (a record that reached the spool but was not yet
-deleted from Redis is not kept twice). When every batch is in, the output is
-written from the dump (re-read for the ids, exactly as written) and the spool,
-batch by batch, to a temporary file renamed into place; then the spool goes.
+deleted from Redis is not kept twice). While the job runs, the output is written
+from the dump (re-read for the ids, exactly as written) and the spool, each batch
+as soon as it and every batch before it are in, to a temporary file; once the
+last is in, that file is renamed into place and the spool goes. A run cut short
+drops its temporary file: the spool holds everything, and the next run writes
+the output again from it.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ class Drain:
         self.spool = self.out.parent / f".agile-{job.job_id}.spool"
         check_output(out, (*reads, self.spool))
         self.index: dict[int, tuple[int, int]] = {}  # batch number -> (offset, length) in the spool
+        self._out: _Output | None = None  # the output, once `open_output` is called
         self._load()
         self._claim()
 
@@ -137,46 +141,70 @@ class Drain:
                 if new:
                     self.job.redis.hincrby(self.job.keys.meta, "drained", len(new))
                 moved += len(new)
+                self._find_labels([_number(bid) for bid, _ in new])
+        self._write_ready()
         return moved
 
     def complete(self, total_batches: int) -> bool:
         return all(n in self.index for n in range(total_batches))
 
-    def _records(self, total_batches: int) -> Iterator[dict]:
-        with self.spool.open("rb") as f:
-            for n in range(total_batches):
-                yield json.loads(_read(f, self.index[n]))["record"]
+    def _record(self, f, n: int) -> dict:
+        return json.loads(_read(f, self.index[n]))["record"]
 
-    def _labels(self, total_batches: int, hint: list[str]) -> list[str]:
-        """One policy's output names, as the workers wrote them (an adapter may rename its labels)."""
-        for record in self._records(total_batches):
-            for result in record_results(record, len(record.get("results") or ())):
-                fields = next(iter(result.values())) if "error" not in result else None
-                if fields:
-                    return [k[2:] for k in fields if k.startswith("p_")]
-        return hint
+    def open_output(self, rows: Iterable[tuple[str, str]], batch_size: int, total_rows: int,
+                    labels: list[str], names: list[str] | None = None) -> None:
+        """Write the output while the job runs: each batch as soon as it and every batch before it are
+        in the spool (`step` does it), so the job ends a moment after its last batch, not a whole file's
+        write later. The rows go to a temporary file beside the output; `finish` puts it in place.
 
-    def finish(self, rows: Iterable[tuple[str, str]], batch_size: int, total_rows: int,
-               labels: list[str], names: list[str] | None = None,
-               before_rename: Callable[[], None] | None = None) -> Totals:
-        """Write the output (one row per input row, in order) in one rename; remove the spool.
-
-        `names`: the job is a policy set of these policies (the set's columns, `agile.output.per_policy`).
-        `before_rename()` runs once every row is written, before the output replaces anything:
-        its exception leaves the old output (and the spool) as they were.
+        `rows` are the dump's (id, text) in order; `labels` the one policy's output names if the
+        workers write none (every row failed); `names`: the job is a policy set of these policies
+        (the set's columns, `agile.output.per_policy`).
         """
-        total_batches = -(-total_rows // batch_size)
-        labels = [] if names else self._labels(total_batches, labels)
-        schema = _layout({}, names, labels).schema()
-        totals = Totals()
-        rows = iter(rows)
-        with TableWriter(self.out, self.fmt, schema=schema) as writer:
-            page: list[dict] = []
-            for n, record in enumerate(self._records(total_batches)):
-                chunk = list(islice(rows, batch_size))
-                if len(chunk) != min(batch_size, total_rows - n * batch_size):
+        self._out = _Output(iter(rows), batch_size, total_rows, -(-total_rows // batch_size), labels, names)
+        self._find_labels(list(self.index))
+        self._write_ready()
+
+    def _find_labels(self, numbers: list[int]) -> None:
+        """One policy's output names, as the workers wrote them (an adapter may rename its labels), from
+        the first of these records to have any; a set's columns are known from the start."""
+        out = self._out
+        if out is None or out.names or out.found or not numbers:
+            return
+        with self.spool.open("rb") as f:
+            for n in sorted(numbers):
+                record = self._record(f, n)
+                for result in record_results(record, len(record.get("results") or ())):
+                    fields = next(iter(result.values())) if "error" not in result else None
+                    if fields:
+                        out.labels, out.found = [k[2:] for k in fields if k.startswith("p_")], True
+                        return
+
+    def _write_ready(self, last: bool = False) -> None:
+        """Write every batch now in order (`last`: every batch, the labels as they are by now)."""
+        out = self._out
+        if out is None or not (out.names or out.found or last) or not (last or out.next in self.index):
+            return
+        try:
+            self._write_batches(out, last)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _write_batches(self, out: _Output, last: bool) -> None:
+        if out.writer is None:
+            out.writer = TableWriter(self.out, self.fmt, schema=_layout({}, out.names, out.labels).schema())
+        page: list[dict] = []
+        if out.next == out.total_batches:
+            return
+        with self.spool.open("rb") as f:
+            while out.next < out.total_batches and (last or out.next in self.index):
+                n, record = out.next, self._record(f, out.next)
+                chunk = list(islice(out.rows, out.batch_size))
+                if len(chunk) != min(out.batch_size, out.total_rows - n * out.batch_size):
                     raise SourceChanged(f"{self.out}: the source no longer has the rows the job was made from")
-                layout, model = _layout(record, names, labels), record.get("model", "")
+                layout, model = _layout(record, out.names, out.labels), record.get("model", "")
+                totals = out.totals
                 for (row_id, _), result in zip(chunk, record_results(record, len(chunk)), strict=True):
                     error = result.get("error", "")
                     scored = None if error else result
@@ -184,18 +212,61 @@ class Drain:
                     for key in layout.counted(scored) + (["failed"] if error else []):
                         totals.predictions[key] += 1
                     totals.failed += bool(error)
+                out.next += 1
                 if len(page) >= WRITE_ROWS:
-                    writer.write(page)
+                    out.writer.write(page)
                     page = []
-            if next(rows, None) is not None:
+        out.writer.write(page)
+        out.writer.flush()
+
+    def finish(self, before_rename: Callable[[], None] | None = None) -> Totals:
+        """Write the rest of the output (one row per input row, in order) and put it in place in one
+        rename; remove the spool. `before_rename()` runs once every row is written, before the output
+        replaces anything: its exception leaves the old output (and the spool) as they were."""
+        out = self._out
+        self._write_ready(last=True)
+        try:
+            if next(out.rows, None) is not None:
                 raise SourceChanged(f"{self.out}: the source has more rows than the job was made from")
-            writer.write(page)
-            totals.rows = writer.rows
             if before_rename is not None:
                 before_rename()
+            out.writer.close()
+        except BaseException:
+            self.abort()
+            raise
+        totals = out.totals
+        totals.rows = out.writer.rows
         totals.scored = totals.rows - totals.failed
         self.spool.unlink(missing_ok=True)
         return totals
+
+    def abort(self) -> None:
+        """Drop the output written so far (the spool stays: a rerun writes it again from there)."""
+        if self._out is None:
+            return
+        if self._out.writer is not None:
+            self._out.writer.abort()
+            self._out.writer = None
+        close = getattr(self._out.rows, "close", None)  # the dump's reader
+        if close is not None:
+            close()
+        self._out = None
+
+
+@dataclass
+class _Output:
+    """The output being written, batch by batch in input order, while the job runs."""
+
+    rows: Iterator[tuple[str, str]]
+    batch_size: int
+    total_rows: int
+    total_batches: int
+    labels: list[str]
+    names: list[str] | None
+    found: bool = False  # `labels` are the workers' own
+    next: int = 0  # the next batch to write
+    writer: TableWriter | None = None
+    totals: Totals = field(default_factory=Totals)
 
 
 def _number(batch_id: str) -> int:

@@ -10,7 +10,7 @@ import pytest
 from agile.models import ModelInfo
 from agile.policy import Policy
 from agile.producer.jobs import Job
-from agile.producer.results import Drain
+from agile.producer.results import Drain, Totals
 from agile.producer.source import FileSource, SourceChanged, batches
 from agile.prompt import PromptTemplate
 from agile.wire import BatchRequest
@@ -44,6 +44,12 @@ def write_back(job: Job, source: FileSource, numbers) -> None:
             store.finish(req, "t", results, ModelInfo("m", "c"), {"tiny-toxic": POLICY})
 
 
+def write_output(drain: Drain, source: FileSource) -> Totals:
+    """What `agile results` does with a job whose batches are all in: the 10 rows, batches of 4."""
+    drain.open_output(source.rows(), 4, 10, [])
+    return drain.finish()
+
+
 @pytest.mark.parametrize("suffix", ["csv", "jsonl", "parquet"])
 def test_every_input_row_comes_back_once_in_order_with_its_id_as_written(job, tmp_path, suffix):
     job, source = job
@@ -52,7 +58,7 @@ def test_every_input_row_comes_back_once_in_order_with_its_id_as_written(job, tm
     drain = Drain(job, out)
     assert drain.step() == 3 and job.redis.hlen(job.keys.results) == 0
     assert drain.complete(3)
-    totals = drain.finish(source.rows(), 4, 10, [])
+    totals = write_output(drain, source)
     frame = {"csv": lambda p: pd.read_csv(p, dtype={"id": str}, keep_default_na=False),
              "jsonl": lambda p: pd.read_json(p, lines=True, dtype={"id": str}),
              "parquet": pd.read_parquet}[suffix](out)
@@ -62,6 +68,33 @@ def test_every_input_row_comes_back_once_in_order_with_its_id_as_written(job, tm
     assert frame["error"].tolist()[4] == "text is empty" and frame["error"].tolist()[3] == ""
     assert (totals.rows, totals.scored, totals.failed) == (10, 9, 1)
     assert not list(tmp_path.glob(".agile-*")) and not list(tmp_path.glob(".out*"))  # spool and temp gone
+
+
+def test_the_output_is_written_batch_by_batch_in_order_as_the_batches_come_in(job, tmp_path):
+    """A batch goes to the temporary output once it and every batch before it are in; the output
+    appears only whole. A run cut short drops its temporary file and the next writes it all again."""
+    job, source = job
+    out = tmp_path / "out.csv"
+    drain = Drain(job, out)
+    drain.open_output(source.rows(), 4, 10, [])
+    work = lambda: list(tmp_path.glob(".out.csv.*.tmp"))  # noqa: E731
+    write_back(job, source, {1})
+    drain.step()
+    assert not work() or len(work()[0].read_text().splitlines()) <= 1  # b1 waits for b0
+    write_back(job, source, {0})
+    drain.step()
+    (temp,) = work()
+    assert len(pd.read_csv(temp)) == 8 and not out.exists()  # b0 and b1, not yet in place
+    drain.abort()  # Ctrl-C here
+    assert not work() and drain.spool.exists()
+    write_back(job, source, {2})
+    again = Drain(job, out)
+    again.open_output(source.rows(), 4, 10, [])
+    again.step()
+    totals = again.finish()
+    assert pd.read_csv(out, dtype={"id": str}, keep_default_na=False)["id"].tolist() == \
+        ["0012", "x", "x", "", "y", "z", "w", "v", "u", "t"]
+    assert (totals.rows, totals.failed) == (10, 1) and not work() and not again.spool.exists()
 
 
 def test_a_crash_between_sync_and_delete_writes_nothing_twice(job, tmp_path):
@@ -74,7 +107,7 @@ def test_a_crash_between_sync_and_delete_writes_nothing_twice(job, tmp_path):
     first.spool.write_text(json.dumps({"batch": "b1", "record": record}) + "\n" + '{"batch": "b2", "rec')
     drain = Drain(job, out)
     assert drain.step() == 2  # b0 and b2; b1 was already in the spool
-    drain.finish(source.rows(), 4, 10, [])
+    write_output(drain, source)
     assert len(pd.read_csv(out)) == 10
 
 
@@ -89,7 +122,7 @@ def test_a_changed_source_leaves_the_old_output_and_the_spool(job, tmp_path):
     with pytest.raises(SourceChanged):
         source.check(json.loads(job.meta["fingerprint"]))
     with pytest.raises(SourceChanged, match=r"no longer has the rows|more rows"):
-        drain.finish(source.rows(), 4, 10, [])
+        write_output(drain, source)
     assert out.read_text() == "earlier output\n" and drain.spool.exists()
     assert not list(tmp_path.glob(".out.csv.*"))
 
@@ -103,7 +136,7 @@ def test_records_written_before_one_record_shape_still_make_the_same_output(job,
     drain = Drain(job, new)
     drain.step()
     entries = [json.loads(line) for line in drain.spool.read_text().splitlines()]
-    drain.finish(source.rows(), 4, 10, [])
+    write_output(drain, source)
     for entry in entries:
         record = entry["record"]
         old = {"model": record["model"], "policy": "tiny-toxic", "adapter_version": "",
@@ -112,7 +145,7 @@ def test_records_written_before_one_record_shape_still_make_the_same_output(job,
     old_out = tmp_path / "old.csv"
     again = Drain(job, old_out)
     assert again.step() == 3
-    again.finish(source.rows(), 4, 10, [])
+    write_output(again, source)
     assert old_out.read_text() == new.read_text()
     frame = pd.read_csv(new)
     assert frame["policy"].tolist().count("tiny-toxic") == 10 and frame["p_Toxic"].notna().sum() == 9
