@@ -3,7 +3,7 @@
 One type for every place that scores: `agile score`, the classifier and the
 worker. Zero-shot policies take the most likely label; an adapter's policy flags
 its positive label at the threshold chosen on validation rows (the rule itself is
-`agile.decision.score_fields`). An adapter's calibration is applied here, and only
+`agile.decision.score_columns`). An adapter's calibration is applied here, and only
 here, so every path serves the same calibrated probability. Its outputs are named
 here too: an adapter may prompt with one set of words (the codelab's `Positive`,
 `Negative`) and name its columns and predictions with another (`hate`, `none`).
@@ -19,7 +19,7 @@ import numpy as np
 
 from agile.adapters import Adapter, AdapterError
 from agile.calibration import IDENTITY, Calibration, CalibrationError
-from agile.decision import score_fields
+from agile.decision import score_columns
 from agile.prompt import DEFAULT_MAX_LENGTH, PromptTemplate
 
 ZERO_SHOT = "zero-shot"
@@ -93,15 +93,15 @@ class Policy:
             return np.asarray(probs, dtype=np.float64)
         return self.calibration.apply(probs, self.labels.index(self.positive_label))
 
-    def fields(self, probs: np.ndarray, truncated: np.ndarray, threshold: float | None = None,
-               observe: bool = False) -> list[dict]:
-        """A batch's result fields (`p_<label>` calibrated, prediction, flagged, truncated), one
-        dict per row of `probs` [n, k], calibrated and decided over the whole batch at once.
+    def columns(self, probs: np.ndarray, truncated: np.ndarray, threshold: float | None = None,
+                observe: bool = False) -> dict[str, list]:
+        """A batch's result columns (`p_<label>` calibrated, prediction, flagged, truncated), one value
+        per row of `probs` [n, k], calibrated and decided over the whole batch at once.
 
         `threshold` overrides the policy's own for one job or request; `observe` flags nothing.
         """
-        return score_fields(self.names, self.calibrated(probs), truncated, self.positive_name,
-                            self.threshold if threshold is None else threshold, observe)
+        return score_columns(self.names, self.calibrated(probs), truncated, self.positive_name,
+                             self.threshold if threshold is None else threshold, observe)
 
 
 def check_outputs(labels: Sequence[str], outputs: Sequence[str]) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agile.output import Results
 from agile.wire import PayloadError, _check_set
 
 if TYPE_CHECKING:
@@ -113,44 +114,50 @@ def _toml(path: Path):
     return tomllib
 
 
+@dataclass
+class Scored:
+    """One policy's results over a batch, as columns: `values[field][j]` belongs to text `rows[j]`
+    (None: to every text, in order; a gated policy scores only the texts its gate flagged)."""
+
+    values: dict[str, list]
+    rows: list[int] | None = None
+
+
 def score_set(entries: Sequence[SetEntry], policy_of: Callable[[str], Policy],
               score: Callable[[Policy, list[str]], Scores], texts: list[str],
-              observe: bool = False) -> tuple[list[dict], dict[str, Policy]]:
-    """Every text under each entry, back to back: per text {name: fields, or None where its gate was shut}.
+              observe: bool = False) -> tuple[dict[str, Scored], dict[str, Policy]]:
+    """Every text under each entry, back to back: per entry its results as columns (`Scored`).
 
-    Built column by column: an ungated entry's fields are already one per text, in order, so a set of
-    one costs a dict per text and nothing more; flags are kept only for entries that gate another."""
-    gates = {e.gate for e in entries}
-    columns: dict[str, list[dict | None]] = {}
-    flags: dict[str, list[bool]] = {}
+    Columns because a worker writes them back as they are: no dict per comment is built for a job's
+    batch. A gate opens where its policy flagged the text at its threshold, observed or not."""
+    scored: dict[str, Scored] = {}
+    flags: dict[str, list[bool]] = {}  # a gate's decisions, one per text
     used: dict[str, Policy] = {}
+    gates = {e.gate for e in entries}
     for entry in entries:
         policy = used[entry.name] = policy_of(entry.name)
         todo = range(len(texts)) if entry.gate is None else [i for i, f in enumerate(flags[entry.gate]) if f]
-        decided: list[dict] = []
-        shown: list[dict] = []
+        values: dict[str, list] = {}
+        flag = [False] * len(texts)
         if todo:
             scores = score(policy, texts if entry.gate is None else [texts[i] for i in todo])
-            decided = policy.fields(scores.probs, scores.truncated, entry.threshold)
-            shown = policy.fields(scores.probs, scores.truncated, entry.threshold, observe=True) if observe \
-                else decided
-        if entry.gate is None:
-            columns[entry.name] = shown  # already one per text, in order
-        else:
-            column: list[dict | None] = [None] * len(texts)
-            for i, result in zip(todo, shown, strict=True):
-                column[i] = result
-            columns[entry.name] = column
-        if entry.name in gates:  # a gate opens at the threshold, observed or not
-            flag = [False] * len(texts)
-            for i, fields in zip(todo, decided, strict=True):
-                flag[i] = bool(fields.get("flagged"))
+            values = policy.columns(scores.probs, scores.truncated, entry.threshold)
+            if entry.name in gates:
+                for i, f in zip(todo, values.get("flagged") or [False] * len(todo), strict=True):
+                    flag[i] = f
+            if observe:
+                values = policy.columns(scores.probs, scores.truncated, entry.threshold, observe=True)
+        if entry.name in gates:
             flags[entry.name] = flag
-    if len(columns) == 1:
-        ((name, column),) = columns.items()
-        return [{name: result} for result in column], used
-    names = list(columns)
-    return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)], used
+        scored[entry.name] = Scored(values, None if entry.gate is None else todo)
+    return scored, used
+
+
+def set_results(scored: dict[str, Scored], n: int, rows: list[int], errors: dict[int, str]) -> Results:
+    """A set's results over a batch of `n` rows, of which `rows` were scored, in order (`score_set`'s
+    texts) and the others failed (`errors`: row -> why)."""
+    return Results.of(n, {name: (s.values, None if s.rows is None else [rows[j] for j in s.rows])
+                          for name, s in scored.items()}, errors)
 
 
 def add_arguments(parser) -> None:

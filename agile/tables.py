@@ -308,7 +308,7 @@ class TableWriter:
 
     def __init__(self, path: str | Path | TextIO, fmt: str | None = None, schema: pa.Schema | None = None):
         self._schema = schema
-        self._csv = None  # a csv.writer once the first row names the columns
+        self._csv = None  # a csv.writer once the first write names the columns
         self._columns: list[str] = []
         self._parquet: pq.ParquetWriter | None = None
         self.rows = 0
@@ -353,6 +353,34 @@ class TableWriter:
                 self._parquet = pq.ParquetWriter(self.work, table.schema)
             self._parquet.write_table(table.cast(self._parquet.schema))
         self.rows += len(rows)
+
+    def write_columns(self, columns: dict[str, list]) -> None:
+        """Append rows given as columns (name -> one value per row), the same names in every call:
+        one C call per batch for CSV and Parquet, no Python per row."""
+        n = len(next(iter(columns.values()), ()))
+        if not n:
+            return
+        names = list(columns)
+        if (self._columns and names != self._columns) or any(len(c) != n for c in columns.values()):
+            raise ValueError(f"{self.path}: every write must have the columns {self._columns or names}, "
+                             "each as long as the others")
+        self._columns = names
+        if self.fmt == "csv":
+            if self._csv is None:
+                self._csv = csv.writer(self._file)
+                self._csv.writerow(names)
+            self._csv.writerows(zip(*columns.values(), strict=True))
+        elif self.fmt == "jsonl":
+            self._file.writelines(json.dumps(dict(zip(names, row, strict=True)), ensure_ascii=False) + "\n"
+                                  for row in zip(*columns.values(), strict=True))
+        else:
+            schema = self._schema
+            table = (pa.table([columns.get(f.name, [None] * n) for f in schema], schema=schema) if schema
+                     else pa.table(columns))
+            if self._parquet is None:
+                self._parquet = pq.ParquetWriter(self.work, table.schema)
+            self._parquet.write_table(table.cast(self._parquet.schema))
+        self.rows += n
 
     def flush(self) -> None:
         """What is written so far reaches the temporary file (a long write shows its progress)."""

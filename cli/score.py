@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from agile import output
     from agile.adapters import AdapterError, merge_adapter
     from agile.models import DEFAULT_MODEL, ModelLoadError, load_model, model_info
-    from agile.policy_set import PolicySetError, SetEntry, from_args, score_set
+    from agile.policy_set import PolicySetError, SetEntry, from_args, score_set, set_results
     from agile.scoring import LabelScorer, ScoringSettings
     from agile.tables import Chunk, TableError, TableWriter, read_chunks
     from agile.tokens import LabelError
@@ -131,11 +131,12 @@ def run(args: argparse.Namespace) -> int:
         with tqdm(unit="comment", disable=args.input is None, file=sys.stderr) as bar:
             for chunk in chunks:
                 todo, problems = failed.check(chunk)
-                results, _ = score_set(entries, policies.__getitem__, score, [chunk.texts[i] for i in todo],
-                                       args.observe) if todo else ([], {})
-                scored = [layout.row(chunk.ids[i], r, name) for i, r in zip(todo, results, strict=True)]
-                writer.write(in_order(chunk.ids, problems, scored, lambda cid, why: layout.row(cid, None, name, why)))
-                n_cut += sum(any(f and f.get("truncated") for f in r.values()) for r in results)
+                scored = score_set(entries, policies.__getitem__, score, [chunk.texts[i] for i in todo],
+                                   args.observe)[0] if todo else {}
+                errors = {i: why for i, why in enumerate(problems) if why is not None}
+                columns = layout.columns(chunk.ids, set_results(scored, len(chunk.ids), todo, errors), name)
+                writer.write_columns(columns)
+                n_cut += sum(map(bool, columns["truncated"]))
                 bar.update(len(chunk.texts))
         writer.close()
         elapsed = time.perf_counter() - start
@@ -189,9 +190,3 @@ class Failures:
         print(f"agile score: {self.count} row(s) could not be scored and carry an error (first: {self.first})",
               file=sys.stderr)
         return 1
-
-
-def in_order(ids: list[str], problems: list[str | None], scored: list[dict], failed) -> list[dict]:
-    """One row per input row, in input order: the next scored row, or `failed(id, problem)`."""
-    rows = iter(scored)
-    return [next(rows) if why is None else failed(cid, why) for cid, why in zip(ids, problems, strict=True)]

@@ -68,7 +68,7 @@ class ScoringClient:
                     record = json.loads(raw)
                     start = int(batch_id[1:]) * size
                     chunk = source.items[start:start + size]
-                    for (item_id, _), result in zip(chunk, record_results(record, len(chunk)), strict=True):
+                    for (item_id, _), result in zip(chunk, record_results(record, len(chunk)).rows(), strict=True):
                         # one policy: a record's {policy: fields} per row is just that policy's fields
                         yield item_id, result if "error" in result else next(iter(result.values()))
             if len(seen) >= job.total_batches:

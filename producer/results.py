@@ -26,13 +26,13 @@ from pathlib import Path
 
 from agile import output
 from agile.files import check_output
+from agile.output import Results
 from agile.producer.jobs import Job, JobError
 from agile.producer.source import SourceChanged
 from agile.tables import TableWriter, table_format
 from agile.wire import JobKeys
 
 PAGE = 200  # batch records per HSCAN page
-WRITE_ROWS = 50_000
 BATCH_ID = re.compile(r"^b(\d+)$")
 
 
@@ -44,20 +44,45 @@ class Totals:
     predictions: Counter = field(default_factory=Counter)  # label -> rows; "failed" -> rows with an error
 
 
-def record_results(record: dict, n: int) -> list[dict]:
-    """A batch record's per-row results ({policy: fields or None} or {"error"}), exactly `n` of them."""
+def record_results(record: dict, n: int) -> Results:
+    """A batch record's results for its `n` rows, as columns; records of earlier workers too (a spool
+    or a Redis kept over an upgrade): rows of {policy: fields or None} or {"error"}, or of fields alone."""
+    if "columns" in record:
+        if record.get("n") != n:
+            return Results.failed(n, f"the worker returned {record.get('n')} results for {n} rows")
+        errors = {int(i): why for i, why in (record.get("errors") or {}).items()}
+        return Results.of(n, {name: (c.get("values") or {}, c.get("rows"))
+                              for name, c in record["columns"].items()}, errors)
     results = record.get("results")
     if results is None:
-        return [{"error": record.get("error") or "the batch was refused"}] * n
+        return Results.failed(n, record.get("error") or "the batch was refused")
     if len(results) != n:
-        return [{"error": f"the worker returned {len(results)} results for {n} rows"}] * n
-    if "policies" not in record:  # a worker from before one record shape (a spool kept over an upgrade)
-        return [r if "error" in r else {record.get("policy", ""): r} for r in results]
-    return results
+        return Results.failed(n, f"the worker returned {len(results)} results for {n} rows")
+    if "policies" not in record:
+        results = [r if "error" in r else {record.get("policy", ""): r} for r in results]
+    errors = {i: r["error"] for i, r in enumerate(results) if "error" in r}
+    columns: dict[str, tuple[dict[str, list], list[int]]] = {}
+    for name in record.get("policies") or {k for r in results if "error" not in r for k in r}:
+        rows = [i for i, r in enumerate(results) if "error" not in r and r.get(name)]
+        keys = list(results[rows[0]][name]) if rows else []
+        columns[name] = ({k: [results[i][name].get(k) for i in rows] for k in keys}, rows)
+    return Results.of(n, columns, errors)
+
+
+def record_labels(record: dict) -> list[str] | None:
+    """A single policy's output names as the worker wrote them (`p_<name>`), if any row was scored."""
+    results = record_results(record, record["n"] if "columns" in record else len(record.get("results") or ()))
+    for name, fields in results.fields.items():
+        if any(results.scored[name]):
+            return [k[2:] for k in fields if k.startswith("p_")]
+    return None
 
 
 def record_counts(record: dict) -> tuple[int, int]:
     """(scored, failed) rows of a batch record."""
+    if "columns" in record:
+        failed = len(record.get("errors") or ())
+        return int(record.get("n", 0)) - failed, failed
     results = record.get("results")
     if results is None:
         return 0, int(record.get("n", 0))
@@ -173,12 +198,10 @@ class Drain:
             return
         with self.spool.open("rb") as f:
             for n in sorted(numbers):
-                record = self._record(f, n)
-                for result in record_results(record, len(record.get("results") or ())):
-                    fields = next(iter(result.values())) if "error" not in result else None
-                    if fields:
-                        out.labels, out.found = [k[2:] for k in fields if k.startswith("p_")], True
-                        return
+                labels = record_labels(self._record(f, n))
+                if labels:
+                    out.labels, out.found = labels, True
+                    return
 
     def _write_ready(self, last: bool = False) -> None:
         """Write every batch now in order (`last`: every batch, the labels as they are by now)."""
@@ -194,7 +217,6 @@ class Drain:
     def _write_batches(self, out: _Output, last: bool) -> None:
         if out.writer is None:
             out.writer = TableWriter(self.out, self.fmt, schema=_layout({}, out.names, out.labels).schema())
-        page: list[dict] = []
         if out.next == out.total_batches:
             return
         with self.spool.open("rb") as f:
@@ -203,20 +225,12 @@ class Drain:
                 chunk = list(islice(out.rows, out.batch_size))
                 if len(chunk) != min(out.batch_size, out.total_rows - n * out.batch_size):
                     raise SourceChanged(f"{self.out}: the source no longer has the rows the job was made from")
-                layout, model = _layout(record, out.names, out.labels), record.get("model", "")
-                totals = out.totals
-                for (row_id, _), result in zip(chunk, record_results(record, len(chunk)), strict=True):
-                    error = result.get("error", "")
-                    scored = None if error else result
-                    page.append(layout.row(row_id, scored, model, error))
-                    for key in layout.counted(scored) + (["failed"] if error else []):
-                        totals.predictions[key] += 1
-                    totals.failed += bool(error)
+                layout, results = _layout(record, out.names, out.labels), record_results(record, len(chunk))
+                out.writer.write_columns(layout.columns([row_id for row_id, _ in chunk], results,
+                                                        record.get("model", "")))
+                layout.count(results, out.totals.predictions)
+                out.totals.failed += sum(map(bool, results.errors))
                 out.next += 1
-                if len(page) >= WRITE_ROWS:
-                    out.writer.write(page)
-                    page = []
-        out.writer.write(page)
         out.writer.flush()
 
     def finish(self, before_rename: Callable[[], None] | None = None) -> Totals:

@@ -7,6 +7,7 @@ import pytest
 from sklearn import metrics as skm
 
 from agile.calibration import IDENTITY, Calibration, CalibrationError, expected_calibration_error
+from agile.decision import rows_of
 from agile.policy import Policy
 from agile.prompt import PromptTemplate
 from agile.trainer.calibrate import (
@@ -70,7 +71,7 @@ def test_identity_when_an_adapter_has_none():
     assert Calibration.from_json(None, "old adapter") is IDENTITY
     policy = Policy(TEMPLATE, "old", "hate", 0.5)
     np.testing.assert_array_equal(policy.calibrated(probs), probs)
-    assert policy.fields(probs[:1], [False])[0] == {"p_none": 0.1, "p_hate": 0.9, "prediction": "hate",
+    assert rows_of(policy.columns(probs[:1], [False]))[0] == {"p_none": 0.1, "p_hate": 0.9, "prediction": "hate",
                                               "flagged": True, "truncated": False}
     assert IDENTITY.to_json() == {}
 
@@ -78,7 +79,7 @@ def test_identity_when_an_adapter_has_none():
 def test_the_policy_serves_and_flags_the_calibrated_probability():
     cal = Calibration("platt", a=0.5, b=-1.0)
     policy = Policy(TEMPLATE, "p", "hate", 0.3, calibration=cal)
-    got = policy.fields(np.array([[0.2, 0.8]]), [False])[0]
+    got = rows_of(policy.columns(np.array([[0.2, 0.8]]), [False]))[0]
     served = float(cal.positive(0.8))
     assert got["p_hate"] == round(served, 6) and got["p_none"] == round(1 - served, 6)
     assert served < 0.8 and got["flagged"] == (served >= 0.3)

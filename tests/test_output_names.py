@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from agile.cli.main import main
+from agile.decision import rows_of
 from agile.policy import Policy
 from agile.prompt import PromptTemplate
 
@@ -21,12 +22,12 @@ def test_a_policy_names_its_columns_prediction_and_positive_label():
     policy = Policy(TEMPLATE, "p", "Negative", 0.5, outputs=("none", "hate"))
     assert policy.labels == ["Positive", "Negative"] and policy.names == ["none", "hate"]
     assert policy.positive_name == "hate"
-    fields = policy.fields(np.array([[0.2, 0.8]]), [False])[0]
+    fields = rows_of(policy.columns(np.array([[0.2, 0.8]]), [False]))[0]
     assert set(fields) >= {"p_none", "p_hate"} and fields["prediction"] == "hate" and fields["flagged"] is True
     assert [policy.label_index(w) for w in ("Negative", "hate", "none", "other")] == [1, 1, 0, None]
     plain = Policy(TEMPLATE, "p", "Negative", 0.5)  # an adapter written before outputs: the label words
     assert plain.names == plain.labels and plain.positive_name == "Negative"
-    assert plain.fields(np.array([[0.2, 0.8]]), [False])[0]["prediction"] == "Negative"
+    assert rows_of(plain.columns(np.array([[0.2, 0.8]]), [False]))[0]["prediction"] == "Negative"
 
 
 @pytest.mark.parametrize("outputs, message", [

@@ -9,8 +9,9 @@ import pytest
 
 from agile.models import ModelInfo
 from agile.policy import Policy
+from agile.policy_set import Scored
 from agile.producer.jobs import Job
-from agile.producer.results import Drain, Totals
+from agile.producer.results import Drain, Totals, record_results
 from agile.producer.source import FileSource, SourceChanged, batches
 from agile.prompt import PromptTemplate
 from agile.wire import BatchRequest
@@ -39,9 +40,9 @@ def write_back(job: Job, source: FileSource, numbers) -> None:
         if batch.number in numbers:
             req = BatchRequest.from_task((), {"items": batch.items(),
                                               "job_id": job.job_id, "batch_id": batch.id})
-            results = [{"error": req.problems[i.id]} if i.id in req.problems else {"tiny-toxic": FIELDS}
-                       for i in req.items]
-            store.finish(req, "t", results, ModelInfo("m", "c"), {"tiny-toxic": POLICY})
+            todo = [k for k, item in enumerate(req.items) if item.id not in req.problems]
+            values = {key: [value] * len(todo) for key, value in FIELDS.items()}
+            store.finish(req, "t", {"tiny-toxic": Scored(values)}, todo, ModelInfo("m", "c"), {"tiny-toxic": POLICY})
 
 
 def write_output(drain: Drain, source: FileSource) -> Totals:
@@ -127,9 +128,11 @@ def test_a_changed_source_leaves_the_old_output_and_the_spool(job, tmp_path):
     assert not list(tmp_path.glob(".out.csv.*"))
 
 
-def test_records_written_before_one_record_shape_still_make_the_same_output(job, tmp_path):
-    """A spool or a Redis kept over an upgrade holds single-policy records of the older shape (fields per
-    row, `policy` beside them): they are read as a set of one, and the output is the same."""
+@pytest.mark.parametrize("shape", ["rows of a set", "rows of one policy"])
+def test_records_of_earlier_workers_still_make_the_same_output(job, tmp_path, shape):
+    """A spool or a Redis kept over an upgrade holds records of an earlier shape: a row per comment,
+    {policy: fields} (before columns) or fields alone with `policy` beside them (before one record
+    shape). They are read into the same columns, and the output is the same."""
     job, source = job
     write_back(job, source, {0, 1, 2})
     new = tmp_path / "new.csv"
@@ -139,8 +142,11 @@ def test_records_written_before_one_record_shape_still_make_the_same_output(job,
     write_output(drain, source)
     for entry in entries:
         record = entry["record"]
-        old = {"model": record["model"], "policy": "tiny-toxic", "adapter_version": "",
-               "results": [r if "error" in r else r["tiny-toxic"] for r in record["results"]]}
+        rows = record_results(record, record["n"]).rows()
+        old = ({**{k: v for k, v in record.items() if k not in ("n", "columns", "errors")}, "results": rows}
+               if shape == "rows of a set" else
+               {"model": record["model"], "policy": "tiny-toxic", "adapter_version": "",
+                "results": [r if "error" in r else r["tiny-toxic"] for r in rows]})
         job.redis.hset(job.keys.results, entry["batch"], json.dumps(old))
     old_out = tmp_path / "old.csv"
     again = Drain(job, old_out)

@@ -88,7 +88,7 @@ def test_bad_input_is_refused_before_a_job_exists(redis_settings, tmp_path):
 def _write_back_one(job: Job, store: Store, batch) -> None:
     req = BatchRequest.from_task((), {"items": batch.items(),
                                       "job_id": job.job_id, "batch_id": batch.id})
-    store.finish(req, "t", [{"error": "skipped"}] * len(req.items), None)
+    store.fail(req, "t", "skipped")
 
 
 def test_backpressure_is_per_job_in_redis_and_holds_across_processes(redis_settings, tmp_path):

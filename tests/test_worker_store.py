@@ -8,6 +8,7 @@ import pytest
 
 from agile.models import ModelInfo
 from agile.policy import Policy
+from agile.policy_set import Scored
 from agile.prompt import PromptTemplate
 from agile.wire import BatchRequest, JobKeys, task_deliveries_key
 from agile.worker.store import Store
@@ -21,29 +22,36 @@ def store(redis_settings):
     return store
 
 
-def batch(batch_id: str, ids: list[str]) -> BatchRequest:
-    return BatchRequest.from_task((), {"items": [{"id": i, "text": f"text {i}"} for i in ids],
+def batch(batch_id: str, ids: list[str], empty: tuple[str, ...] = ()) -> BatchRequest:
+    return BatchRequest.from_task((), {"items": [{"id": i, "text": "" if i in empty else f"text {i}"} for i in ids],
                                        "job_id": "job1", "batch_id": batch_id})
 
 
-def results(n: int, failed: tuple[int, ...] = ()) -> list[dict]:
-    ok = {"a": {"p_A": 0.25, "p_B": 0.75, "prediction": "B", "truncated": False}}
-    return [{"error": "text is empty"} if k in failed else ok for k in range(n)]
+INFO = ModelInfo("m", "c")
+USED = {"a": Policy(PromptTemplate(("A", "B")), "policy-a", "B", version="v1")}
+
+
+def write(store: Store, req: BatchRequest, task_id: str = "t") -> int:
+    """What the worker's task does once policy `a` scored the batch's good rows."""
+    todo = [k for k, item in enumerate(req.items) if item.id not in req.problems]
+    n = len(todo)
+    values = {"p_A": [0.25] * n, "p_B": [0.75] * n, "prediction": ["B"] * n, "truncated": [False] * n}
+    return store.finish(req, task_id, {"a": Scored(values)}, todo, INFO, USED)
 
 
 def test_a_redelivered_batch_is_not_counted_twice(store):
     keys = JobKeys(store.settings.key_prefix, "job1")
-    info = ModelInfo("m", "c")
-    used = {"a": Policy(PromptTemplate(("A", "B")), "policy-a", "B", version="v1")}
-    assert store.finish(batch("b0", ["0", "1", "2"]), "t", results(3, failed=(2,)), info, used) == 1
-    assert store.finish(batch("b0", ["0", "1", "2"]), "t", results(3), info, used) == 0
-    assert store.finish(batch("b1", ["3"]), "t", results(1), info, used) == 1
+    assert write(store, batch("b0", ["0", "1", "2"], empty=("2",))) == 1
+    assert write(store, batch("b0", ["0", "1", "2"])) == 0
+    assert write(store, batch("b1", ["3"])) == 1
     r = store.redis
     meta = r.hgetall(keys.meta)
     assert (int(meta["scored"]), int(meta["failed"])) == (3, 1)
     record = json.loads(r.hget(keys.results, "b0"))
-    assert "ids" not in record and len(record["results"]) == 3 and record["results"][2] == {"error": "text is empty"}
-    assert record["results"][0]["a"]["prediction"] == "B" and record["model"] == "m"
+    assert "ids" not in record and record["n"] == 3 and record["errors"] == {"2": "text is empty"}
+    assert record["columns"] == {"a": {"values": {"p_A": [0.25, 0.25], "p_B": [0.75, 0.75],
+                                                  "prediction": ["B", "B"], "truncated": [False, False]}}}
+    assert record["model"] == "m" and "errors" not in json.loads(r.hget(keys.results, "b1"))
     assert (record["policies"], record["names"], record["versions"], record["positive_labels"]) == (
         ["a"], {"a": "policy-a"}, {"a": "v1"}, {"a": "B"})
     assert r.smembers(keys.done) == {"b0", "b1"}
@@ -58,7 +66,7 @@ def test_deliveries_are_counted_until_written_back(store):
     store.record_error(req, "task", "RuntimeError: boom")
     second = store.begin(req, "task")
     assert (second.count, second.last_error, second.already_done) == (2, "RuntimeError: boom", False)
-    store.finish(req, "task", results(1), None)
+    write(store, req, "task")
     assert store.begin(req, "task").already_done
     keys = JobKeys(store.settings.key_prefix, "job1")
     assert store.redis.hget(keys.deliveries, "b7:error") is None
@@ -70,7 +78,7 @@ def test_a_job_that_ended_takes_no_write_and_gets_no_key_back(store, state):
     store.redis.hset(keys.meta, mapping={"status": state, "created": "1"})
     req = batch("b3", ["x", "y"])
     assert store.begin(req, "task").gone
-    assert store.finish(req, "task", results(2), None) == -1
+    assert write(store, req, "task") == -1
     assert store.refuse("job1", "b3", 2, "bad") == -1
     store.record_error(req, "task", "RuntimeError: late")
     assert sorted(store.redis.keys("*")) == [keys.meta]
@@ -84,7 +92,7 @@ def test_a_job_whose_keys_are_gone_is_not_made_again(store):
     req = batch("b0", ["x", "y"])
     assert store.begin(req, "task").gone
     store.record_error(req, "task", "RuntimeError: late")
-    assert store.finish(req, "task", results(2), None) == -1
+    assert write(store, req, "task") == -1
     assert store.refuse("job1", "b0", 2, "bad") == -1
     assert store.redis.keys("*") == []
 
@@ -106,7 +114,7 @@ def test_a_task_without_a_job_counts_deliveries_by_task_id_and_they_expire(store
     assert store.begin(req, "task-2").count == 1
     key = task_deliveries_key(store.settings.key_prefix)
     assert 0 < store.redis.ttl(key) <= store.settings.job_ttl
-    store.finish(req, "task-1", results(1), None)
+    write(store, req, "task-1")
     assert store.begin(req, "task-1").count == 1
 
 

@@ -1,8 +1,8 @@
 """Write-back of a job's batches, exactly once per batch however often it is delivered.
 
 One Lua script per batch adds the batch id to the job's `done` set and, only if
-it was not there yet, stores the batch's record (its rows' results, in item
-order) and bumps the counters: a batch delivered again (a worker killed after
+it was not there yet, stores the batch's record (its rows' results as columns,
+docs/QUEUE.md) and bumps the counters: a batch delivered again (a worker killed after
 writing, a visibility timeout that fired early) changes nothing. A job that was
 delivered or cancelled, or whose meta hash is gone (expired, a FLUSHALL, a Redis
 restarted empty before its producer restored it), takes no write at all: no key is
@@ -29,6 +29,7 @@ from agile.wire import BatchRequest, JobKeys, task_deliveries_key
 if TYPE_CHECKING:
     from agile.models import ModelInfo
     from agile.policy import Policy
+    from agile.policy_set import Scored
 
 log = logging.getLogger("agile.worker")
 RETRY_SECONDS = 120.0  # how long a delivery count waits for Redis before the batch goes back on the queue
@@ -147,24 +148,40 @@ class Store:
         return int(self._retrying(f"writing back {job_id}/{batch_id}",
                                   lambda: self._write_back(keys=key_list, args=args)))
 
-    def finish(self, req: BatchRequest, task_id: str, results: list[dict], info: ModelInfo | None = None,
-               used: Mapping[str, Policy] | None = None) -> int:
-        """Write a job batch's results, or end a job-less task: one record shape for every policy set,
-        a single policy being a set of one. `results` has one entry per item, {policy: fields or None}
-        or {"error"}; `used` is each policy the batch was scored with, by its key in the results."""
+    def finish(self, req: BatchRequest, task_id: str, scored: Mapping[str, Scored], rows: list[int],
+               info: ModelInfo, used: Mapping[str, Policy]) -> int:
+        """Write a job batch's results, or end a job-less task: one record for every policy set, a single
+        policy being a set of one. `scored` holds each policy's results as columns over the items
+        at `rows` (the others failed: `req.problems`); `used` is each policy the batch was scored with.
+
+        The record is columns, as scored (docs/QUEUE.md): encoding a dict per comment was most of a
+        worker's CPU outside the model."""
         if not req.job_id:
             self.forget(task_id)
             return 1
-        used = used or {}
-        failed = sum(1 for r in results if "error" in r)
-        versions = {key: p.version for key, p in used.items()}
-        # no ids: the results are in item order, and whoever sent the batch has its items
-        record = {"results": results, "model": info.spec if info else "",
-                  "policies": list(used), "names": {key: p.name for key, p in used.items()},
-                  "versions": versions, "positive_labels": {key: p.positive_name for key, p in used.items()}}
-        version = {"model": info.spec, "model_checksum": info.checksum, "adapters": versions} if info else None
-        return self.write_record(req.job_id, req.batch_id, record, len(results) - failed, failed, version)
+        columns = {}
+        for key, s in scored.items():
+            columns[key] = {"values": s.values} if s.rows is None else \
+                {"values": s.values, "rows": [rows[j] for j in s.rows]}
+        record = {"n": len(req.items), "columns": columns, "model": info.spec, "policies": list(used),
+                  "names": {key: p.name for key, p in used.items()},
+                  "versions": {key: p.version for key, p in used.items()},
+                  "positive_labels": {key: p.positive_name for key, p in used.items()}}
+        if req.problems:
+            record["errors"] = {str(i): req.problems[item.id] for i, item in enumerate(req.items)
+                                if item.id in req.problems}
+        version = {"model": info.spec, "model_checksum": info.checksum, "adapters": record["versions"]}
+        failed = len(req.items) - len(rows)
+        return self.write_record(req.job_id, req.batch_id, record, len(rows), failed, version)
+
+    def fail(self, req: BatchRequest, task_id: str, reason: str) -> int:
+        """Every item of the batch failed with `reason` (a job's batch), or a job-less task ended."""
+        if not req.job_id:
+            self.forget(task_id)
+            return 1
+        return self.refuse(req.job_id, req.batch_id, len(req.items), reason)
 
     def refuse(self, job_id: str, batch_id: str, n_items: int, reason: str) -> int:
-        """A payload the worker cannot parse, but whose batch it can name: all its rows fail with `reason`."""
+        """Every row of a batch fails with `reason`: a payload the worker cannot parse but whose batch it
+        can name, or a batch that cannot be scored."""
         return self.write_record(job_id, batch_id, {"error": reason, "n": n_items}, 0, n_items, None)

@@ -20,8 +20,7 @@ from redis.exceptions import RedisError
 
 from agile.adapters import AdapterError
 from agile.policy import ZERO_SHOT
-from agile.policy_set import SetEntry
-from agile.policy_set import score_set as score_set_rows
+from agile.policy_set import SetEntry, score_set, set_results
 from agile.tokens import LabelError
 from agile.wire import NAME, TASK_NAME, BatchFailed, BatchRequest, PayloadError
 from agile.worker import metrics
@@ -112,17 +111,16 @@ def score(req: BatchRequest, task_id: str) -> dict:
         tokens += int(out.n_tokens.sum())
         return out
 
-    todo = [item for item in req.items if item.id not in req.problems]
+    todo = [i for i, item in enumerate(req.items) if item.id not in req.problems]
     start = time.perf_counter()
-    rows, used = score_set_rows(entries, policy_of, scored, [item.text for item in todo], bool(req.observe))
+    columns, used = score_set(entries, policy_of, scored, [req.items[i].text for i in todo], bool(req.observe))
     seconds = time.perf_counter() - start
-    by_id = dict(zip((item.id for item in todo), rows, strict=True))
-    results = [{"error": req.problems[item.id]} if item.id in req.problems else by_id[item.id]
-               for item in req.items]  # one per item, in item order
-    store().finish(req, task_id, results, runtime.info, used)
+    store().finish(req, task_id, columns, todo, runtime.info, used)
     done(req, "+".join(p.name for p in used.values()), len(todo), tokens, seconds)
     if req.job_id:
         return {**ids_of(req), "scored": len(todo), "failed": len(req.problems)}
+    errors = {i: req.problems[item.id] for i, item in enumerate(req.items) if item.id in req.problems}
+    results = set_results(columns, len(req.items), todo, errors).rows()  # one per item, in item order
     model = {"model": runtime.info.spec, "model_checksum": runtime.info.checksum}
     if req.policies:
         return {**model, "versions": {k: p.version for k, p in used.items()},
@@ -151,7 +149,7 @@ def done(req: BatchRequest, name: str, scored: int, tokens: int, seconds: float)
 
 def fail_all(req: BatchRequest, task_id: str, reason: str) -> None:
     """Mark every item of the batch failed with `reason` (the job still completes)."""
-    store().finish(req, task_id, [{"error": reason}] * len(req.items))
+    store().fail(req, task_id, reason)
     metrics.FAILED.labels(req.adapter or ("policy-set" if req.policies else "zero-shot")).inc(len(req.items))
     log.warning("batch %s: %d items failed: %s", req.batch_key or "(no job)", len(req.items), reason,
                 extra={**ids_of(req), "failed": len(req.items)})
