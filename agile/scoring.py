@@ -14,7 +14,7 @@ The model-side computation, for each Gemma family, is `agile.forward`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +82,17 @@ class ScoringSettings:
             raise ValueError(f"token_budget must be 0 (off) or positive, got {self.token_budget}")
         if self.pipeline_rows is not None and self.pipeline_rows < 0:
             raise ValueError(f"pipeline_rows must be 0 (off) or positive, got {self.pipeline_rows}")
+
+
+@dataclass
+class Group:
+    """Texts of one tokenize-and-launch group: their tokens and the passes that will score them."""
+
+    start: int  # index of the group's first text in the call
+    rows: list[list[int]]  # prompt tokens per text
+    truncated: np.ndarray  # bool per text
+    prefix: list[int]  # the shared prefix the reusing passes start after
+    passes: list[tuple[bool, np.ndarray]]  # (reuses the prefix, row indices) per forward pass
 
 
 @dataclass
@@ -199,18 +210,27 @@ class LabelScorer:
             step = DEFAULT_PIPELINE_ROWS.get(self._device().type, 0)
         return step or max(n, 1)
 
-    def score(self, texts: Sequence[str]) -> Scores:
-        device, step = self._device(), self.group_size(len(texts))
+    def groups(self, texts: Sequence[str]) -> Iterator[Group]:
+        """`texts` tokenized and planned, group by group, lazily: `run` pulls group k+1 after launching
+        group k (on CUDA the host tokenizes while the device runs); a worker that holds a second batch
+        takes all of them (`list`) while another batch has the device."""
+        step = self.group_size(len(texts))
+        for start in range(0, max(len(texts), 1), step):
+            rows, cut = self.encode(texts[start : start + step])
+            prefix, passes = self.plan(rows)
+            yield Group(start, rows, cut, prefix, passes)
+
+    def run(self, groups: Iterable[Group]) -> Scores:
+        """Score the groups on the device: one copy back to the host per call, not one per pass."""
+        device = self._device()
         lean, backbone = self._engine(), self.model.backbone
         caches, chunks, order, truncated, lengths = None, [], [], [], []
         with torch.inference_mode():
-            for start in range(0, max(len(texts), 1), step):
-                # Nothing here waits for the device: on CUDA the next group tokenizes while this one runs.
-                rows, cut = self.encode(texts[start : start + step])
-                truncated.append(cut)
+            for group in groups:
+                rows, prefix = group.rows, group.prefix
+                truncated.append(group.truncated)
                 lengths.append(np.array([len(r) for r in rows], dtype=np.int64))
-                prefix, passes = self.plan(rows)
-                for reuse, idx in passes:
+                for reuse, idx in group.passes:
                     batch = [rows[i][len(prefix) :] if reuse else rows[i] for i in idx]
                     ids, mask = (_device_tensor(a, device) for a in pad_batch(batch, self.tokenizer.pad_id))
                     if reuse and caches is None:
@@ -222,9 +242,13 @@ class LabelScorer:
                         chunks.append(suffix_label_logits(self.model, caches, ids, mask, self.label_ids))
                     else:
                         chunks.append(label_logits(self.model, ids, mask, self.label_ids))
-                    order.append(idx + start)
-            probs = np.zeros((len(texts), len(self.label_ids)), dtype=np.float32)
-            if chunks:  # one copy to the host per call, not one per forward pass
+                    order.append(idx + group.start)
+            n = sum(len(x) for x in lengths)
+            probs = np.zeros((n, len(self.label_ids)), dtype=np.float32)
+            if chunks:
                 probs[np.concatenate(order)] = ops.convert_to_numpy(
                     ops.softmax(ops.concatenate(chunks, axis=0), axis=-1))
         return Scores(probs=probs, truncated=np.concatenate(truncated), n_tokens=np.concatenate(lengths))
+
+    def score(self, texts: Sequence[str]) -> Scores:
+        return self.run(self.groups(texts))

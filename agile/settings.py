@@ -26,6 +26,9 @@ SERVE_KEYS = frozenset({
 CHECKOUT_DATA = Path(__file__).resolve().parent.parent / "data"  # the repository's data/, in a checkout only
 
 
+MAX_IN_HAND = 4  # batches a worker holds at once: past two, only memory grows (one device)
+
+
 class SettingsError(ValueError):
     """A setting is unknown or has a value that cannot work; the message names the variable."""
 
@@ -75,6 +78,9 @@ class QueueSettings:
     metrics_port: int = 9808  # Prometheus; 0 disables
     log_format: str = "text"  # or json
     shutdown_timeout: float = 60.0  # s a stopping worker gives its batch before requeueing it
+    # Batches a worker holds at once: 2 lets one batch's CPU work (parsing, tokenizing, write-back) run
+    # while another has the model (agile.worker.overlap); 0: 2 on a GPU, 1 on a CPU (nothing to overlap).
+    tasks_in_hand: int = 0
     job_ttl: int = 7 * 24 * 3600  # s a job's keys live after its last write
 
     def __post_init__(self) -> None:
@@ -90,6 +96,9 @@ class QueueSettings:
             if getattr(self, name) < 0:
                 raise SettingsError(f"{env_name(name)} must be at least 1, or 0 for the default, "
                                     f"got {getattr(self, name)}")
+        if not 0 <= self.tasks_in_hand <= MAX_IN_HAND:
+            raise SettingsError(f"AGILE_TASKS_IN_HAND must be 0 (the device's default) to {MAX_IN_HAND}, "
+                                f"got {self.tasks_in_hand}")
         if self.batch_size > MAX_ITEMS:
             raise SettingsError(f"AGILE_BATCH_SIZE must be at most {MAX_ITEMS}, got {self.batch_size}")
         if not 0 <= self.metrics_port < 65536:

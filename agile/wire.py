@@ -16,7 +16,7 @@ INTERACTIVE_SUFFIX = ".interactive"  # the lane every worker takes from before t
 MAX_ITEMS = 1024  # per task: a bigger batch gains nothing on one GPU and lengthens redelivery
 MAX_TEXT_CHARS = 200_000  # longer texts are refused; up to this they are scored truncated
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # job and batch ids: safe inside Redis key names
-PAYLOAD_KEYS = ("items", "job_id", "batch_id", "adapter", "model", "labels", "instructions", "threshold",
+PAYLOAD_KEYS = ("items", "texts", "job_id", "batch_id", "adapter", "model", "labels", "instructions", "threshold",
                 "observe", "policies")
 SET_KEYS = ("adapter", "threshold", "if")  # one entry of `policies`
 
@@ -38,17 +38,15 @@ class BatchFailed(RuntimeError):
     """A batch failed or killed its worker on every delivery; its items are marked failed."""
 
 
-@dataclass(frozen=True)
-class Item:
-    id: str
-    text: str
-
-
 @dataclass
 class BatchRequest:
-    """The kwargs of `agile.score_batch`. `job_id` and `batch_id` go together (write-back)."""
+    """The kwargs of `agile.score_batch`, as columns. `job_id` and `batch_id` go together (write-back).
 
-    items: list[Item]
+    A client sends `items` ({id, text} each; replies are keyed by id) or `texts` alone (a job's
+    batch: results go back by position, so ids would only be bytes to encode and decode)."""
+
+    texts: list[str]
+    ids: list[str] | None = None  # as sent in `items` (string form); None: `texts`, a text's id is its position
     job_id: str | None = None
     batch_id: str | None = None
     adapter: str | None = None  # a plain adapter name; None scores zero-shot with `labels`
@@ -58,13 +56,20 @@ class BatchRequest:
     threshold: float | None = None  # with `adapter`: flag at this probability instead of the adapter's
     observe: bool | None = None  # score, flag nothing (for tuning thresholds)
     policies: list[dict] | None = None  # a policy set: [{"adapter", "threshold"?, "if"?}], instead of `adapter`
-    problems: dict[str, str] = field(default_factory=dict)  # id -> why this item cannot be scored
+    problems: dict[int, str] = field(default_factory=dict)  # position -> why this text cannot be scored
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def id_of(self, i: int) -> str:
+        return self.ids[i] if self.ids is not None else str(i)
 
     def to_kwargs(self) -> dict:
-        # Shallow on purpose: dataclasses.asdict copied every Item recursively, ~10 µs a comment
-        # in a producer that sends hundreds of thousands of them.
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("items", "problems")}
-        out = {"items": [{"id": i.id, "text": i.text} for i in self.items], **out}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("texts", "ids", "problems")}
+        if self.ids is None:
+            out = {"texts": list(self.texts), **out}
+        else:
+            out = {"items": [{"id": i, "text": t} for i, t in zip(self.ids, self.texts, strict=True)], **out}
         return {k: v for k, v in out.items() if v is not None}
 
     @property
@@ -82,8 +87,9 @@ class BatchRequest:
         unknown = sorted(set(kwargs) - set(PAYLOAD_KEYS))
         if unknown:
             raise PayloadError(f"unknown payload key(s) {unknown}; allowed: {list(PAYLOAD_KEYS)}")
-        if "items" not in kwargs:
-            raise PayloadError("payload has no 'items' (a list of {'id': ..., 'text': ...})")
+        if ("items" in kwargs) == ("texts" in kwargs):
+            raise PayloadError("payload needs 'items' (a list of {'id': ..., 'text': ...}) or 'texts' (a list of "
+                               "strings, their ids their positions), one of them")
         job_id, batch_id = kwargs.get("job_id"), kwargs.get("batch_id")
         for key, value in (("job_id", job_id), ("batch_id", batch_id)):
             if value is not None and not (isinstance(value, str) and NAME.match(value)):
@@ -114,11 +120,14 @@ class BatchRequest:
                 raise PayloadError("policies is a policy set: give adapter, labels, instructions and threshold "
                                    "inside its entries, not beside it")
             _check_set(policies)
-        items, problems = _items(kwargs["items"])
+        if "items" in kwargs:
+            ids, texts = _items(kwargs["items"])
+        else:
+            ids, texts = None, _sized(kwargs["texts"], "texts")
         return cls(
-            items=items, job_id=job_id, batch_id=batch_id, adapter=kwargs.get("adapter"),
-            model=kwargs.get("model"), labels=labels, instructions=kwargs.get("instructions"),
-            threshold=threshold, observe=observe, policies=policies, problems=problems,
+            texts=texts, ids=ids, problems=problems_of(texts), job_id=job_id, batch_id=batch_id,
+            adapter=kwargs.get("adapter"), model=kwargs.get("model"), labels=labels,
+            instructions=kwargs.get("instructions"), threshold=threshold, observe=observe, policies=policies,
         )
 
 
@@ -150,14 +159,24 @@ def _check_set(policies) -> None:
         seen.append(name)
 
 
-def _items(raw) -> tuple[list[Item], dict[str, str]]:
+def _sized(raw, name: str) -> list:
     if not isinstance(raw, list) or not raw:
-        raise PayloadError(f"items must be a non-empty list, got {type(raw).__name__}")
+        raise PayloadError(f"{name} must be a non-empty list, got {type(raw).__name__}")
     if len(raw) > MAX_ITEMS:
-        raise PayloadError(f"items has {len(raw)} entries; the limit is {MAX_ITEMS} per task")
-    items: list[Item] = []
-    problems: dict[str, str] = {}
-    seen: set[str] = set()
+        raise PayloadError(f"{name} has {len(raw)} entries; the limit is {MAX_ITEMS} per task")
+    return raw
+
+
+def _items(raw) -> tuple[list[str], list]:
+    """(ids in string form, texts) of `items`; a text that is missing or no string is checked later."""
+    _sized(raw, "items")
+    try:  # what every well-formed task is, checked a column at a time
+        ids, texts = [e["id"] for e in raw], [e["text"] for e in raw]
+        if set(map(type, ids)) == {str} and all(ids) and len(set(ids)) == len(ids):
+            return ids, texts
+    except (TypeError, KeyError):
+        pass
+    ids, texts, seen = [], [], set()
     for n, entry in enumerate(raw):
         if not isinstance(entry, dict) or "id" not in entry:
             raise PayloadError(f"items[{n}] must be an object with 'id' and 'text', got {entry!r:.80}")
@@ -168,13 +187,27 @@ def _items(raw) -> tuple[list[Item], dict[str, str]]:
         if key in seen:
             raise PayloadError(f"items[{n}].id {key!r} appears twice in this task")
         seen.add(key)
-        text = entry.get("text")
-        problem = text_problem(text) if "text" in entry else "item has no 'text'"
+        ids.append(key)
+        texts.append(entry.get("text", _NO_TEXT))
+    return ids, texts
+
+
+_NO_TEXT = object()  # an item without a "text" key
+
+
+def problems_of(texts: list) -> dict[int, str]:
+    """Why each text that cannot be scored cannot, by position, and "" in its place: over the whole
+    list at once (C loops), one text at a time only where one fails."""
+    if (set(map(type, texts)) == {str} and all(texts) and not any(map(str.isspace, texts))
+            and max(map(len, texts)) <= MAX_TEXT_CHARS and unicode_problem("\n".join(texts)) is None):
+        return {}
+    problems = {}
+    for i, text in enumerate(texts):
+        problem = "item has no 'text'" if text is _NO_TEXT else text_problem(text)
         if problem:
-            problems[key] = problem
-            text = ""
-        items.append(Item(key, text))
-    return items, problems
+            problems[i] = problem
+            texts[i] = ""
+    return problems
 
 
 def text_problem(text) -> str | None:

@@ -4,7 +4,9 @@ A real producer (`agile moderate`, a subprocess), a private redis-server and W r
 `agile worker` processes whose model is bench/sim_model.py (a batch of n comments
 sleeps n / RATE seconds; RATE 0: no sleep): Celery, Redis, the payloads, the policy
 (a calibrated adapter on the tiny model), the result fields and the write-back are
-the product's own. For each workers x rate x rows it reports end-to-end comments/s
+the product's own. Each worker holds --in-hand batches at once (2, a GPU worker's
+default: one batch's CPU work beside another's simulated device time; 1: one
+after the other). For each workers x rate x in-hand x rows it reports end-to-end comments/s
 (the job's span in its Redis meta: created, once the dump is checked, to its output
 renamed into place; the producer process's whole wall time beside it) against the
 ideal W x RATE, and CPU microseconds per comment (user + sys) in the
@@ -19,12 +21,14 @@ the top functions by own CPU, and by module, per comment: run it apart from the
 timed runs, since py-spy shares the same cores.
 
     nice -n 10 python bench/bench_scale.py --workers 1,4 --rate 0,10000 --rows 50000,150000
+    nice -n 10 python bench/bench_scale.py --workers 4 --rate 10000 --rows 150000 --in-hand 1,2
     nice -n 10 python bench/bench_scale.py --workers 4 --rate 10000 --rows 50000 --profile
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import shutil
@@ -196,10 +200,10 @@ def check_output(path: Path, rows: int) -> None:
 
 
 def run_cluster(args: argparse.Namespace, settings: QueueSettings, tmp: Path, workers: int, rate: float,
-                dumps: dict[int, Path]) -> tuple[list[dict], dict]:
+                in_hand: int, dumps: dict[int, Path]) -> tuple[list[dict], dict]:
     """W workers at `rate`: a warm-up job, then one job per --rows; CPU read before anything exits."""
     results, profiles = [], {}
-    with Cluster(tmp, settings) as cluster:
+    with Cluster(tmp, settings.with_(tasks_in_hand=in_hand)) as cluster:
         env = {"PYTHONPATH": str(BENCH), "BENCH_SIM_RATE": str(rate)}
         procs = cluster.workers(workers, 1, env, ("--include", "sim_model"))
         redis_pid = cluster.procs[0].pid
@@ -221,14 +225,15 @@ def run_cluster(args: argparse.Namespace, settings: QueueSettings, tmp: Path, wo
             ideal = workers * rate if rate else None
             per = 1e6 / rows
             results.append({
-                "workers": workers, "rate": rate, "rows": rows, "batch": args.batch_size, **run,
+                "workers": workers, "rate": rate, "in_hand": in_hand, "rows": rows, "batch": args.batch_size, **run,
                 "comments_per_s": rows / run["job_s"], "ideal_per_s": ideal,
                 "share_of_ideal": rows / run["job_s"] / ideal if ideal else None,
                 "producer_us": run["cpu_s"] * per,
                 "producer_us_less_startup": (run["cpu_s"] - warm["cpu_s"]) / (rows - WARMUP_ROWS) * 1e6,
                 "producer_startup_cpu_s": warm["cpu_s"], "workers_us": worker_cpu * per, "redis_us": redis_cpu * per,
             })
-            print(f"  {workers} worker(s) x {rate or 'inf'}/s, {rows:,} rows: {rows / run['job_s']:,.0f}/s "
+            print(f"  {workers} worker(s) x {rate or 'inf'}/s, {in_hand} in hand, {rows:,} rows: "
+                  f"{rows / run['job_s']:,.0f}/s "
                   f"({run['job_s']:.1f} s), load {os.getloadavg()[0]:.2f}", flush=True)
     return results, profiles
 
@@ -248,6 +253,8 @@ def main() -> None:
     parser.add_argument("--workers", type=ints, default=[1, 4], help="worker processes, comma-separated")
     parser.add_argument("--rate", type=lambda s: [float(x) for x in s.split(",")], default=[0.0, 10_000.0],
                         help="simulated comments/s per worker, comma-separated (0: no sleep)")
+    parser.add_argument("--in-hand", type=ints, default=[2],
+                        help="batches each worker holds at once (AGILE_TASKS_IN_HAND), comma-separated")
     parser.add_argument("--rows", type=ints, default=[50_000, 150_000], help="rows per job, comma-separated")
     parser.add_argument("--batch-size", type=int, default=512,
                         help="comments per task (default 512: what the producer picks for GPU workers)")
@@ -274,20 +281,20 @@ def main() -> None:
             dumps[rows] = tmp / f"dump{rows}.csv"
             write_dump(dumps[rows], rows, args.chars)
         settings = QueueSettings(model=str(preset), adapter_path=str(tmp / "adapters"), batch_size=args.batch_size)
-        for workers in args.workers:
-            for rate in args.rate:
-                where = tmp / f"w{workers}-r{rate:g}"
-                where.mkdir()
-                got, prof = run_cluster(args, settings, where, workers, rate, dumps)
-                results += got
-                profiles.update({f"w{workers}-r{rate:g}-rows{k}": v for k, v in prof.items()})
+        for workers, rate, in_hand in itertools.product(args.workers, args.rate, args.in_hand):
+            where = tmp / f"w{workers}-r{rate:g}-h{in_hand}"
+            where.mkdir()
+            got, prof = run_cluster(args, settings, where, workers, rate, in_hand, dumps)
+            results += got
+            profiles.update({f"w{workers}-r{rate:g}-h{in_hand}-rows{k}": v for k, v in prof.items()})
 
     print()
     common.print_table(
-        ["workers", "rate/s each", "rows", "batch", "job s", "head s", "tail s", "comments/s", "ideal/s",
+        ["workers", "rate/s each", "in hand", "rows", "batch", "job s", "head s", "tail s", "comments/s", "ideal/s",
          "of ideal", "process s", "producer µs/c", "less start-up", "workers µs/c", "Redis µs/c"],
-        [[r["workers"], f"{r['rate']:,.0f}" if r["rate"] else "∞", f"{r['rows']:,}", r["batch"], r["job_s"],
-          r["head_s"], r["tail_s"], r["comments_per_s"], f"{r['ideal_per_s']:,.0f}" if r["ideal_per_s"] else "∞",
+        [[r["workers"], f"{r['rate']:,.0f}" if r["rate"] else "∞", r["in_hand"], f"{r['rows']:,}", r["batch"],
+          r["job_s"], r["head_s"], r["tail_s"], r["comments_per_s"],
+          f"{r['ideal_per_s']:,.0f}" if r["ideal_per_s"] else "∞",
           f"{r['share_of_ideal']:.0%}" if r["share_of_ideal"] else "-", r["wall_s"], r["producer_us"],
           r["producer_us_less_startup"], r["workers_us"], r["redis_us"]] for r in results])
     print(f"\ngoal (issue 19): >= {GOAL_SHARE:.0%} of ideal at 4 x 10,000/s on 150,000 rows; producer and "
@@ -297,6 +304,7 @@ def main() -> None:
         print_profile(f"{key} workers (summed)", profile["workers"])
     name = args.name or ("scale-" + "-".join([f"w{'_'.join(map(str, args.workers))}",
                                               f"r{'_'.join(f'{r:g}' for r in args.rate)}",
+                                              f"h{'_'.join(map(str, args.in_hand))}",
                                               f"rows{'_'.join(map(str, args.rows))}", f"b{args.batch_size}"])
                          + ("-profile" if args.profile else ""))
     common.write_result(name, {"simulated_model": "bench/sim_model.py", "producer": "agile moderate (subprocess)",

@@ -27,7 +27,7 @@ from agile.producer.repair import Repair
 from agile.producer.results import drain_pages, record_results
 from agile.producer.source import MemorySource, Plan, batches
 from agile.settings import QueueSettings
-from agile.wire import TASK_NAME, BatchRequest, Item, lanes
+from agile.wire import TASK_NAME, BatchRequest, lanes
 
 
 class ScoringClient:
@@ -94,7 +94,8 @@ class ScoringClient:
 
         It goes to the interactive lane, as `agile serve`'s requests do: someone waits on it.
         """
-        req = BatchRequest([Item(str(i), t) for i, t in items], **self.policy)
+        items = list(items)
+        req = BatchRequest([t for _, t in items], [str(i) for i, _ in items], **self.policy)
         result = self.app.send_task(TASK_NAME, kwargs=req.to_kwargs(), queue=lanes(self.settings.queue)[0])
         try:
             return result.get(timeout)

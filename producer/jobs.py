@@ -118,7 +118,7 @@ class Job:
         if self._payload is None:
             self._payload = {"job_id": self.job_id, **payload(self.policies, self.observe)}
         return message(uuid.uuid4().hex, uuid.uuid4().hex, self.settings.queue,
-                       {"items": batch.items(), "batch_id": batch.id, **self._payload},
+                       {"texts": batch.texts, "batch_id": batch.id, **self._payload},
                        ignore_result=True, sender="agile-producer")
 
     def send(self, batch: Batch, resend: bool = False) -> None:

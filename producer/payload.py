@@ -26,7 +26,7 @@ def check_policy(policies: list[dict], observe: bool = False) -> None:
     a job exists. Whether the workers have an adapter only they can tell: its batches fail closed if not."""
     kwargs = payload(policies, observe)
     try:
-        BatchRequest.from_task((), {"items": [{"id": "0", "text": "x"}], "job_id": "check", "batch_id": "b0",
+        BatchRequest.from_task((), {"texts": ["x"], "job_id": "check", "batch_id": "b0",
                                     **kwargs})
         for policy in kwargs.get("policies") or [kwargs]:
             if policy.get("adapter") is not None:

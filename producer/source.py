@@ -1,8 +1,8 @@
 """Comment dumps read row by row and cut into fixed row ranges, the same way on every read.
 
 Inside a job the unit is the input row: batch `b<n>` is rows n*size .. (n+1)*size-1
-of the source, and each item's id on the wire is its row number. The user's id
-column is carried as text beside it, never used as a key, so duplicate and
+of the source, sent as its texts alone (results come back by position). The user's
+id column is read beside them and never sent nor used as a key, so duplicate and
 missing ids come back as they were. A fingerprint (size, mtime, hash of the
 bytes) is stored with the job, and every process that re-reads the dump later
 (to resume, repair or write the output) hashes it again, so it knows it is
@@ -40,10 +40,6 @@ class Batch:
     @property
     def id(self) -> str:
         return f"b{self.number}"
-
-    def items(self) -> list[dict]:
-        """The batch's items as the wire has them: the row number as id, the text."""
-        return [{"id": str(n), "text": text} for n, text in enumerate(self.texts, self.start)]
 
 
 def batches(chunks: Iterable[Chunk], size: int, first: int = 0) -> Iterator[Batch]:

@@ -97,7 +97,8 @@ class RedisServer:
 
 
 class Worker:
-    """One `celery -A agile.worker worker` process (solo pool) on the tiny model."""
+    """One `celery -A agile.worker worker` process on the tiny model (solo pool, or threads with
+    AGILE_TASKS_IN_HAND=2)."""
 
     def __init__(self, name: str, env: dict[str, str], logdir: Path, via_agile: bool = False):
         self.via_agile = via_agile  # start it as `agile worker` instead of `celery -A agile.worker worker`
@@ -113,7 +114,7 @@ class Worker:
             args = ["-m", "agile.cli.main", "worker", "--hostname", f"{self.name}@%h",
                     "--", "--include", "queue_fixtures"]
         else:
-            args = ["-m", "celery", "-A", "agile.worker", "worker", "--pool", "solo", "--hostname", f"{self.name}@%h",
+            args = ["-m", "celery", "-A", "agile.worker", "worker", "--hostname", f"{self.name}@%h",
                     "--queues", ",".join(lanes(self.env["AGILE_QUEUE"])), "--without-mingle", "--without-gossip",
                     "--include", "queue_fixtures", "--loglevel", "INFO"]
         with self.log.open("w") as out:
@@ -352,6 +353,11 @@ def release_key(trace: str) -> str:
     return f"{trace}:release"
 
 
+def ended_key(trace: str) -> str:
+    """A list of the batches a worker finished (its task returned or raised), as the trace has those it started."""
+    return f"{trace}:ended"
+
+
 def install_hooks() -> None:
     from celery.signals import task_postrun, task_prerun
 
@@ -360,20 +366,26 @@ def install_hooks() -> None:
     trace = os.environ.get("QUEUE_TEST_TRACE")
     delay = float(os.environ.get("QUEUE_TEST_DELAY", "0"))
     once_file = os.environ.get("QUEUE_TEST_KILL_AFTER_WRITE_ONCE")
-    hold = os.environ.get("QUEUE_TEST_HOLD")  # a batch id: its task waits, before scoring, for a release key
+    # batch ids (comma-separated): their tasks wait, before scoring, for a release key
+    hold = set(filter(None, os.environ.get("QUEUE_TEST_HOLD", "").split(",")))
     client = QueueSettings.from_env().redis_client() if trace else None
 
     @task_prerun.connect(weak=False)
-    def before(kwargs=None, **_):
+    def before(task=None, kwargs=None, **_):
         batch = (kwargs or {}).get("batch_id")
         if client is not None:
-            client.rpush(trace, json.dumps({"pid": os.getpid(), "batch": batch}))
-            while hold and batch == hold and not client.exists(release_key(trace)):
+            redelivered = bool((task.request.delivery_info or {}).get("redelivered")) if task else False
+            client.rpush(trace, json.dumps({"pid": os.getpid(), "batch": batch, "at": time.time(),
+                                            "redelivered": redelivered}))
+            while batch in hold and not client.exists(release_key(trace)):
                 time.sleep(0.02)  # a kill lands mid-batch however loaded the machine is
         time.sleep(delay)
 
     @task_postrun.connect(weak=False)
-    def after(retval=None, **_):
+    def after(retval=None, kwargs=None, **_):
+        if client is not None:
+            client.rpush(ended_key(trace), json.dumps({"pid": os.getpid(), "batch": (kwargs or {}).get("batch_id"),
+                                                       "at": time.time()}))
         written = isinstance(retval, dict) and "scored" in retval
         if once_file and written and not os.path.exists(once_file):
             Path(once_file).write_text(json.dumps(retval))

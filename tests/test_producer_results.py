@@ -38,9 +38,9 @@ def write_back(job: Job, source: FileSource, numbers) -> None:
     store = Store(job.settings)
     for batch in batches(source.chunks(), 4):
         if batch.number in numbers:
-            req = BatchRequest.from_task((), {"items": batch.items(),
+            req = BatchRequest.from_task((), {"texts": batch.texts,
                                               "job_id": job.job_id, "batch_id": batch.id})
-            todo = [k for k, item in enumerate(req.items) if item.id not in req.problems]
+            todo = [k for k in range(len(req)) if k not in req.problems]
             values = {key: [value] * len(todo) for key, value in FIELDS.items()}
             store.finish(req, "t", {"tiny-toxic": Scored(values)}, todo, ModelInfo("m", "c"), {"tiny-toxic": POLICY})
 

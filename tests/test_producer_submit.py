@@ -25,9 +25,9 @@ def test_batches_are_fixed_row_ranges_and_keep_every_row(tmp_path):
     path = tmp_path / "dump.csv"
     path.write_text("id,text\n" + "".join(f"d{i % 3},comment {i}\n" for i in range(10)))
     source = FileSource.of(path)
-    first = [(b.id, b.start, b.ids, [i["id"] for i in b.items()]) for b in batches(source.chunks(), 4)]
-    assert first == [(b.id, b.start, b.ids, [i["id"] for i in b.items()]) for b in batches(source.chunks(), 4)]
-    assert first[0] == ("b0", 0, ["d0", "d1", "d2", "d0"], ["0", "1", "2", "3"])  # wire ids: row numbers
+    first = [(b.id, b.start, b.ids, b.texts) for b in batches(source.chunks(), 4)]
+    assert first == [(b.id, b.start, b.ids, b.texts) for b in batches(source.chunks(), 4)]
+    assert first[0] == ("b0", 0, ["d0", "d1", "d2", "d0"], [f"comment {i}" for i in range(4)])
     assert first[-1][:3] == ("b2", 8, ["d2", "d0"])
     assert [b.id for b in batches(source.chunks(), 4, first=1)] == ["b1", "b2"]
     plan = source.inspect(4)
@@ -86,7 +86,7 @@ def test_bad_input_is_refused_before_a_job_exists(redis_settings, tmp_path):
 
 
 def _write_back_one(job: Job, store: Store, batch) -> None:
-    req = BatchRequest.from_task((), {"items": batch.items(),
+    req = BatchRequest.from_task((), {"texts": batch.texts,
                                       "job_id": job.job_id, "batch_id": batch.id})
     store.fail(req, "t", "skipped")
 

@@ -262,7 +262,10 @@ def test_a_job_open_in_another_process_reads_everything_from_redis(env, tmp_path
     job.cancel()
 
 
-def test_a_worker_with_another_pool_refuses_to_start(env):
-    proc = agile(env, "worker", "--metrics-port", "0", "--", "--pool", "threads", stderr=subprocess.STDOUT)
+def test_a_worker_with_a_forking_pool_refuses_to_start(env):
+    """Threads share the one model under a device lock (AGILE_TASKS_IN_HAND); a pool that forks would
+    start CUDA in children and swap adapters in copies of the model (`processes`: Celery's other name
+    for prefork, which a configured pool does not override)."""
+    proc = agile(env, "worker", "--metrics-port", "0", "--", "--pool", "processes", stderr=subprocess.STDOUT)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and "pool 'thread' is not supported" in out
+    assert proc.returncode != 0 and "pool 'prefork' is not supported" in out

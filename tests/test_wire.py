@@ -20,14 +20,24 @@ def request(**kwargs) -> BatchRequest:
 def test_a_good_payload_round_trips():
     req = request(items=[{"id": "a", "text": "hi"}, {"id": 7, "text": "there"}], job_id="j1", batch_id="b0",
                   adapter="ethos-hate")
-    assert [i.id for i in req.items] == ["a", "7"]
+    assert req.ids == ["a", "7"] and req.texts == ["hi", "there"]
     assert req.problems == {}
     assert BatchRequest.from_task((), req.to_kwargs()).to_kwargs() == req.to_kwargs()
     assert req.batch_key == "j1/b0"
 
 
+def test_texts_alone_are_a_batch_whose_ids_are_positions():
+    req = request(texts=["hi", "there", "  "], job_id="j1", batch_id="b0", adapter="ethos-hate")
+    assert req.ids is None and [req.id_of(i) for i in range(len(req))] == ["0", "1", "2"]
+    assert req.problems == {2: "text is empty"}
+    assert req.to_kwargs()["texts"] == ["hi", "there", ""] and "items" not in req.to_kwargs()
+
+
 @pytest.mark.parametrize("kwargs, says", [
-    ({}, "no 'items'"),
+    ({}, "payload needs 'items'"),
+    ({"items": [{"id": "a", "text": "x"}], "texts": ["x"]}, "one of them"),
+    ({"texts": "x"}, "texts must be a non-empty list"),
+    ({"texts": ["x"] * (MAX_ITEMS + 1)}, "texts has 1025 entries"),
     ({"items": "text"}, "items must be a non-empty list"),
     ({"items": []}, "items must be a non-empty list"),
     ({"items": [{"text": "no id"}]}, "items[0] must be an object with 'id'"),
@@ -56,12 +66,22 @@ def test_bad_texts_become_per_item_problems():
         {"id": "ok", "text": "fine"}, {"id": "empty", "text": "  "}, {"id": "huge", "text": "x" * (MAX_TEXT_CHARS + 1)},
         {"id": "surrogate", "text": "bad \udc80 byte"}, {"id": "number", "text": 5}, {"id": "none"},
     ])
-    assert set(req.problems) == {"empty", "huge", "surrogate", "number", "none"}
-    assert req.problems["empty"] == "text is empty"
-    assert "200,001 characters" in req.problems["huge"]
-    assert "not valid UTF-8" in req.problems["surrogate"] and "character 4" in req.problems["surrogate"]
-    assert "got int" in req.problems["number"]
-    assert req.problems["none"] == "item has no 'text'"
+    problems = {req.ids[i]: why for i, why in req.problems.items()}
+    assert set(problems) == {"empty", "huge", "surrogate", "number", "none"}
+    assert problems["empty"] == "text is empty"
+    assert "200,001 characters" in problems["huge"]
+    assert "not valid UTF-8" in problems["surrogate"] and "character 4" in problems["surrogate"]
+    assert "got int" in problems["number"]
+    assert problems["none"] == "item has no 'text'"
+    assert [req.texts[i] for i in req.problems] == [""] * 5 and req.texts[0] == "fine"
+
+
+@pytest.mark.parametrize("bad", ["", " \n\t ", "x" * (MAX_TEXT_CHARS + 1), "a \udc80", None, 3])
+def test_the_batch_check_finds_one_bad_text_among_good_ones(bad):
+    texts = ["fine"] * 300
+    texts[157] = bad
+    req = request(texts=texts)
+    assert list(req.problems) == [157]
 
 
 def test_prediction_follows_the_adapter_threshold_or_the_most_probable_label():
@@ -111,6 +131,21 @@ def test_settings_come_from_the_environment_and_unknown_keys_fail():
         QueueSettings.from_env({"AGILE_MAX_DELIVERIES": "three"})
     with pytest.raises(SettingsError, match="must be redis://"):
         QueueSettings.from_env({"AGILE_REDIS_URL": "http://x"})
+    assert QueueSettings.from_env({"AGILE_TASKS_IN_HAND": "2"}).tasks_in_hand == 2
+    with pytest.raises(SettingsError, match=r"AGILE_TASKS_IN_HAND must be 0 .* to 4, got 9"):
+        QueueSettings.from_env({"AGILE_TASKS_IN_HAND": "9"})
+
+
+def test_a_worker_holds_one_batch_on_a_cpu_unless_told_and_threads_share_the_model_for_more():
+    import torch
+
+    from agile.worker.app import pool
+
+    gpu = torch.cuda.is_available()
+    assert pool(QueueSettings()) == ({"worker_pool": "threads", "worker_concurrency": 2} if gpu else
+                                     {"worker_pool": "solo", "worker_concurrency": 1})
+    assert pool(QueueSettings(tasks_in_hand=1)) == {"worker_pool": "solo", "worker_concurrency": 1}
+    assert pool(QueueSettings(tasks_in_hand=2)) == {"worker_pool": "threads", "worker_concurrency": 2}
 
 
 def test_passwords_are_masked_and_tls_verifies_certificates():

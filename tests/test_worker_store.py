@@ -33,7 +33,7 @@ USED = {"a": Policy(PromptTemplate(("A", "B")), "policy-a", "B", version="v1")}
 
 def write(store: Store, req: BatchRequest, task_id: str = "t") -> int:
     """What the worker's task does once policy `a` scored the batch's good rows."""
-    todo = [k for k, item in enumerate(req.items) if item.id not in req.problems]
+    todo = [k for k in range(len(req)) if k not in req.problems]
     n = len(todo)
     values = {"p_A": [0.25] * n, "p_B": [0.75] * n, "prediction": ["B"] * n, "truncated": [False] * n}
     return store.finish(req, task_id, {"a": Scored(values)}, todo, INFO, USED)

@@ -1,7 +1,8 @@
 """The Celery app: settings from the environment, and the worker's start-up (metrics, model).
 
-`celery -A agile.worker worker` gives a solo-pool worker on AGILE_QUEUE that loads its
-model before it takes the first batch; a model that does not load stops the
+`celery -A agile.worker worker` gives a worker on AGILE_QUEUE that loads its model
+before it takes the first batch: a solo pool, or a pool of AGILE_TASKS_IN_HAND threads
+sharing that model (two by default on a GPU: agile.worker.overlap); a model that does not load stops the
 worker at once with the reason, instead of failing every batch. Settings are read
 when Celery first needs them, so `agile worker` flags (set as AGILE_* variables
 just before) take effect and importing this module costs nothing.
@@ -28,8 +29,23 @@ def settings() -> QueueSettings:
     return QueueSettings.from_env()
 
 
+def pool(config: QueueSettings) -> dict:
+    """The pool for the batches a worker holds at once: solo for one, threads sharing the model for more."""
+    n = config.tasks_in_hand or (2 if _gpu() else 1)
+    return {"worker_pool": "threads" if n > 1 else "solo", "worker_concurrency": n}
+
+
+def _gpu() -> bool:
+    from agile.backend import use_torch
+
+    use_torch()
+    import torch
+
+    return torch.cuda.is_available()
+
+
 app = Celery("agile", include=["agile.worker.tasks"])
-app.add_defaults(lambda: settings().celery_config())
+app.add_defaults(lambda: {**settings().celery_config(), **pool(settings())})
 
 
 @after_setup_logger.connect
@@ -47,11 +63,11 @@ def _start(sender=None, **_) -> None:
     from agile.worker import metrics
     from agile.worker.runtime import get_runtime
 
-    pool = getattr(sender, "pool_cls", "solo")
-    pool = pool.__module__.rsplit(".", 1)[-1] if isinstance(pool, type) else str(pool)
-    if pool != "solo":  # the runtime swaps adapters in place: one batch at a time per process
-        log.critical("pool %r is not supported: run one solo worker per GPU (agile worker), and more "
-                     "processes for more throughput", pool)
+    kind = getattr(sender, "pool_cls", "solo")
+    kind = kind.__module__.rsplit(".", 1)[-1] if isinstance(kind, type) else str(kind)
+    if kind not in ("solo", "thread"):  # one model per process, shared by its threads under a device lock
+        log.critical("pool %r is not supported: run one worker per GPU (agile worker), solo or with "
+                     "AGILE_TASKS_IN_HAND threads, and more processes for more throughput", kind)
         raise SystemExit(2)
     config = settings()
     log.info("worker on queue %r at %s", config.queue, config.masked_url)
@@ -64,7 +80,7 @@ def _start(sender=None, **_) -> None:
     metrics.serve(config)
     global _presence
     _presence = Presence(config, getattr(sender, "hostname", None) or f"pid{os.getpid()}", runtime.device).start()
-    log.info("model on %s", runtime.device)
+    log.info("model on %s, %d batch(es) in hand", runtime.device, getattr(sender, "concurrency", 1) or 1)
 
 
 @worker_shutdown.connect

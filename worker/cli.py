@@ -1,4 +1,4 @@
-"""`agile worker`: a Celery worker with the right defaults (solo pool, one per GPU).
+"""`agile worker`: a Celery worker with the right defaults (one per GPU; two batches in hand on a GPU).
 
 Flags become AGILE_* variables before the Celery app is imported, so the worker,
 its metrics and its logs all see the same settings.
@@ -13,7 +13,8 @@ import os
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "worker", help="score queued batches (one process per GPU, or one on CPU)",
-        description="Runs `celery -A agile.worker worker --pool solo` with this project's settings. "
+        description="Runs `celery -A agile.worker worker` with this project's settings: a solo pool, or "
+                    "threads sharing one model when it holds several batches (--tasks-in-hand). "
                     "Extra Celery worker options go after `--`.",
     )
     p.add_argument("--redis-url", help="broker and result backend (AGILE_REDIS_URL)")
@@ -24,6 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-deliveries", type=int, help="deliveries before a batch fails (default 3)")
     p.add_argument("--scoring-batch", type=int,
                    help="rows per forward pass (AGILE_SCORING_BATCH; default: 16 on a CPU, 512 on a GPU)")
+    p.add_argument("--tasks-in-hand", type=int,
+                   help="batches held at once (AGILE_TASKS_IN_HAND): 2 overlaps one's CPU work with another's "
+                        "model time; default 2 on a GPU, 1 on a CPU")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (AGILE_METRICS_PORT, 9808; 0 disables)")
     p.add_argument("--log-format", choices=("text", "json"), help="AGILE_LOG_FORMAT")
     p.add_argument("--gpu", type=int, help="GPU index (sets CUDA_VISIBLE_DEVICES; metrics port + index)")
@@ -38,7 +42,7 @@ def run(args) -> int:
 
     overrides = {name: getattr(args, name) for name in (
         "redis_url", "queue", "model", "adapter_path", "visibility_timeout", "max_deliveries",
-        "scoring_batch", "metrics_port", "log_format")}
+        "scoring_batch", "tasks_in_hand", "metrics_port", "log_format")}
     try:
         settings = QueueSettings.from_env(**overrides)
         if args.gpu is not None and settings.metrics_port:
@@ -53,9 +57,11 @@ def run(args) -> int:
     extra = [a for a in args.celery_args if a != "--"]
 
     from agile.wire import lanes
-    from agile.worker.app import app
+    from agile.worker.app import app, pool
 
-    app.worker_main(["worker", "--pool", "solo", "--concurrency", "1", "--prefetch-multiplier", "1",
+    chosen = pool(settings)
+    app.worker_main(["worker", "--pool", chosen["worker_pool"], "--concurrency", str(chosen["worker_concurrency"]),
+                     "--prefetch-multiplier", "1",
                      "--queues", ",".join(lanes(settings.queue)), "--hostname", node, "--loglevel", args.loglevel,
                      "--without-mingle", "--without-gossip", *extra])
     return 0

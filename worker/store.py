@@ -163,15 +163,14 @@ class Store:
         for key, s in scored.items():
             columns[key] = {"values": s.values} if s.rows is None else \
                 {"values": s.values, "rows": [rows[j] for j in s.rows]}
-        record = {"n": len(req.items), "columns": columns, "model": info.spec, "policies": list(used),
+        record = {"n": len(req), "columns": columns, "model": info.spec, "policies": list(used),
                   "names": {key: p.name for key, p in used.items()},
                   "versions": {key: p.version for key, p in used.items()},
                   "positive_labels": {key: p.positive_name for key, p in used.items()}}
         if req.problems:
-            record["errors"] = {str(i): req.problems[item.id] for i, item in enumerate(req.items)
-                                if item.id in req.problems}
+            record["errors"] = {str(i): why for i, why in req.problems.items()}
         version = {"model": info.spec, "model_checksum": info.checksum, "adapters": record["versions"]}
-        failed = len(req.items) - len(rows)
+        failed = len(req) - len(rows)
         return self.write_record(req.job_id, req.batch_id, record, len(rows), failed, version)
 
     def fail(self, req: BatchRequest, task_id: str, reason: str) -> int:
@@ -179,7 +178,7 @@ class Store:
         if not req.job_id:
             self.forget(task_id)
             return 1
-        return self.refuse(req.job_id, req.batch_id, len(req.items), reason)
+        return self.refuse(req.job_id, req.batch_id, len(req), reason)
 
     def refuse(self, job_id: str, batch_id: str, n_items: int, reason: str) -> int:
         """Every row of a batch fails with `reason`: a payload the worker cannot parse but whose batch it

@@ -7,12 +7,14 @@ payload names its job and batch, even if nothing else in it parses). Anything
 else is retried until the batch has been delivered AGILE_MAX_DELIVERIES times; a
 batch that kills its worker is counted the same way, on its next delivery, so a
 poison batch cannot loop. A batch of a job already delivered or cancelled is
-dropped without writing anything.
+dropped without writing anything. A worker holding two batches (AGILE_TASKS_IN_HAND)
+counts a redelivered batch only once it runs alone (agile.worker.overlap).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from celery.exceptions import Reject
@@ -25,18 +27,22 @@ from agile.tokens import LabelError
 from agile.wire import NAME, TASK_NAME, BatchFailed, BatchRequest, PayloadError
 from agile.worker import metrics
 from agile.worker.app import app, settings
+from agile.worker.overlap import Turns
 from agile.worker.store import Store
 
 log = logging.getLogger("agile.worker")
 PERMANENT = (PayloadError, AdapterError, LabelError, BatchFailed)
 _store: Store | None = None
+_store_made = threading.Lock()
+turns = Turns()
 
 
 def store() -> Store:
     global _store
-    if _store is None:
-        _store = Store(settings())
-    return _store
+    with _store_made:
+        if _store is None:
+            _store = Store(settings())
+        return _store
 
 
 @app.task(name=TASK_NAME, bind=True, throws=PERMANENT)
@@ -47,9 +53,16 @@ def score_batch(self, *args, **kwargs) -> dict:
         metrics.ERRORS.labels("payload").inc()
         refuse(kwargs, str(exc))
         raise
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    with turns.turn(alone=redelivered):  # before its delivery is counted
+        return deliver(self.request.id, req)
+
+
+def deliver(task_id: str, req: BatchRequest) -> dict:
+    """Count this delivery, then score and write back, fail the batch, or put it back on the queue."""
     ids = ids_of(req)
     try:
-        delivery = store().begin(req, self.request.id)
+        delivery = store().begin(req, task_id)
     except RedisError as exc:  # still down after retrying: back on the queue, never dropped
         raise Reject(f"Redis: {exc}", requeue=True) from exc
     if delivery.gone:
@@ -64,22 +77,22 @@ def score_batch(self, *args, **kwargs) -> dict:
         reason = (f"gave up after {delivery.count - 1} deliveries: "
                   f"{delivery.last_error or 'the worker died while scoring this batch'}")
         metrics.ERRORS.labels("poison").inc()
-        fail_all(req, self.request.id, reason)
+        fail_all(req, task_id, reason)
         raise BatchFailed(reason)
     try:
-        return score(req, self.request.id)
+        return score(req, task_id)
     except PERMANENT as exc:
         metrics.ERRORS.labels("adapter" if isinstance(exc, AdapterError) else "payload").inc()
-        fail_all(req, self.request.id, str(exc))
+        fail_all(req, task_id, str(exc))
         raise
     except Exception as exc:
         metrics.ERRORS.labels("worker").inc()
         reason = f"{type(exc).__name__}: {exc}"
         log.exception("batch %s failed on delivery %d", req.batch_key or "(no job)", delivery.count,
                       extra={**ids, "delivery": delivery.count, "kind": "worker"})
-        store().record_error(req, self.request.id, reason[:1000])
+        store().record_error(req, task_id, reason[:1000])
         if delivery.count >= settings().max_deliveries:
-            fail_all(req, self.request.id, f"gave up after {delivery.count} deliveries: {reason}")
+            fail_all(req, task_id, f"gave up after {delivery.count} deliveries: {reason}")
             raise BatchFailed(reason) from exc
         raise Reject(reason, requeue=True) from exc  # back on the queue as it is: no ETA message on Redis
 
@@ -111,28 +124,28 @@ def score(req: BatchRequest, task_id: str) -> dict:
         tokens += int(out.n_tokens.sum())
         return out
 
-    todo = [i for i, item in enumerate(req.items) if item.id not in req.problems]
+    todo = [i for i in range(len(req)) if i not in req.problems] if req.problems else list(range(len(req)))
+    texts = [req.texts[i] for i in todo] if req.problems else req.texts
     start = time.perf_counter()
-    columns, used = score_set(entries, policy_of, scored, [req.items[i].text for i in todo], bool(req.observe))
+    columns, used = score_set(entries, policy_of, scored, texts, bool(req.observe))
     seconds = time.perf_counter() - start
     store().finish(req, task_id, columns, todo, runtime.info, used)
     done(req, "+".join(p.name for p in used.values()), len(todo), tokens, seconds)
     if req.job_id:
         return {**ids_of(req), "scored": len(todo), "failed": len(req.problems)}
-    errors = {i: req.problems[item.id] for i, item in enumerate(req.items) if item.id in req.problems}
-    results = set_results(columns, len(req.items), todo, errors).rows()  # one per item, in item order
+    results = set_results(columns, len(req), todo, req.problems).rows()  # one per item, in item order
+    ids = [req.id_of(i) for i in range(len(req))]
     model = {"model": runtime.info.spec, "model_checksum": runtime.info.checksum}
     if req.policies:
         return {**model, "versions": {k: p.version for k, p in used.items()},
                 "positive_labels": {k: p.positive_name for k, p in used.items()},
-                "results": {item.id: result for item, result in zip(req.items, results, strict=True)}}
+                "results": dict(zip(ids, results, strict=True))}
     # One policy: its fields per comment. positive_label / threshold say what `flagged` means, so a
     # client can read the policy's score (p_<positive_label>) without knowing the adapter; null for zero-shot.
     ((key, policy),) = used.items()
     return {**model, "adapter": req.adapter, "adapter_version": policy.version, "labels": policy.names,
             "positive_label": policy.positive_name, "threshold": policy.threshold if policy.positive_label else None,
-            "results": {item.id: result if "error" in result else result[key]
-                        for item, result in zip(req.items, results, strict=True)}}
+            "results": {i: r if "error" in r else r[key] for i, r in zip(ids, results, strict=True)}}
 
 
 def done(req: BatchRequest, name: str, scored: int, tokens: int, seconds: float) -> None:
@@ -150,9 +163,9 @@ def done(req: BatchRequest, name: str, scored: int, tokens: int, seconds: float)
 def fail_all(req: BatchRequest, task_id: str, reason: str) -> None:
     """Mark every item of the batch failed with `reason` (the job still completes)."""
     store().fail(req, task_id, reason)
-    metrics.FAILED.labels(req.adapter or ("policy-set" if req.policies else "zero-shot")).inc(len(req.items))
-    log.warning("batch %s: %d items failed: %s", req.batch_key or "(no job)", len(req.items), reason,
-                extra={**ids_of(req), "failed": len(req.items)})
+    metrics.FAILED.labels(req.adapter or ("policy-set" if req.policies else "zero-shot")).inc(len(req))
+    log.warning("batch %s: %d items failed: %s", req.batch_key or "(no job)", len(req), reason,
+                extra={**ids_of(req), "failed": len(req)})
 
 
 def refuse(kwargs: dict, reason: str) -> None:
@@ -160,7 +173,7 @@ def refuse(kwargs: dict, reason: str) -> None:
     job_id, batch_id = kwargs.get("job_id"), kwargs.get("batch_id")
     if not all(isinstance(v, str) and NAME.match(v) for v in (job_id, batch_id)):
         return
-    items = kwargs.get("items")
+    items = kwargs.get("items", kwargs.get("texts"))
     n = len(items) if isinstance(items, list) else 0
     store().refuse(job_id, batch_id, n, f"payload refused: {reason}")
     log.warning("batch %s/%s refused (%d items failed): %s", job_id, batch_id, n, reason,
