@@ -33,6 +33,7 @@ RESULT_PREFIX = "celery-task-meta-"  # Celery's Redis result backend: one key pe
 UNACKED = "unacked"  # kombu: delivered-but-unacknowledged messages, by delivery tag
 UNACKED_INDEX = "unacked_index"
 HOST = socket.gethostname()
+BODY_ENCODING = "utf-8"  # kombu: the body is stored as the text it is
 
 
 def queue_depth(client, *queues: str) -> tuple[int, int]:
@@ -47,10 +48,12 @@ def queue_depth(client, *queues: str) -> tuple[int, int]:
 
 def message(task_id: str, delivery_tag: str, queue: str, kwargs: dict, expires: datetime | None = None,
             ignore_result: bool = False, sender: str = "agile-serve") -> str:
-    """A Celery protocol-2 message as kombu's Redis transport stores it (JSON, base64 body), encoded once.
+    """A Celery protocol-2 message as kombu's Redis transport stores it (JSON), encoded once.
 
     tests/test_wire_encoder.py holds it, key by key, to the message Celery's own `send_task` stores,
-    with and without `expires` and a stored result.
+    with and without `expires` and a stored result. One difference: the body is the JSON text itself
+    (`body_encoding` utf-8, which kombu passes through as it is), not base64 of it as Celery writes:
+    a quarter fewer bytes, and less to encode here and to decode on every worker, per comment.
     """
     body = json.dumps([[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
     headers = {
@@ -63,10 +66,10 @@ def message(task_id: str, delivery_tag: str, queue: str, kwargs: dict, expires: 
     properties = {
         "correlation_id": task_id, "reply_to": "", "delivery_mode": 2,
         "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
-        "body_encoding": "base64", "delivery_tag": delivery_tag,
+        "body_encoding": BODY_ENCODING, "delivery_tag": delivery_tag,
     }
     return json.dumps({
-        "body": base64.b64encode(body.encode()).decode(), "content-encoding": "utf-8",
+        "body": body, "content-encoding": "utf-8",
         "content-type": "application/json", "headers": headers, "properties": properties,
     })
 
@@ -80,10 +83,16 @@ def sender(settings: QueueSettings):
     return app
 
 
+def body_of(envelope: dict) -> str:
+    """A stored message's body text: as it is (ours), or base64 (Celery's own)."""
+    body = envelope["body"]
+    return base64.b64decode(body).decode() if envelope["properties"].get("body_encoding") == "base64" else body
+
+
 def job_of(raw: str) -> str | None:
     """The job id of a queued task message (protocol 2, JSON body), or None for anything else."""
     try:
-        body = json.loads(base64.b64decode(json.loads(raw)["body"]))
+        body = json.loads(body_of(json.loads(raw)))
         return body[1].get("job_id")
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         return None

@@ -194,7 +194,8 @@ def collect(settings: QueueSettings, job: Job, out: str | Path, fmt: str | None 
         try:
             check_source(job, source)
             names = [p["adapter"] for p in job.policies] if job.is_set else None
-            drain.open_output(source.rows(), job.batch_size, int(job.meta["total_rows"]), _labels(job), names)
+            drain.open_output(batches(source.chunks(), job.batch_size), job.batch_size, int(job.meta["total_rows"]),
+                              _labels(job), names)
             status = run_job(settings, job, source, drain, progress, timeout, on_wait, lease)
 
             def still_ours() -> None:  # the last moment before the output appears

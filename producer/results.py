@@ -21,14 +21,13 @@ import socket
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 
 from agile import output
 from agile.files import check_output
 from agile.output import Results
 from agile.producer.jobs import Job, JobError
-from agile.producer.source import SourceChanged
+from agile.producer.source import Batch, SourceChanged
 from agile.tables import TableWriter, table_format
 from agile.wire import JobKeys
 
@@ -176,17 +175,17 @@ class Drain:
     def _record(self, f, n: int) -> dict:
         return json.loads(_read(f, self.index[n]))["record"]
 
-    def open_output(self, rows: Iterable[tuple[str, str]], batch_size: int, total_rows: int,
+    def open_output(self, batches: Iterable[Batch], batch_size: int, total_rows: int,
                     labels: list[str], names: list[str] | None = None) -> None:
         """Write the output while the job runs: each batch as soon as it and every batch before it are
         in the spool (`step` does it), so the job ends a moment after its last batch, not a whole file's
         write later. The rows go to a temporary file beside the output; `finish` puts it in place.
 
-        `rows` are the dump's (id, text) in order; `labels` the one policy's output names if the
-        workers write none (every row failed); `names`: the job is a policy set of these policies
-        (the set's columns, `agile.output.per_policy`).
+        `batches` are the dump's, in order (their ids as written); `labels` the one policy's output
+        names if the workers write none (every row failed); `names`: the job is a policy set of these
+        policies (the set's columns, `agile.output.per_policy`).
         """
-        self._out = _Output(iter(rows), batch_size, total_rows, -(-total_rows // batch_size), labels, names)
+        self._out = _Output(iter(batches), batch_size, total_rows, -(-total_rows // batch_size), labels, names)
         self._find_labels(list(self.index))
         self._write_ready()
 
@@ -222,12 +221,12 @@ class Drain:
         with self.spool.open("rb") as f:
             while out.next < out.total_batches and (last or out.next in self.index):
                 n, record = out.next, self._record(f, out.next)
-                chunk = list(islice(out.rows, out.batch_size))
-                if len(chunk) != min(out.batch_size, out.total_rows - n * out.batch_size):
+                batch = next(out.batches, None)
+                ids = batch.ids if batch is not None else []
+                if len(ids) != min(out.batch_size, out.total_rows - n * out.batch_size):
                     raise SourceChanged(f"{self.out}: the source no longer has the rows the job was made from")
-                layout, results = _layout(record, out.names, out.labels), record_results(record, len(chunk))
-                out.writer.write_columns(layout.columns([row_id for row_id, _ in chunk], results,
-                                                        record.get("model", "")))
+                layout, results = _layout(record, out.names, out.labels), record_results(record, len(ids))
+                out.writer.write_columns(layout.columns(ids, results, record.get("model", "")))
                 layout.count(results, out.totals.predictions)
                 out.totals.failed += sum(map(bool, results.errors))
                 out.next += 1
@@ -240,7 +239,7 @@ class Drain:
         out = self._out
         self._write_ready(last=True)
         try:
-            if next(out.rows, None) is not None:
+            if next(out.batches, None) is not None:
                 raise SourceChanged(f"{self.out}: the source has more rows than the job was made from")
             if before_rename is not None:
                 before_rename()
@@ -261,7 +260,7 @@ class Drain:
         if self._out.writer is not None:
             self._out.writer.abort()
             self._out.writer = None
-        close = getattr(self._out.rows, "close", None)  # the dump's reader
+        close = getattr(self._out.batches, "close", None)  # the dump's reader
         if close is not None:
             close()
         self._out = None
@@ -271,7 +270,7 @@ class Drain:
 class _Output:
     """The output being written, batch by batch in input order, while the job runs."""
 
-    rows: Iterator[tuple[str, str]]
+    batches: Iterator[Batch]
     batch_size: int
     total_rows: int
     total_batches: int

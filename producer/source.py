@@ -13,21 +13,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-from array import array
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from agile.tables import Chunk, TableError, read_chunks
 
 EXAMPLES = 5  # duplicate ids named in the warning
-EXAMPLE_WINDOW = 100_000  # first distinct ids remembered to name duplicates (the count is always exact)
+EXAMPLE_WINDOW = 100_000  # duplicates are named among the first ids with one (the count is always exact)
 
 
 class SourceChanged(TableError):
     """The dump a job was made from is missing or no longer the same bytes."""
+
+
+_HASHED: dict[str, tuple[tuple, dict]] = {}  # path -> (its stat when hashed, fingerprint): this process's
+_SETTLED_NS = 2_000_000_000  # a file changed this recently is hashed on every check
 
 
 @dataclass
@@ -95,11 +100,6 @@ class FileSource:
         return read_chunks(self.path, self.text_column, self.id_column, fmt=self.fmt,
                            delimiter=self.delimiter, id_required=self.id_required)
 
-    def rows(self) -> Iterator[tuple[str, str]]:
-        """(id, text) per row, in file order."""
-        for chunk in self.chunks():
-            yield from zip(chunk.ids, chunk.texts, strict=True)
-
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
@@ -114,27 +114,32 @@ class FileSource:
         from it, and the job says so when it re-reads the file, instead of mixing two versions.
         """
         fingerprint = self.fingerprint()
-        hashes = array("q")
-        first_rows: dict[str, int] = {}
-        examples: list[str] = []
+        parts: list[np.ndarray] = []  # a hash per non-blank id, in file order: no Python per row
+        window: list[str] = []  # the first non-blank ids, to name some duplicates by
         n = 0
-        for row_id, _ in self.rows():
-            if row_id:
-                hashes.append(hash(row_id))
-                if row_id in first_rows:
-                    if len(examples) < EXAMPLES and row_id not in examples:
-                        examples.append(row_id)
-                elif len(first_rows) < EXAMPLE_WINDOW:
-                    first_rows[row_id] = n
-            n += 1
-        values = np.frombuffer(hashes, dtype=np.int64) if hashes else np.zeros(0, np.int64)
-        duplicates = int(len(values) - len(np.unique(values)))
+        for chunk in self.chunks():
+            named = list(filter(None, chunk.ids))
+            parts.append(np.fromiter(map(hash, named), dtype=np.int64, count=len(named)))
+            if len(window) < EXAMPLE_WINDOW:
+                window += named[: EXAMPLE_WINDOW - len(window)]
+            n += len(chunk.ids)
+        values = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        repeats = pd.Series(values).duplicated().to_numpy()  # every occurrence after an id's first
+        duplicates = int(repeats.sum())
+        examples = list(dict.fromkeys(window[i] for i in np.flatnonzero(repeats[: len(window)])))[:EXAMPLES]
         return Plan(n, -(-n // batch_size), duplicates, examples, batch_size, fingerprint)
 
     def fingerprint(self) -> dict:
+        """Size, mtime and a hash of the bytes. Hashed once per process while the file's inode change
+        time stands (no write, rename or `touch -r` can keep it), not once per check."""
         path = Path(self.path)
         try:
             stat = path.stat()
+            key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+            known = _HASHED.get(self.path)
+            if known is not None and known[0] == key:
+                return dict(known[1])
+            hashed_at = time.time_ns()
             digest = hashlib.blake2b(digest_size=16)
             with path.open("rb") as f:
                 while block := f.read(1 << 20):
@@ -143,7 +148,10 @@ class FileSource:
             raise SourceChanged(f"{path}: no such file") from None
         except OSError as exc:
             raise SourceChanged(f"{path}: cannot read it ({exc.strerror})") from None
-        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "blake2b": digest.hexdigest()}
+        found = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "blake2b": digest.hexdigest()}
+        if hashed_at - stat.st_ctime_ns > _SETTLED_NS:  # a change within the clock's tick could keep ctime
+            _HASHED[self.path] = (key, dict(found))
+        return found
 
     def check(self, expected: dict) -> None:
         """Raise SourceChanged unless the file holds the bytes the job was made from.
@@ -170,7 +178,4 @@ class MemorySource:
 
     def chunks(self) -> Iterator[Chunk]:
         yield Chunk(0, [i for i, _ in self.items], [t for _, t in self.items])
-
-    def rows(self) -> Iterator[tuple[str, str]]:
-        return iter(self.items)
 

@@ -135,6 +135,29 @@ def test_a_same_size_edit_with_the_mtime_kept_is_seen(tmp_path):
         source.check(fingerprint)
 
 
+def test_a_dump_is_hashed_once_per_process_until_its_inode_changes(tmp_path, monkeypatch):
+    """The hash of a settled file is kept while its change time stands (`agile moderate` checks the dump
+    three times); a same-size edit with the mtime put back still changes that time, and is seen."""
+    import agile.producer.source as source_module
+
+    monkeypatch.setattr(source_module, "_SETTLED_NS", 0)  # a file written a moment ago counts as settled
+    dump = write_csv(tmp_path / "dump.csv", 12)
+    source = FileSource.of(dump)
+    fingerprint = source.fingerprint()
+    real_open = type(dump).open
+    reads = []
+    monkeypatch.setattr(type(dump), "open", lambda self, *a, **k: reads.append(self) or real_open(self, *a, **k))
+    source.check(fingerprint)
+    assert reads == [], "an unchanged file is not read again"
+    time.sleep(0.05)  # past a coarse clock tick (the real rule: settled for 2 s)
+    stat = dump.stat()
+    dump.write_bytes(dump.read_bytes().replace(b"c3,", b"c9,", 1))
+    os.utime(dump, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(SourceChanged, match="same size, other bytes"):
+        source.check(fingerprint)
+    assert reads, "the edited file was hashed again"
+
+
 def test_an_edit_between_submit_and_results_is_refused_and_writes_nothing(env, redis_settings, tmp_path):
     dump = write_csv(tmp_path / "dump.csv", 12)
     job = job_of(redis_settings, dump)

@@ -47,7 +47,7 @@ def write_back(job: Job, source: FileSource, numbers) -> None:
 
 def write_output(drain: Drain, source: FileSource) -> Totals:
     """What `agile results` does with a job whose batches are all in: the 10 rows, batches of 4."""
-    drain.open_output(source.rows(), 4, 10, [])
+    drain.open_output(batches(source.chunks(), 4), 4, 10, [])
     return drain.finish()
 
 
@@ -77,7 +77,7 @@ def test_the_output_is_written_batch_by_batch_in_order_as_the_batches_come_in(jo
     job, source = job
     out = tmp_path / "out.csv"
     drain = Drain(job, out)
-    drain.open_output(source.rows(), 4, 10, [])
+    drain.open_output(batches(source.chunks(), 4), 4, 10, [])
     work = lambda: list(tmp_path.glob(".out.csv.*.tmp"))  # noqa: E731
     write_back(job, source, {1})
     drain.step()
@@ -90,7 +90,7 @@ def test_the_output_is_written_batch_by_batch_in_order_as_the_batches_come_in(jo
     assert not work() and drain.spool.exists()
     write_back(job, source, {2})
     again = Drain(job, out)
-    again.open_output(source.rows(), 4, 10, [])
+    again.open_output(batches(source.chunks(), 4), 4, 10, [])
     again.step()
     totals = again.finish()
     assert pd.read_csv(out, dtype={"id": str}, keep_default_na=False)["id"].tolist() == \
