@@ -256,8 +256,8 @@ def main() -> None:
     parser.add_argument("--in-hand", type=ints, default=[2],
                         help="batches each worker holds at once (AGILE_TASKS_IN_HAND), comma-separated")
     parser.add_argument("--rows", type=ints, default=[50_000, 150_000], help="rows per job, comma-separated")
-    parser.add_argument("--batch-size", type=int, default=512,
-                        help="comments per task (default 512: what the producer picks for GPU workers)")
+    parser.add_argument("--batch-size", type=int, default=1024,
+                        help="comments per task (default 1024: what the producer picks for GPU workers)")
     parser.add_argument("--chars", type=int, help="cut every comment to its first N characters (default: whole)")
     parser.add_argument("--profile", action="store_true", help="sample the producer and workers with py-spy")
     parser.add_argument("--top", type=int, default=12, help="rows per profile table")

@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     source.add_argument("--format", dest="fmt", help="input format when the suffix does not say")
     source.add_argument("--delimiter", help="CSV delimiter (detected when omitted)")
     source.add_argument("--batch-size", type=int,
-                        help="comments per task (AGILE_BATCH_SIZE; default: 512 when a GPU worker is up, else 64)")
+                        help="comments per task (AGILE_BATCH_SIZE; default: 1024 when a GPU worker is up, else 64)")
     source.add_argument("--max-in-flight", type=int, help="batches of the job in flight at most "
                                                           "(AGILE_MAX_IN_FLIGHT)")
 

@@ -75,7 +75,7 @@ def prepare(settings: QueueSettings, source: FileSource, policies: list[dict], o
 
 def sized(settings: QueueSettings, client=None) -> QueueSettings:
     """The settings with a task size: AGILE_BATCH_SIZE / --batch-size when given, else one for the
-    workers up now (512 comments once one has a GPU, 64 otherwise; `agile.fleet.task_size`)."""
+    workers up now (1,024 comments once one has a GPU, 64 otherwise; `agile.fleet.task_size`)."""
     if settings.batch_size:
         return settings
     own = client is None

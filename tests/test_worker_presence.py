@@ -50,7 +50,7 @@ def test_tasks_are_gpu_sized_while_a_gpu_worker_is_up_unless_the_size_is_given(p
     assert sized(settings).batch_size == GPU_TASK_SIZE
     assert sized(settings.with_(batch_size=32)).batch_size == 32  # AGILE_BATCH_SIZE / --batch-size win
 
-    source = FileSource.of(write_csv(tmp_path / "dump.csv", 1100))
+    source = FileSource.of(write_csv(tmp_path / "dump.csv", 2100))
     plan = prepare(settings, source, [{}])
     job = Job.open(settings, start(settings, source, [{}], plan).job_id)  # as another process reads it
-    assert (plan.batch_size, plan.batches, job.batch_size, job.total_batches) == (512, 3, 512, 3)
+    assert (plan.batch_size, plan.batches, job.batch_size, job.total_batches) == (1024, 3, 1024, 3)
