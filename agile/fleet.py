@@ -12,9 +12,9 @@ import time
 
 HEARTBEAT_SECONDS = 15
 STALE_SECONDS = 60
-# Comments per task. A GPU worker takes the most a task holds (wire.MAX_ITEMS): a task costs it ~2.7 ms
-# of CPU besides its comments (Celery, kombu and five Redis round trips; bench_scale, BENCHMARKS.md), 5 µs a
-# comment at 512 and 2.6 at 1,024, and its ~0.1 s on a GPU is still what an interactive request may wait.
+# Comments per task. A GPU worker takes the most a task holds (wire.MAX_ITEMS): a task costs it milliseconds
+# of CPU besides its comments (Celery, kombu and five Redis round trips; bench_scale: 13.1 µs a comment at 512,
+# 8.4 at 1,024), and its ~0.1 s on a GPU is still what an interactive request may wait.
 # A CPU worker scores 64 in a few seconds, so a lost task costs little.
 GPU_TASK_SIZE, CPU_TASK_SIZE = 1024, 64
 

@@ -22,6 +22,7 @@ timed runs, since py-spy shares the same cores.
 
     nice -n 10 python bench/bench_scale.py --workers 1,4 --rate 0,10000 --rows 50000,150000
     nice -n 10 python bench/bench_scale.py --workers 4 --rate 10000 --rows 150000 --in-hand 1,2
+    nice -n 10 python bench/bench_scale.py --workers 1 --rate 0 --rows 100000 --in-hand 1 --batch-size 256,512,1024
     nice -n 10 python bench/bench_scale.py --workers 4 --rate 10000 --rows 50000 --profile
 """
 
@@ -201,38 +202,41 @@ def check_output(path: Path, rows: int) -> None:
 
 def run_cluster(args: argparse.Namespace, settings: QueueSettings, tmp: Path, workers: int, rate: float,
                 in_hand: int, dumps: dict[int, Path]) -> tuple[list[dict], dict]:
-    """W workers at `rate`: a warm-up job, then one job per --rows; CPU read before anything exits."""
+    """W workers at `rate`: a warm-up job, then one job per --batch-size x --rows; CPU read before anything
+    exits."""
     results, profiles = [], {}
     with Cluster(tmp, settings.with_(tasks_in_hand=in_hand)) as cluster:
         env = {"PYTHONPATH": str(BENCH), "BENCH_SIM_RATE": str(rate)}
         procs = cluster.workers(workers, 1, env, ("--include", "sim_model"))
         redis_pid = cluster.procs[0].pid
-        warm = moderate(cluster, dumps[WARMUP_ROWS], tmp / "warm.csv", args.batch_size, None)
-        for rows in args.rows:
+        warm = moderate(cluster, dumps[WARMUP_ROWS], tmp / "warm.csv", args.batch_size[0], None)
+        for batch, rows in itertools.product(args.batch_size, args.rows):
             before = [cpu_seconds(p.pid) for p in procs], cpu_seconds(redis_pid)
             profiler = Profiler(tmp) if args.profile else None
             if profiler is not None:
                 for i, p in enumerate(procs):
                     profiler.attach(f"worker{i}", p.pid)
-            run = moderate(cluster, dumps[rows], tmp / "scores.csv", args.batch_size, profiler)
+            run = moderate(cluster, dumps[rows], tmp / "scores.csv", batch, profiler)
             worker_cpu = sum(cpu_seconds(p.pid) for p in procs) - sum(before[0])
             redis_cpu = cpu_seconds(redis_pid) - before[1]
             if profiler is not None:
                 files = profiler.stop()
-                profiles[rows] = {"producer": top(folded([f for f in files if f.stem == "producer"]), rows, args.top),
-                                  "workers": top(folded([f for f in files if f.stem != "producer"]), rows, args.top)}
+                mine = [f for f in files if f.stem == "producer"]
+                profiles[f"b{batch}-rows{rows}"] = {
+                    "producer": top(folded(mine), rows, args.top),
+                    "workers": top(folded([f for f in files if f not in mine]), rows, args.top)}
             check_output(tmp / "scores.csv", rows)
             ideal = workers * rate if rate else None
             per = 1e6 / rows
             results.append({
-                "workers": workers, "rate": rate, "in_hand": in_hand, "rows": rows, "batch": args.batch_size, **run,
+                "workers": workers, "rate": rate, "in_hand": in_hand, "rows": rows, "batch": batch, **run,
                 "comments_per_s": rows / run["job_s"], "ideal_per_s": ideal,
                 "share_of_ideal": rows / run["job_s"] / ideal if ideal else None,
                 "producer_us": run["cpu_s"] * per,
                 "producer_us_less_startup": (run["cpu_s"] - warm["cpu_s"]) / (rows - WARMUP_ROWS) * 1e6,
                 "producer_startup_cpu_s": warm["cpu_s"], "workers_us": worker_cpu * per, "redis_us": redis_cpu * per,
             })
-            print(f"  {workers} worker(s) x {rate or 'inf'}/s, {in_hand} in hand, {rows:,} rows: "
+            print(f"  {workers} worker(s) x {rate or 'inf'}/s, {in_hand} in hand, {batch} a task, {rows:,} rows: "
                   f"{rows / run['job_s']:,.0f}/s "
                   f"({run['job_s']:.1f} s), load {os.getloadavg()[0]:.2f}", flush=True)
     return results, profiles
@@ -256,8 +260,9 @@ def main() -> None:
     parser.add_argument("--in-hand", type=ints, default=[2],
                         help="batches each worker holds at once (AGILE_TASKS_IN_HAND), comma-separated")
     parser.add_argument("--rows", type=ints, default=[50_000, 150_000], help="rows per job, comma-separated")
-    parser.add_argument("--batch-size", type=int, default=1024,
-                        help="comments per task (default 1024: what the producer picks for GPU workers)")
+    parser.add_argument("--batch-size", type=ints, default=[1024],
+                        help="comments per task, comma-separated (default 1024: what the producer picks for GPU "
+                             "workers)")
     parser.add_argument("--chars", type=int, help="cut every comment to its first N characters (default: whole)")
     parser.add_argument("--profile", action="store_true", help="sample the producer and workers with py-spy")
     parser.add_argument("--top", type=int, default=12, help="rows per profile table")
@@ -280,13 +285,13 @@ def main() -> None:
         for rows in sorted({WARMUP_ROWS, *args.rows}):
             dumps[rows] = tmp / f"dump{rows}.csv"
             write_dump(dumps[rows], rows, args.chars)
-        settings = QueueSettings(model=str(preset), adapter_path=str(tmp / "adapters"), batch_size=args.batch_size)
+        settings = QueueSettings(model=str(preset), adapter_path=str(tmp / "adapters"))
         for workers, rate, in_hand in itertools.product(args.workers, args.rate, args.in_hand):
             where = tmp / f"w{workers}-r{rate:g}-h{in_hand}"
             where.mkdir()
             got, prof = run_cluster(args, settings, where, workers, rate, in_hand, dumps)
             results += got
-            profiles.update({f"w{workers}-r{rate:g}-h{in_hand}-rows{k}": v for k, v in prof.items()})
+            profiles.update({f"w{workers}-r{rate:g}-h{in_hand}-{k}": v for k, v in prof.items()})
 
     print()
     common.print_table(
@@ -305,7 +310,8 @@ def main() -> None:
     name = args.name or ("scale-" + "-".join([f"w{'_'.join(map(str, args.workers))}",
                                               f"r{'_'.join(f'{r:g}' for r in args.rate)}",
                                               f"h{'_'.join(map(str, args.in_hand))}",
-                                              f"rows{'_'.join(map(str, args.rows))}", f"b{args.batch_size}"])
+                                              f"rows{'_'.join(map(str, args.rows))}",
+                                              f"b{'_'.join(map(str, args.batch_size))}"])
                          + ("-profile" if args.profile else ""))
     common.write_result(name, {"simulated_model": "bench/sim_model.py", "producer": "agile moderate (subprocess)",
                                "adapter": "tiny model, platt-calibrated", "warmup_rows": WARMUP_ROWS,

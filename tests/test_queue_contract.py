@@ -52,11 +52,27 @@ def env(fleet, monkeypatch):
     return use_env(fleet["env"], monkeypatch)
 
 
+_started: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test():
+    """A test that fails while its `agile` process runs (a timeout) leaves no worker consuming behind it."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def agile(env, *argv, **popen) -> subprocess.Popen:
     """`agile ...` as its own process, stdout and stderr to pipes unless told otherwise."""
     popen.setdefault("stdout", subprocess.PIPE)
     popen.setdefault("stderr", subprocess.PIPE)
-    return subprocess.Popen([sys.executable, "-m", "agile.cli.main", *argv], cwd=ROOT, env=env, text=True, **popen)
+    proc = subprocess.Popen([sys.executable, "-m", "agile.cli.main", *argv], cwd=ROOT, env=env, text=True, **popen)
+    _started.append(proc)
+    return proc
 
 
 def only_job(fleet) -> str:
