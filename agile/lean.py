@@ -1,4 +1,4 @@
-"""A lean inference forward over keras-hub's own Gemma weights: the same tensors, plain torch ops.
+"""A lean forward over keras-hub's own Gemma weights: the same tensors, plain torch ops.
 
 keras-hub's decoder blocks stay the definition of the model, the source of every
 weight and the path training differentiates through (`agile.forward`). On a
@@ -14,6 +14,11 @@ Tests hold it to keras-hub's forward to 1e-5 on tiny Gemma 1, 2 and 3 configs.
 Only each row's label position is read at the end, so the last layer runs its queries,
 output projection and FFN there alone; its keys and values still cover every position.
 
+It is differentiable, and reads each kernel as its layer computes with it: with LoRA
+enabled (training), that is the base kernel plus the layer's `A @ B * alpha / rank`, so
+autograd reaches the LoRA weights and the trainer runs this forward too, shared prefix
+included (its keys and values depend on LoRA weights, so they are computed once a step).
+
 Gemma 1/2 blocks interleave the two RoPE halves of queries and keys after rotating;
 the same permutation on both leaves every query-key product unchanged, so it is skipped.
 """
@@ -28,8 +33,6 @@ import torch.nn.functional as F
 
 def lean_unsupported(backbone) -> str | None:
     """Why the lean forward cannot run this backbone (keras-hub's forward is used then), or None."""
-    if any(getattr(layer, "lora_enabled", False) for layer in backbone._flatten_layers()):
-        return "LoRA layers are enabled (a model being trained)"
     dtypes = {v.dtype for v in backbone.weights}
     if len(dtypes) != 1 or backbone.compute_dtype not in dtypes or backbone.compute_dtype == "float16":
         return f"weights {sorted(dtypes)} / compute {backbone.compute_dtype} (needs one dtype, not float16)"
@@ -57,6 +60,13 @@ def linear_flops(backbone, positions: int, rows: int, lean: bool = True) -> int:
     return 2 * (total * positions - (at_rows * (positions - rows) if lean else 0))
 
 
+def _w(layer) -> torch.Tensor:
+    """A layer's kernel as it computes with it: the variable's tensor, read in place, or with LoRA
+    enabled the base plus its low-rank update (differentiable in the LoRA weights)."""
+    kernel = layer.kernel
+    return getattr(kernel, "value", kernel)
+
+
 def _rms_norm(layer, x: torch.Tensor) -> torch.Tensor:
     y = x.float()
     y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + layer.epsilon)
@@ -76,6 +86,8 @@ def _gelu_gate(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     kernel there is unvectorised (9.5 vs 6.6 ms on 16 x 64 x 2048); on a GPU its fused kernel wins."""
     if gate.device.type != "cpu":
         return F.gelu(gate, approximate="tanh") * up
+    if torch.is_grad_enabled():  # training: out of place, so autograd keeps what its backward reads
+        return torch.sigmoid(gate * (gate * gate * (0.044715 * _GELU_C) + _GELU_C)) * gate * up
     z = (gate * gate).mul_(0.044715 * _GELU_C).add_(_GELU_C).mul_(gate)
     return torch.sigmoid_(z).mul_(gate).mul_(up)
 
@@ -89,10 +101,10 @@ def _project_heads(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
 def _keys_values(attention, x: torch.Tensor, table) -> tuple[torch.Tensor, torch.Tensor]:
     """A layer's rotated keys and its values, [b, kv_heads, t, head_dim], from its normed input."""
-    k = _project_heads(x, attention.key_dense.kernel.value)
+    k = _project_heads(x, _w(attention.key_dense))
     if getattr(attention, "use_query_key_norm", False):
         k = _rms_norm(attention.key_norm, k)
-    return _rope(k, *table), _project_heads(x, attention.value_dense.kernel.value)
+    return _rope(k, *table), _project_heads(x, _w(attention.value_dense))
 
 
 class LeanForward:
@@ -158,9 +170,9 @@ class LeanForward:
         new = k, v = _keys_values(attention, x, tables[i])
         cos, signed_sin = tables[i]
         if pick is None:
-            q, q_cos, q_sin = _project_heads(x, attention.query_dense.kernel.value), cos, signed_sin
+            q, q_cos, q_sin = _project_heads(x, _w(attention.query_dense)), cos, signed_sin
         else:
-            q = _project_heads(x[pick][:, None], attention.query_dense.kernel.value)
+            q = _project_heads(x[pick][:, None], _w(attention.query_dense))
             q_cos, q_sin = cos[pick[1]][:, None, None], signed_sin[pick[1]][:, None, None]
         if getattr(attention, "use_query_key_norm", False):
             q = _rms_norm(attention.query_norm, q)
@@ -188,7 +200,7 @@ class LeanForward:
             logits = logits.float().masked_fill(~mask[:, :, None], torch.finfo(torch.float32).min)
             out = torch.matmul(logits.softmax(-1).to(v.dtype), v[:, :, None]).view(b, heads, t, -1)
         out = out.transpose(1, 2).reshape(b, t, -1)
-        kernel = attention.output_dense.kernel.value
+        kernel = _w(attention.output_dense)
         return out @ kernel.reshape(-1, kernel.shape[-1]), new
 
     def _block(self, block, i, x, tables, masks, cache, pick=None):
@@ -200,8 +212,8 @@ class LeanForward:
             x = x[pick][:, None]
         x = x + attn
         h = _rms_norm(block.pre_ffw_norm, x)
-        h = _gelu_gate(h @ block.gating_ffw.kernel.value, h @ block.gating_ffw_2.kernel.value)
-        h = h @ block.ffw_linear.kernel.value
+        h = _gelu_gate(h @ _w(block.gating_ffw), h @ _w(block.gating_ffw_2))
+        h = h @ _w(block.ffw_linear)
         if block.use_post_ffw_norm:
             h = _rms_norm(block.post_ffw_norm, h)
         return x + h, new

@@ -154,14 +154,13 @@ class LabelScorer:
         self.label_ids = self.tokenizer.label_ids(template.labels)
         self._lean: LeanForward | None = None
         self._said_why = False
-        # Tokenized once: every group of every call reuses it.
-        self._prefix = (self.tokenizer.bos + self.tokenizer.encode([template.head])[0])[:-1]
+        self._prefix = self.tokenizer.shared_prefix(template)  # tokenized once: every group of every call reuses it
 
     def encode(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
         return self.tokenizer.encode_prompts(self.template, texts, self.settings.max_length)
 
     def shared_prefix(self) -> list[int]:
-        """Tokens every prompt starts with: the head minus its last token, which may merge with the text."""
+        """Tokens every prompt starts with (`PromptTokenizer.shared_prefix`)."""
         return list(self._prefix)
 
     def plan(self, rows: Sequence[Sequence[int]]) -> tuple[list[int], list[tuple[bool, np.ndarray]]]:

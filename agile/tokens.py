@@ -63,6 +63,11 @@ class PromptTokenizer:
             ids.append(token)
         return ids
 
+    def shared_prefix(self, template: PromptTemplate) -> list[int]:
+        """Tokens every prompt of `template` starts with: BOS and the head (instructions, labels, "Text:")
+        minus its last token, which may merge with the comment's first characters."""
+        return (self.bos + self.encode([template.head])[0])[:-1]
+
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         threads = self.threads if len(texts) >= _THREADED_FROM else 1
         return self.sp.encode(list(texts), num_threads=threads)

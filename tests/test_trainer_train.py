@@ -139,3 +139,74 @@ def test_auto_compute_dtype_uses_bfloat16_only_where_the_hardware_has_it(monkeyp
         cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
         monkeypatch.setattr(train_module, "Path", lambda _, f=cpuinfo: f)
         assert autocast_bfloat16("auto", cpu) is native
+
+
+@pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
+def test_the_lean_label_loss_and_its_gradients_are_keras_hubs(tmp_path, examples, family):
+    """The trainer's lean forward (LoRA read through each kernel, the prompt head once a batch) against
+    keras-hub's layers: the same loss and the same gradients on every LoRA weight, for every family."""
+    from agile.trainer.train import LeanLabelLoss, enable_lora
+
+    model = load_model(str(make_tiny_preset(tmp_path / "preset", family=family)))
+    params = enable_lora(model, 4, ("query", "value", "ffw_linear"))
+    rng = np.random.default_rng(3)
+    for v in model.backbone.trainable_weights:  # B starts at zero: make every LoRA weight matter
+        v.assign(rng.normal(0, 0.3, v.shape).astype("float32"))
+    tokenizer = PromptTokenizer.from_model(model)
+    label_ids = tokenizer.label_ids(TEMPLATE.labels)
+    rows = encode_rows(model, TEMPLATE, examples, TrainSettings())
+    targets = torch.as_tensor(examples.labels)
+    lean = LeanLabelLoss(model, tokenizer, TEMPLATE, label_ids)
+    assert all(r[: len(lean.prefix)] == lean.prefix for r in rows) and len(lean.prefix) > 5
+
+    def loss_and_grads(compute):
+        for p in params:
+            p.grad = None
+        loss = compute()
+        loss.backward()
+        return float(loss.detach()), [p.grad.clone() for p in params]
+
+    want, want_grads = loss_and_grads(lambda: label_loss(model, *pad_batch(rows, tokenizer.pad_id), targets, label_ids))
+    for shared in (True, False):  # the prompt head run once for the batch, or every row whole
+        lean.prefix = tokenizer.shared_prefix(TEMPLATE) if shared else []
+        got, grads = loss_and_grads(lambda: lean(rows, targets, "cpu"))
+        assert abs(got - want) < 1e-5, (shared, got, want)
+        for g, w in zip(grads, want_grads, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    assert max(float(g.abs().max()) for g in want_grads) > 1e-3  # the gradients compared are not all zero
+
+
+def test_training_takes_the_lean_forward_and_lands_where_keras_hubs_does(tiny, examples):
+    settings = TrainSettings(learning_rate=3e-2, epochs=2, batch_size=4, compute_dtype="float32")
+    runs = {}
+    for engine in ("lean", "keras"):
+        model = load_model(tiny)
+        train(model, TEMPLATE, examples, TrainSettings(**{**settings.__dict__, "engine": engine}))
+        runs[engine] = LabelScorer(model, TEMPLATE).score(list(examples.texts)).probs
+    np.testing.assert_allclose(runs["lean"], runs["keras"], atol=1e-4)
+
+
+def test_an_epoch_takes_every_row_once_in_batches_of_like_length():
+    from agile.trainer.train import shuffled_batches
+
+    rng = np.random.default_rng(0)
+    widths = rng.integers(20, 128, size=203)
+    epochs = [shuffled_batches(np.random.default_rng(5), widths, 8) for _ in range(2)]
+    assert [b.tolist() for b in epochs[0]] == [b.tolist() for b in epochs[1]]  # the seed decides
+    batches = epochs[0]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(203)) and max(map(len, batches)) == 8
+    padded = sum(len(b) * widths[b].max() for b in batches)
+    shuffled = rng.permutation(203)
+    at_random = sum(len(b) * widths[b].max() for b in np.array_split(shuffled, len(batches)))
+    assert padded < 0.8 * at_random  # positions computed: rows of like length share a batch
+    second = shuffled_batches(np.random.default_rng(6), widths, 8)
+    assert [b.tolist() for b in second] != [b.tolist() for b in batches]  # each epoch its own order
+    plain = shuffled_batches(np.random.default_rng(5), widths, 8, by_length=False)  # as before: cut in order
+    assert np.concatenate(plain).tolist() == np.random.default_rng(5).permutation(203).tolist()
+
+
+def test_the_lean_forward_trains_from_eight_rows_a_batch_unless_told():
+    assert not TrainSettings(batch_size=2).lean and TrainSettings(batch_size=8).lean
+    assert TrainSettings(batch_size=2, engine="lean").lean and not TrainSettings(batch_size=16, engine="keras").lean
+    with pytest.raises(ValueError, match="engine must be"):
+        TrainSettings(engine="fast")
