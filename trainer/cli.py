@@ -75,6 +75,9 @@ def _add_settings_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
         p.add_argument("--patience", type=int, default=d.patience,
                        help="stop after N epochs without a better validation ROC-AUC (0 = run all)")
     p.add_argument("--max-steps", type=int, default=0, help="stop after N steps (timing runs)")
+    p.add_argument("--random-batches", dest="sort_batches", action="store_false",
+                   help="batches of rows in random order, as before 2026-12-07 (default: rows of like length "
+                        "together, less padding); reproduces earlier runs of the same seed")
 
 
 def _settings(args):
@@ -84,7 +87,7 @@ def _settings(args):
         batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
         epochs=max(args.epochs) if isinstance(args.epochs, list) else args.epochs,
         target_layers=targets, compute_dtype=args.compute_dtype, max_steps=args.max_steps,
-        patience=getattr(args, "patience", 0),
+        patience=getattr(args, "patience", 0), sort_batches=args.sort_batches,
     )
 
 
