@@ -14,10 +14,12 @@ Tests hold it to keras-hub's forward to 1e-5 on tiny Gemma 1, 2 and 3 configs.
 Only each row's label position is read at the end, so the last layer runs its queries,
 output projection and FFN there alone; its keys and values still cover every position.
 
-It is differentiable, and reads each kernel as its layer computes with it: with LoRA
-enabled (training), that is the base kernel plus the layer's `A @ B * alpha / rank`, so
-autograd reaches the LoRA weights and the trainer runs this forward too, shared prefix
-included (its keys and values depend on LoRA weights, so they are computed once a step).
+It is differentiable, and runs a layer with LoRA enabled (training) as its base kernel plus
+the low-rank path, `x @ W + (x @ A) @ B * alpha / rank`: the same function as keras-hub's
+merged kernel, but autograd then never forms the gradient of a whole kernel (keras-hub's
+`W + A @ B` does, one full matmul per LoRA'd kernel per step), only the LoRA weights'. The
+trainer runs this forward too, shared prefix included (its keys and values depend on the
+LoRA weights, so they are computed once a step).
 
 Gemma 1/2 blocks interleave the two RoPE halves of queries and keys after rotating;
 the same permutation on both leaves every query-key product unchanged, so it is skipped.
@@ -60,11 +62,27 @@ def linear_flops(backbone, positions: int, rows: int, lean: bool = True) -> int:
     return 2 * (total * positions - (at_rows * (positions - rows) if lean else 0))
 
 
-def _w(layer) -> torch.Tensor:
-    """A layer's kernel as it computes with it: the variable's tensor, read in place, or with LoRA
-    enabled the base plus its low-rank update (differentiable in the LoRA weights)."""
-    kernel = layer.kernel
-    return getattr(kernel, "value", kernel)
+def _kernel(layer) -> torch.Tensor:
+    """A layer's own kernel, read in place (with LoRA enabled, without its update: `_lora`)."""
+    return (layer._kernel if getattr(layer, "lora_enabled", False) else layer.kernel).value
+
+
+def _lora(layer) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """(A, B, alpha / rank) of a layer with LoRA enabled, else None."""
+    if not getattr(layer, "lora_enabled", False):
+        return None
+    return layer.lora_kernel_a.value, layer.lora_kernel_b.value, layer.lora_alpha / layer.lora_rank
+
+
+def _dense(x: torch.Tensor, layer) -> torch.Tensor:
+    """x @ the layer's kernel as a matrix ([..., in] -> [..., out]; a [heads, h, d] kernel is [heads*h, d])."""
+    kernel = _kernel(layer)
+    y = x @ kernel.reshape(-1, kernel.shape[-1])
+    lora = _lora(layer)
+    if lora is not None:
+        a, b, scale = lora
+        y = y + (x @ a.reshape(-1, a.shape[-1])) @ b * scale
+    return y
 
 
 def _rms_norm(layer, x: torch.Tensor) -> torch.Tensor:
@@ -92,19 +110,24 @@ def _gelu_gate(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid_(z).mul_(gate).mul_(up)
 
 
-def _project_heads(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """[b, t, d] @ [heads, d, h] -> [b, heads, t, h], the kernel read in place."""
+def _project_heads(x: torch.Tensor, layer) -> torch.Tensor:
+    """[b, t, d] @ a [heads, d, h] kernel -> [b, heads, t, h], the kernel read in place."""
     b, t, d = x.shape
-    out = torch.matmul(x.reshape(1, b * t, d), kernel)  # [heads, b*t, h]
-    return out.view(kernel.shape[0], b, t, -1).transpose(0, 1)
+    kernel, flat = _kernel(layer), x.reshape(1, b * t, d)
+    out = torch.matmul(flat, kernel)  # [heads, b*t, h]
+    lora = _lora(layer)
+    if lora is not None:  # A: [heads, d, r], B: [r, h]
+        a, b_, scale = lora
+        out = out + torch.matmul(torch.matmul(flat, a), b_) * scale
+    return out.reshape(kernel.shape[0], b, t, -1).transpose(0, 1)
 
 
 def _keys_values(attention, x: torch.Tensor, table) -> tuple[torch.Tensor, torch.Tensor]:
     """A layer's rotated keys and its values, [b, kv_heads, t, head_dim], from its normed input."""
-    k = _project_heads(x, _w(attention.key_dense))
+    k = _project_heads(x, attention.key_dense)
     if getattr(attention, "use_query_key_norm", False):
         k = _rms_norm(attention.key_norm, k)
-    return _rope(k, *table), _project_heads(x, _w(attention.value_dense))
+    return _rope(k, *table), _project_heads(x, attention.value_dense)
 
 
 class LeanForward:
@@ -170,9 +193,9 @@ class LeanForward:
         new = k, v = _keys_values(attention, x, tables[i])
         cos, signed_sin = tables[i]
         if pick is None:
-            q, q_cos, q_sin = _project_heads(x, _w(attention.query_dense)), cos, signed_sin
+            q, q_cos, q_sin = _project_heads(x, attention.query_dense), cos, signed_sin
         else:
-            q = _project_heads(x[pick][:, None], _w(attention.query_dense))
+            q = _project_heads(x[pick][:, None], attention.query_dense)
             q_cos, q_sin = cos[pick[1]][:, None, None], signed_sin[pick[1]][:, None, None]
         if getattr(attention, "use_query_key_norm", False):
             q = _rms_norm(attention.query_norm, q)
@@ -200,8 +223,7 @@ class LeanForward:
             logits = logits.float().masked_fill(~mask[:, :, None], torch.finfo(torch.float32).min)
             out = torch.matmul(logits.softmax(-1).to(v.dtype), v[:, :, None]).view(b, heads, t, -1)
         out = out.transpose(1, 2).reshape(b, t, -1)
-        kernel = _w(attention.output_dense)
-        return out @ kernel.reshape(-1, kernel.shape[-1]), new
+        return _dense(out, attention.output_dense), new
 
     def _block(self, block, i, x, tables, masks, cache, pick=None):
         """One decoder block; with `pick` ((rows, last)), its output at each row's last position only ([b, 1, d])."""
@@ -212,8 +234,8 @@ class LeanForward:
             x = x[pick][:, None]
         x = x + attn
         h = _rms_norm(block.pre_ffw_norm, x)
-        h = _gelu_gate(h @ _w(block.gating_ffw), h @ _w(block.gating_ffw_2))
-        h = h @ _w(block.ffw_linear)
+        h = _gelu_gate(_dense(h, block.gating_ffw), _dense(h, block.gating_ffw_2))
+        h = _dense(h, block.ffw_linear)
         if block.use_post_ffw_norm:
             h = _rms_norm(block.post_ffw_norm, h)
         return x + h, new

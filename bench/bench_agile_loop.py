@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=4, help="rounds after the first")
     parser.add_argument("--epochs", type=int, default=3, help="the most epochs per round (early stopping)")
+    parser.add_argument("--batch-size", type=int, default=2, help="rows a training step (2: the codelab's)")
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--model", default="gemma3_270m")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
@@ -64,12 +66,14 @@ def main() -> None:
 
     pool = load_examples("ethos", DEFAULT_LABELS, "train")
     words = [DEFAULT_LABELS[i] for i in pool.labels]
-    settings = TrainSettings(learning_rate=2e-4, target_layers=ALL_TARGETS, epochs=args.epochs, patience=1,
-                             compute_dtype="float32", max_length=args.max_length)
+    settings = TrainSettings(learning_rate=args.learning_rate, target_layers=ALL_TARGETS, epochs=args.epochs,
+                             patience=1, compute_dtype="float32", max_length=args.max_length,
+                             batch_size=args.batch_size)
     template = PromptTemplate(DEFAULT_LABELS)
     work = Path(tempfile.mkdtemp(prefix="agile-loop-"))
     curves: dict[str, dict[int, list[tuple[int, float]]]] = {s: {} for s in args.strategies.split(",")}
     seconds: dict[str, float] = dict.fromkeys(curves, 0.0)
+    trainings: list[dict] = []  # each training run: its rows and seconds
 
     def train(seed: int, tag: str, rows: np.ndarray, parent: Path | None) -> tuple[Path, float]:
         data = write_rows(work / f"{tag}.csv", [pool.texts[i] for i in rows], [words[i] for i in rows])
@@ -78,7 +82,9 @@ def main() -> None:
                        model=args.model, test="ethos", init=str(parent) if parent else None)
         started = time.perf_counter()
         out = run_training(run)
-        return out, time.perf_counter() - started
+        took = time.perf_counter() - started
+        trainings.append({"tag": tag, "labels": len(rows), "seconds": round(took, 1)})
+        return out, took
 
     for seed in (int(s) for s in args.seeds.split(",")):
         rng = np.random.default_rng(seed)
@@ -110,10 +116,12 @@ def main() -> None:
 
     report(args.name, vars(args), {strategy: ([n for n, _ in next(iter(by_seed.values()))],
                                               np.array([[auc for _, auc in c] for c in by_seed.values()]),
-                                              seconds[strategy]) for strategy, by_seed in curves.items()})
+                                              seconds[strategy]) for strategy, by_seed in curves.items()},
+           trainings)
 
 
-def report(name: str, settings: dict, found: dict[str, tuple[list[int], np.ndarray, float]]) -> None:
+def report(name: str, settings: dict, found: dict[str, tuple[list[int], np.ndarray, float]],
+           trainings: list[dict] | None = None) -> None:
     """The table, the learning-curve plot and the results file: per strategy, (labels, AUCs [seeds, rounds], s)."""
     rows, summary = [], {}
     for strategy, (labels, aucs, seconds) in found.items():
@@ -139,7 +147,7 @@ def report(name: str, settings: dict, found: dict[str, tuple[list[int], np.ndarr
     ax.legend()
     fig.tight_layout()
     fig.savefig(plot, dpi=120)
-    common.write_result(name, {"settings": settings, "curves": summary,
+    common.write_result(name, {"settings": settings, "curves": summary, "trainings": trainings or [],
                                 "plot": str(plot.relative_to(common.ROOT))}, "cpu")
 
 
@@ -156,7 +164,8 @@ def merge(name: str, paths: list[str]) -> None:
         found[strategy] = (labels, np.array([row for r in runs for row in r["curves"][strategy]["per_seed"]]),
                            sum(r["curves"][strategy]["seconds"] for r in runs))
     seeds = ",".join(r["settings"]["seeds"] for r in runs)
-    report(name, {**runs[0]["settings"], "seeds": seeds, "name": name, "merged": list(paths)}, found)
+    report(name, {**runs[0]["settings"], "seeds": seeds, "name": name, "merged": list(paths)}, found,
+           [t for r in runs for t in r.get("trainings", [])])
 
 if __name__ == "__main__":
     main()

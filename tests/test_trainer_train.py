@@ -16,7 +16,7 @@ from agile.scoring import LabelScorer, pad_batch
 from agile.testing import make_tiny_preset
 from agile.tokens import PromptTokenizer
 from agile.trainer.data import ethos_split
-from agile.trainer.settings import TrainSettings
+from agile.trainer.settings import ALL_TARGETS, TrainSettings
 from agile.trainer.train import autocast_bfloat16, causal_lm_loss, encode_rows, label_loss, train
 
 TEMPLATE = PromptTemplate()
@@ -148,7 +148,7 @@ def test_the_lean_label_loss_and_its_gradients_are_keras_hubs(tmp_path, examples
     from agile.trainer.train import LeanLabelLoss, enable_lora
 
     model = load_model(str(make_tiny_preset(tmp_path / "preset", family=family)))
-    params = enable_lora(model, 4, ("query", "value", "ffw_linear"))
+    params = enable_lora(model, 4, ALL_TARGETS)  # every kind of kernel: heads in, heads out, FFN
     rng = np.random.default_rng(3)
     for v in model.backbone.trainable_weights:  # B starts at zero: make every LoRA weight matter
         v.assign(rng.normal(0, 0.3, v.shape).astype("float32"))
