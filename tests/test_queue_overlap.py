@@ -50,15 +50,21 @@ def test_two_batches_in_hand_overlap_and_every_row_comes_back_once(processes, ti
     assert overlapping >= 3, intervals  # one batch started while the one before was still in hand
 
 
-def test_a_worker_killed_with_two_batches_in_hand_loses_neither(processes, tiny_preset, tmp_path):
+def holding(processes, tiny_preset, tmp_path, held: set[str], rows: int):
+    """A worker with `held` batches in hand (held before scoring) of a job of `rows` rows, in a thread."""
     redis = processes.redis()
     env = queue(redis.url, tiny_preset)
-    held = {"b2", "b3"}
     first = processes.worker("first", {**env, "QUEUE_TEST_HOLD": ",".join(sorted(held))}).wait_ready()
     out = tmp_path / "scores.csv"
-    job = run_job(env, write_csv(tmp_path / "dump.csv", 96), out)
+    job = run_job(env, write_csv(tmp_path / "dump.csv", rows), out)
     r = redis.client()
     wait_for(lambda: held <= {s["batch"] for s in started(r)}, 60, "both held batches in hand")
+    return env, first, job, out, r
+
+
+def test_a_worker_killed_with_two_batches_in_hand_loses_neither(processes, tiny_preset, tmp_path):
+    held = {"b2", "b3"}
+    env, first, job, out, r = holding(processes, tiny_preset, tmp_path, held, 96)
     first.signal(signal.SIGKILL)
     first.proc.wait(10)
     processes.worker("second", env).wait_ready()
@@ -72,14 +78,8 @@ def test_a_worker_killed_with_two_batches_in_hand_loses_neither(processes, tiny_
 
 
 def test_warm_shutdown_with_two_batches_in_hand_finishes_both(processes, tiny_preset, tmp_path):
-    redis = processes.redis()
-    env = queue(redis.url, tiny_preset)
     held = {"b0", "b1"}
-    first = processes.worker("first", {**env, "QUEUE_TEST_HOLD": ",".join(sorted(held))}).wait_ready()
-    out = tmp_path / "scores.csv"
-    job = run_job(env, write_csv(tmp_path / "dump.csv", 32), out)
-    r = redis.client()
-    wait_for(lambda: held <= {s["batch"] for s in started(r)}, 60, "both held batches in hand")
+    env, first, job, out, r = holding(processes, tiny_preset, tmp_path, held, 32)
     first.signal(signal.SIGTERM)
     wait_for(lambda: "shutdown" in first.text().lower(), 10, "the worker to take the signal")
     r.set(release_key(TRACE), 1)

@@ -205,8 +205,6 @@ def test_an_epoch_takes_every_row_once_in_batches_of_like_length():
     assert np.concatenate(plain).tolist() == np.random.default_rng(5).permutation(203).tolist()
 
 
-def test_the_lean_forward_trains_from_eight_rows_a_batch_unless_told():
-    assert not TrainSettings(batch_size=2).lean and TrainSettings(batch_size=8).lean
-    assert TrainSettings(batch_size=2, engine="lean").lean and not TrainSettings(batch_size=16, engine="keras").lean
-    with pytest.raises(ValueError, match="engine must be"):
+def test_an_unknown_training_engine_is_refused():
+    with pytest.raises(ValueError, match="engine must be 'lean' or 'keras'"):
         TrainSettings(engine="fast")

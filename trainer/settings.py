@@ -13,9 +13,6 @@ OBJECTIVES = ("label", "causal-lm")
 CODELAB_TARGETS = ("query", "value")  # keras-hub's default LoRA layers for Gemma 3
 ALL_TARGETS = ("query", "key", "value", "attention_output", "ffw_gating", "ffw_gating_2", "ffw_linear")
 COMPUTE_DTYPES = ("auto", "bfloat16", "float32")
-# The lean forward trains faster from this batch size; below it its extra prefix pass and small ops cost
-# more than they save (270M, 2-core Xeon: 338 against 292 ms a row at 2; 166 against 258 at 8).
-LEAN_FROM_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -35,23 +32,17 @@ class TrainSettings:
     compute_dtype: str = "auto"
     patience: int = 0  # with validation: stop after this many epochs without a better ROC-AUC (0 = off)
     max_steps: int = 0  # stop after this many steps in all (0 = no limit); for timing runs
-    # The label objective's forward: "lean" (agile.lean with LoRA, the shared prompt head run once a step;
-    # keras-hub's layers where it cannot run the model), "keras" (keras-hub's layers), or "auto": lean from
-    # LEAN_FROM_BATCH rows a step, where it measured faster (bench/bench_train_step.py, docs/TRAINING.md).
-    engine: str = "auto"
+    # The label objective's forward: "lean" (agile.lean with its low-rank LoRA path, the shared prompt head
+    # run once a step; keras-hub's layers where it cannot run the model) or "keras" (keras-hub's layers).
+    engine: str = "lean"
     sort_batches: bool = True  # rows of like length batched together (False: random batches, as before)
-
-    @property
-    def lean(self) -> bool:
-        """Whether the label objective runs the lean forward (where it can run the model)."""
-        return self.engine == "lean" or (self.engine == "auto" and self.batch_size >= LEAN_FROM_BATCH)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_layers", tuple(self.target_layers))
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.engine not in ("auto", "lean", "keras"):
-            raise ValueError(f"engine must be 'auto', 'lean' or 'keras', got {self.engine!r}")
+        if self.engine not in ("lean", "keras"):
+            raise ValueError(f"engine must be 'lean' or 'keras', got {self.engine!r}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
         for name in ("rank", "batch_size", "epochs"):

@@ -211,7 +211,7 @@ def train(
     device = params[0].device  # cpu, or cuda where Keras put the model
     autocast = autocast_bfloat16(settings.compute_dtype, device)
     lean = None
-    if settings.objective == "label" and settings.lean and lean_unsupported(model.backbone) is None:
+    if settings.objective == "label" and settings.engine == "lean" and lean_unsupported(model.backbone) is None:
         lean = LeanLabelLoss(model, tokenizer, template, label_ids)
 
     result = TrainResult(compute_dtype="bfloat16" if autocast else "float32")
