@@ -145,6 +145,7 @@ def test_a_worker_holds_one_batch_on_a_cpu_unless_told_and_threads_share_the_mod
     assert pool(QueueSettings()) == ({"worker_pool": "threads", "worker_concurrency": 2} if gpu else
                                      {"worker_pool": "solo", "worker_concurrency": 1})
     assert pool(QueueSettings(tasks_in_hand=1)) == {"worker_pool": "solo", "worker_concurrency": 1}
+    assert pool(QueueSettings(), detect=False) == {"worker_pool": "solo", "worker_concurrency": 1}
     assert pool(QueueSettings(tasks_in_hand=2)) == {"worker_pool": "threads", "worker_concurrency": 2}
 
 
@@ -166,6 +167,16 @@ def test_celery_settings_are_the_reliable_ones():
     assert config["worker_prefetch_multiplier"] == 1 and config["worker_pool"] == "solo"
     assert config["broker_transport_options"]["visibility_timeout"] == 120
     assert config["broker_transport_options"]["unacked_restore_interval"] <= 120 / 4
+
+
+def test_the_worker_app_s_config_does_not_import_torch():
+    """`celery -A agile.worker inspect ping` is the workers' health probe: reading the app's config must stay
+    light (`agile worker` asks torch for a GPU, the config does not)."""
+    code = ("import sys; from agile.worker.app import app; app.conf.broker_url; app.conf.worker_pool;"
+            "assert 'torch' not in sys.modules, 'torch imported'; print(app.conf.worker_pool)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "solo"
 
 
 def test_the_producer_side_imports_neither_torch_nor_keras():

@@ -2,7 +2,7 @@
 
 `celery -A agile.worker worker` gives a worker on AGILE_QUEUE that loads its model
 before it takes the first batch: a solo pool, or a pool of AGILE_TASKS_IN_HAND threads
-sharing that model (two by default on a GPU: agile.worker.overlap); a model that does not load stops the
+sharing that model (agile.worker.overlap; `agile worker` makes that two on a GPU); a model that does not load stops the
 worker at once with the reason, instead of failing every batch. Settings are read
 when Celery first needs them, so `agile worker` flags (set as AGILE_* variables
 just before) take effect and importing this module costs nothing.
@@ -29,9 +29,10 @@ def settings() -> QueueSettings:
     return QueueSettings.from_env()
 
 
-def pool(config: QueueSettings) -> dict:
-    """The pool for the batches a worker holds at once: solo for one, threads sharing the model for more."""
-    n = config.tasks_in_hand or (2 if _gpu() else 1)
+def pool(config: QueueSettings, detect: bool = True) -> dict:
+    """The pool for the batches a worker holds at once (AGILE_TASKS_IN_HAND, else 2 on a GPU when `detect`
+    asks torch, 1 otherwise): solo for one, threads sharing the model for more."""
+    n = config.tasks_in_hand or (2 if detect and _gpu() else 1)
     return {"worker_pool": "threads" if n > 1 else "solo", "worker_concurrency": n}
 
 
@@ -45,7 +46,9 @@ def _gpu() -> bool:
 
 
 app = Celery("agile", include=["agile.worker.tasks"])
-app.add_defaults(lambda: {**settings().celery_config(), **pool(settings())})
+# Without a GPU check: `celery -A agile.worker inspect ping` (the health probe) reads this config and must not
+# import torch; `agile worker` asks torch (worker/cli.py).
+app.add_defaults(lambda: {**settings().celery_config(), **pool(settings(), detect=False)})
 
 
 @after_setup_logger.connect
