@@ -6,7 +6,8 @@ id column is read beside them and never sent nor used as a key, so duplicate and
 missing ids come back as they were. A fingerprint (size, mtime, hash of the
 bytes) is stored with the job, and every process that re-reads the dump later
 (to resume, repair or write the output) hashes it again, so it knows it is
-reading the same rows: the bytes decide, never size and mtime alone.
+reading the same rows: the bytes decide, never size and mtime alone (one process
+hashes a file once while its inode change time stands, which no edit keeps).
 """
 
 from __future__ import annotations
