@@ -3,9 +3,10 @@
 - `label` (default): the loss is a softmax over the label tokens' logits at each
   row's next-token position, exactly what scoring computes later; no 262k-word
   vocabulary head, so a step costs a fraction. It runs the lean forward
-  (`agile.lean`, LoRA read through each layer's kernel) with the prompt head every
-  row shares computed once a step, not once a row; keras-hub's layers
-  (`agile.forward.label_logits`) where the lean forward cannot run the model.
+  (`agile.lean`: a LoRA'd layer as x @ W + (x @ A) @ B, so only the LoRA weights'
+  gradients are formed) with the prompt head every row shares computed once a
+  step, not once a row; keras-hub's layers (`agile.forward.label_logits`) where the
+  lean forward cannot run the model, or with `engine="keras"`.
 - `causal-lm`: the codelab's objective. The training text is prompt + label +
   <eos>, and the loss is next-token cross-entropy over the whole sequence, as
   keras-hub's `CausalLM.fit` computes it.
@@ -164,8 +165,9 @@ def shuffled_batches(rng: np.random.Generator, widths: np.ndarray, size: int,
                      by_length: bool = True) -> list[np.ndarray]:
     """An epoch's batches: rows in a random order, each run of BUCKET_BATCHES batches' rows sorted by
     length before it is cut, and the batches in a random order. A batch is padded to its longest row,
-    so rows of like length together compute about the tokens they have: with ETHOS-like lengths
-    (median 43, up to 128), a random batch of 8 pads to about twice its tokens."""
+    so rows of like length together compute about the tokens they have: on ETHOS's 800 training rows
+    (the 270M's tokens), positions computed over tokens held are 1.20 / 1.76 / 2.07 for random batches
+    of 2 / 8 / 16 and 1.05 / 1.13 / 1.15 sorted (mean of 5 seeds)."""
     order = rng.permutation(len(widths))
     if not by_length:
         return [order[i : i + size] for i in range(0, len(order), size)]
