@@ -268,8 +268,12 @@ class JobKeys:
     def deliveries(self) -> str:  # hash: batch id -> deliveries so far (poison cap); "<id>:error"
         return self._key("deliveries")
 
+    @property
+    def wake(self) -> str:  # list: a token per write-back, so a waiting producer wakes at once (BLPOP)
+        return self._key("wake")
+
     def all(self) -> list[str]:
-        return [self.meta, self.results, self.done, self.inflight, self.versions, self.deliveries]
+        return [self.meta, self.results, self.done, self.inflight, self.versions, self.deliveries, self.wake]
 
 
 def task_deliveries_key(prefix: str) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 
 from agile.broker import sender
 from agile.producer.commands import run_job, sized
-from agile.producer.jobs import POLL_SECONDS, Job
+from agile.producer.jobs import Job
 from agile.producer.payload import check_policy
 from agile.producer.repair import Repair
 from agile.producer.results import drain_pages, record_results
@@ -77,7 +77,7 @@ class ScoringClient:
                 repair.resend(batches(source.chunks(), size))
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job.job_id} not complete after {timeout:.0f} s")
-            time.sleep(POLL_SECONDS)
+            job.wait()
         job.delivered("client")
         self._sources.pop(job.job_id, None)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from agile.files import check_output, same_file
 from agile.fleet import live_workers, task_size
-from agile.producer.jobs import POLL_SECONDS, Job, JobError
+from agile.producer.jobs import Job, JobError
 from agile.producer.lease import Lease
 from agile.producer.payload import check_policy
 from agile.producer.repair import Repair
@@ -169,7 +169,7 @@ def run_job(settings: QueueSettings, job: Job, source: FileSource | MemorySource
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"job {job.job_id} not complete after {timeout:.0f} s: "
                                f"{status.done_batches}/{job.total_batches} batches written back")
-        time.sleep(POLL_SECONDS)
+        job.wait()
 
 
 def _labels(job: Job) -> list[str]:

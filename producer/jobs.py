@@ -6,6 +6,7 @@ any process that can read the dump can carry it on. Lifecycle: submitting ->
 submitted -> complete -> delivered, or cancelled. Backpressure counts a job's
 batches sent and not yet written back (the `inflight` hash, which workers clear
 on write-back) and their bytes, so it holds across processes and restarts.
+A waiting producer blocks on the job's `wake` list, which every write-back pushes to.
 Lost batches: agile.producer.repair. Its policies on the wire: agile.producer.payload.
 """
 
@@ -133,6 +134,14 @@ class Job:
             self.meta["next_batch"] = str(batch.number + 1)
             pipe.hset(self.keys.meta, "next_batch", self.meta["next_batch"])
         pipe.lpush(self.settings.queue, body)  # kombu's Redis transport: a queue is a list, taken from the right
+        pipe.execute()
+
+    def wait(self, seconds: float = POLL_SECONDS) -> None:
+        """Until a worker writes a batch back (its token on the job's `wake` list) or `seconds` pass:
+        a job refills its window and collects a moment after a batch is in, not a poll later."""
+        pipe = self.redis.pipeline(transaction=False)  # BLPOP blocks only outside MULTI
+        pipe.blpop([self.keys.wake], timeout=seconds)
+        pipe.delete(self.keys.wake)  # the other tokens of the same moment: one wake-up is enough
         pipe.execute()
 
     def in_flight(self) -> tuple[int, int]:

@@ -130,3 +130,28 @@ def test_begin_rides_out_a_redis_restart(private_redis, redis_settings, monkeypa
     threading.Timer(2.0, private_redis.start).start()
     delivery = store.begin(BatchRequest.from_task((), {"items": [{"id": "x", "text": "t"}]}), "t")  # no job:
     assert delivery.count == 1 and not delivery.gone  # an emptied Redis has none until its producer restores it
+
+
+def test_a_write_back_wakes_a_waiting_producer_at_once(store):
+    """The producer blocks on the job's `wake` list (Job.wait) instead of sleeping a poll interval; each
+    first write-back of a batch pushes a token, a repeated one does not."""
+    import threading
+    import time
+
+    from agile.producer.jobs import Job
+
+    keys = JobKeys(store.settings.key_prefix, "job1")
+    job = Job.open(store.settings, "job1")
+    started = time.monotonic()
+    job.wait(0.3)  # nothing written: waits its timeout out
+    assert time.monotonic() - started >= 0.25
+    threading.Timer(0.5, lambda: write(store, batch("b0", ["0", "1"]))).start()
+    started = time.monotonic()
+    job.wait(30)  # woken by the write-back, not the timeout
+    assert time.monotonic() - started < 10
+    assert store.redis.llen(keys.wake) == 0  # the tokens of that moment are taken
+    assert write(store, batch("b0", ["0", "1"])) == 0 and store.redis.llen(keys.wake) == 0  # a redelivery: no token
+    for n in range(40):
+        write(store, batch(f"b{n + 1}", ["0"]))
+    assert store.redis.llen(keys.wake) == 16  # bounded however many batches come back unread
+    assert store.redis.ttl(keys.wake) > 0

@@ -8,6 +8,8 @@ delivered or cancelled, or whose meta hash is gone (expired, a FLUSHALL, a Redis
 restarted empty before its producer restored it), takes no write at all: no key is
 created again, so nothing is left that `agile cancel` could not find. Its producer
 restores an emptied job and sends the batches it lacks again.
+Each write-back also pushes a token onto the job's `wake` list, on which a producer
+waiting for room or results blocks (Job.wait) instead of sleeping a poll interval.
 Delivery counts cap poison batches; counting one is retried through a Redis
 restart, so a batch is never dropped for want of its count.
 """
@@ -52,7 +54,7 @@ if ARGV[3] == '1' then done = redis.call('SISMEMBER', KEYS[3], ARGV[1]) end
 return {n, err, done}
 """
 
-# KEYS: meta, done, results, versions, deliveries, inflight
+# KEYS: meta, done, results, versions, deliveries, inflight, wake
 # ARGV: batch id, now, version JSON, ttl, rows scored, rows failed, record JSON
 WRITE_BACK = GONE + """
 if gone then return -1 end
@@ -66,6 +68,8 @@ redis.call('HSET', KEYS[1], 'last_done_at', ARGV[2])
 if ARGV[3] ~= '' then redis.call('SADD', KEYS[4], ARGV[3]) end
 redis.call('HDEL', KEYS[5], batch, batch .. ':error')
 redis.call('HDEL', KEYS[6], batch)
+redis.call('RPUSH', KEYS[7], '1')
+redis.call('LTRIM', KEYS[7], -16, -1)
 for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[4]) end
 return 1
 """
@@ -144,7 +148,7 @@ class Store:
         keys = JobKeys(self.settings.key_prefix, job_id)
         args = [batch_id, f"{time.time():.3f}", json.dumps(version, sort_keys=True) if version else "",
                 self.settings.job_ttl, scored, failed, json.dumps(record, separators=(",", ":"))]
-        key_list = [keys.meta, keys.done, keys.results, keys.versions, keys.deliveries, keys.inflight]
+        key_list = [keys.meta, keys.done, keys.results, keys.versions, keys.deliveries, keys.inflight, keys.wake]
         return int(self._retrying(f"writing back {job_id}/{batch_id}",
                                   lambda: self._write_back(keys=key_list, args=args)))
 
