@@ -231,13 +231,28 @@ def check_base(adapter: Adapter, model) -> None:
         )
 
 
+def enable_lora(backbone, rank: int, target_layers, blocks: int = 0) -> None:
+    """keras-hub's `enable_lora` (the backbone frozen, LoRA on the layers named `target_layers`), on the
+    last `blocks` decoder blocks only where `blocks` is given: the blocks below stay the base model's."""
+    if not blocks or blocks >= len(backbone.transformer_layers):
+        backbone.enable_lora(rank, target_layer_names=list(target_layers))
+        return
+    backbone.enable_lora(rank, target_layer_names=[])  # freezes every layer, enables none
+    for block in backbone.transformer_layers[-blocks:]:
+        for layer in block._flatten_layers(include_self=False):
+            if layer.name in target_layers and hasattr(layer, "enable_lora"):
+                layer.trainable = True
+                layer.enable_lora(rank)
+
+
 def apply_adapter(model, adapter: Adapter) -> None:
     """Put the adapter's LoRA weights into the model (enabling LoRA on first use)."""
     check_base(adapter, model)
     backbone = model.backbone
     variables = _lora_variables(backbone)
     if not variables:
-        backbone.enable_lora(adapter.meta.rank, target_layer_names=adapter.meta.target_layers)
+        blocks = adapter.meta.settings.get("lora_blocks", 0)
+        enable_lora(backbone, adapter.meta.rank, adapter.meta.target_layers, blocks)
         variables = _lora_variables(backbone)
     if set(variables) != set(adapter.weights):
         raise AdapterError(

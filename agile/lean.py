@@ -240,41 +240,57 @@ class LeanForward:
             h = _rms_norm(block.post_ffw_norm, h)
         return x + h, new
 
-    def _run(self, token_ids, padding_mask, caches=None, last=None):
-        """Each layer's (keys, values) of these tokens, and the last layer's hidden states before the
-        final norm at each row's `last` position ([b, d]; None when `last` is None: the prefix pass).
+    def _run(self, x, padding_mask, caches=None, last=None, first=0, stop=None):
+        """Blocks `first` .. `stop` - 1 (default: to the end) over hidden states `x` ([b, t, d]), after a
+        cached prefix (`caches`: its keys and values for those blocks, in order). Returns the hidden
+        states and each block's (keys, values) of these tokens: with `stop`, the hidden states after
+        block stop - 1 at every position; with `last`, the last block's output at each row's `last`
+        position before the final norm ([b, d]); with neither (the prefix pass), None.
 
         Only keys and values of the last layer are needed at other positions, so its queries,
         output projection and FFN run at one position a row (18 layers: about 5% of the FLOPs).
         """
-        b, t = token_ids.shape
+        b, t = x.shape[:2]
         start = 0 if caches is None else caches[0][0].shape[2]
         key_valid = padding_mask.bool()
         if start:
             key_valid = torch.cat((key_valid.new_ones(b, start), key_valid), dim=1)
-        tables = self._tables(start, t, token_ids.device)
+        tables = self._tables(start, t, x.device)
         masks = self._masks(key_valid, start, t)
-        x, kv = self._embed(token_ids), []
-        *body, final = self.blocks
-        for i, block in enumerate(body):
-            x, new = self._block(block, i, x, tables, masks, None if caches is None else caches[i])
+        final, kv = len(self.blocks) - 1, []
+        for i in range(first, final if stop is None else stop):
+            x, new = self._block(self.blocks[i], i, x, tables, masks, None if caches is None else caches[i - first])
             kv.append(new)
-        cache = None if caches is None else caches[-1]
+        if stop is not None:
+            return x, kv
+        block, cache = self.blocks[final], None if caches is None else caches[final - first]
         if last is None:  # the prefix pass: the last layer's keys and values are all that is kept
-            kv.append(_keys_values(final.attention, _rms_norm(final.pre_attention_norm, x), tables[-1]))
+            kv.append(_keys_values(block.attention, _rms_norm(block.pre_attention_norm, x), tables[final]))
             return None, kv
-        x, new = self._block(final, len(body), x, tables, masks, cache, (torch.arange(b, device=x.device), last))
+        x, new = self._block(block, final, x, tables, masks, cache, (torch.arange(b, device=x.device), last))
         kv.append(new)
         return x[:, 0], kv
 
     def prefix_cache(self, prefix: list[int], device=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each layer's rotated keys and values of the shared prefix, [1, kv_heads, length, head_dim]."""
         ids = torch.tensor([prefix], dtype=torch.int32, device=device)
-        return self._run(ids, torch.ones_like(ids, dtype=torch.bool))[1]
+        return self._run(self._embed(ids), torch.ones_like(ids, dtype=torch.bool))[1]
 
-    def label_logits(self, token_ids, padding_mask, label_ids, caches=None) -> torch.Tensor:
-        """[batch, n_labels] float32 logits at each row's last real token (rows follow `caches` if given)."""
-        x, _ = self._run(token_ids, padding_mask, caches, last=padding_mask.sum(dim=1) - 1)
+    def hidden_states(self, token_ids, padding_mask, stop: int, caches=None):
+        """The hidden states after the first `stop` blocks ([b, t, d]) and those blocks' keys and values:
+        what a trainer that leaves the blocks below `stop` frozen computes once, not every step."""
+        return self._run(self._embed(token_ids), padding_mask, caches, stop=stop)
+
+    def prefix_cache_from(self, hidden: torch.Tensor, first: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`prefix_cache` for blocks `first` .. the last, from the prefix's hidden states there ([1, t, d])."""
+        return self._run(hidden, torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device),
+                         first=first)[1]
+
+    def label_logits(self, token_ids, padding_mask, label_ids, caches=None, hidden=None, first=0) -> torch.Tensor:
+        """[batch, n_labels] float32 logits at each row's last real token (rows follow `caches` if given).
+        With `hidden` (the rows' hidden states after block first - 1) the blocks below `first` are skipped."""
+        x = self._embed(token_ids) if hidden is None else hidden
+        x, _ = self._run(x, padding_mask, caches, last=padding_mask.sum(dim=1) - 1, first=first)
         rows = _rms_norm(self.backbone.layer_norm, x)
         key = (tuple(label_ids), x.device)
         if key not in self._label_index:  # copied to the device once, not per call

@@ -82,7 +82,7 @@ def tiny_proto(vocab_size: int = 4000) -> bytes:
     return out.getvalue()
 
 
-def make_tiny_preset(path: str | Path, seed: int = 0, family: str = "gemma3") -> Path:
+def make_tiny_preset(path: str | Path, seed: int = 0, family: str = "gemma3", num_layers: int = 2) -> Path:
     """Write a tiny random preset of `family` ('gemma', 'gemma2', 'gemma3') at `path` and return it."""
     path = Path(path)
     keras.utils.set_random_seed(seed)
@@ -90,7 +90,7 @@ def make_tiny_preset(path: str | Path, seed: int = 0, family: str = "gemma3") ->
     backbone_cls, tokenizer_cls, config = FAMILIES[family]
     extra = {"has_vision_tokens": False} if family == "gemma3" else {}
     tokenizer = tokenizer_cls(proto=tiny_proto(), **extra)
-    backbone = backbone_cls(vocabulary_size=tokenizer.vocabulary_size(), **config)
+    backbone = backbone_cls(vocabulary_size=tokenizer.vocabulary_size(), **{**config, "num_layers": num_layers})
     backbone.save_to_preset(str(path))
     tokenizer.save_to_preset(str(path))
     (path / CHECKSUM_FILE).write_text(f'{{"sha256": "{preset_checksum(path)}"}}')

@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="the most epochs per round (early stopping)")
     parser.add_argument("--batch-size", type=int, default=2, help="rows a training step (2: the codelab's)")
     parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--lora-blocks", type=int, default=0, help="LoRA on the last N blocks (0: every block)")
     parser.add_argument("--model", default="gemma3_270m")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
@@ -68,7 +69,7 @@ def main() -> None:
     words = [DEFAULT_LABELS[i] for i in pool.labels]
     settings = TrainSettings(learning_rate=args.learning_rate, target_layers=ALL_TARGETS, epochs=args.epochs,
                              patience=1, compute_dtype="float32", max_length=args.max_length,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size, lora_blocks=args.lora_blocks)
     template = PromptTemplate(DEFAULT_LABELS)
     work = Path(tempfile.mkdtemp(prefix="agile-loop-"))
     curves: dict[str, dict[int, list[tuple[int, float]]]] = {s: {} for s in args.strategies.split(",")}

@@ -219,3 +219,31 @@ def test_train_init_refuses_a_changed_parent_or_another_prompt(tiny, table, tmp_
     assert main(["train", "--init", str(parent), "--data", str(table), *common, "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err
     assert "have changed since" in err and "--no-parent-rows" in err and not (tmp_path / "y").exists()
+
+
+def test_lora_on_the_last_blocks_only_trains_continues_and_scores(tiny, table, tmp_path, capsys):
+    """`--lora-blocks 1`: the adapter holds LoRA for the last block alone, records it, a round continued from
+    it keeps that layout, and it scores like any adapter; a negative count is refused with one line."""
+    from safetensors.numpy import load_file
+
+    common = ["--text-column", "comment", "--label-column", "verdict", "--model", tiny, "--epochs", "1",
+              "--validation-fraction", "0.4", "--learning-rate", "0.01"]
+    first = tmp_path / "top"
+    assert main(["train", "--data", str(table), "--labels", "Safe,Toxic", "--lora-blocks", "1", *common,
+                 "--out", str(first)]) == 0, capsys.readouterr().err
+    weights = load_file(str(first / "lora.safetensors"))
+    assert {k.split("/")[0] for k in weights} == {"decoder_block_1"}, sorted(weights)
+    assert json.loads((first / "adapter.json").read_text())["settings"]["lora_blocks"] == 1
+    second = tmp_path / "top2"
+    assert main(["train", "--init", str(first), "--data", str(table), "--no-parent-rows", *common,
+                 "--out", str(second)]) == 0, capsys.readouterr().err
+    assert set(load_file(str(second / "lora.safetensors"))) == set(weights)
+    assert json.loads((second / "adapter.json").read_text())["settings"]["lora_blocks"] == 1
+    assert main(["evaluate", "--adapter", str(second), "--data", str(table), "--text-column", "comment",
+                 "--label-column", "verdict", "--report", str(tmp_path / "report")]) == 0
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["n"] == 10
+    capsys.readouterr()
+    assert main(["train", "--data", str(table), "--labels", "Safe,Toxic", "--lora-blocks", "-1", *common,
+                 "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "lora_blocks must be 0 (every block) or more" in err and "Traceback" not in err

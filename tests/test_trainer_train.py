@@ -141,6 +141,30 @@ def test_auto_compute_dtype_uses_bfloat16_only_where_the_hardware_has_it(monkeyp
         assert autocast_bfloat16("auto", cpu) is native
 
 
+def loss_and_grads(params, compute, *args):
+    for p in params:
+        p.grad = None
+    loss = compute(*args)
+    loss.backward()
+    return float(loss.detach()), [p.grad.clone() for p in params]
+
+
+def random_lora(model, params_of) -> list:
+    """LoRA enabled by `params_of(model)`, every weight random (B starts at zero: make each one matter)."""
+    params = params_of(model)
+    rng = np.random.default_rng(3)
+    for v in model.backbone.trainable_weights:
+        v.assign(rng.normal(0, 0.3, v.shape).astype("float32"))
+    return params
+
+
+def assert_same_loss_and_grads(got, want) -> None:
+    assert abs(got[0] - want[0]) < 1e-5, (got[0], want[0])
+    for g, w in zip(got[1], want[1], strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    assert max(float(g.abs().max()) for g in want[1]) > 1e-3  # the gradients compared are not all zero
+
+
 @pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
 def test_the_lean_label_loss_and_its_gradients_are_keras_hubs(tmp_path, examples, family):
     """The trainer's lean forward (LoRA read through each kernel, the prompt head once a batch) against
@@ -148,32 +172,48 @@ def test_the_lean_label_loss_and_its_gradients_are_keras_hubs(tmp_path, examples
     from agile.trainer.train import LeanLabelLoss, enable_lora
 
     model = load_model(str(make_tiny_preset(tmp_path / "preset", family=family)))
-    params = enable_lora(model, 4, ALL_TARGETS)  # every kind of kernel: heads in, heads out, FFN
-    rng = np.random.default_rng(3)
-    for v in model.backbone.trainable_weights:  # B starts at zero: make every LoRA weight matter
-        v.assign(rng.normal(0, 0.3, v.shape).astype("float32"))
+    # every kind of kernel: heads in, heads out, FFN
+    params = random_lora(model, lambda m: enable_lora(m, 4, ALL_TARGETS))
     tokenizer = PromptTokenizer.from_model(model)
     label_ids = tokenizer.label_ids(TEMPLATE.labels)
     rows = encode_rows(model, TEMPLATE, examples, TrainSettings())
     targets = torch.as_tensor(examples.labels)
-    lean = LeanLabelLoss(model, tokenizer, TEMPLATE, label_ids)
-    assert all(r[: len(lean.prefix)] == lean.prefix for r in rows) and len(lean.prefix) > 5
-
-    def loss_and_grads(compute):
-        for p in params:
-            p.grad = None
-        loss = compute()
-        loss.backward()
-        return float(loss.detach()), [p.grad.clone() for p in params]
-
-    want, want_grads = loss_and_grads(lambda: label_loss(model, *pad_batch(rows, tokenizer.pad_id), targets, label_ids))
+    want = loss_and_grads(params, label_loss, model, *pad_batch(rows, tokenizer.pad_id), targets, label_ids)
     for shared in (True, False):  # the prompt head run once for the batch, or every row whole
-        lean.prefix = tokenizer.shared_prefix(TEMPLATE) if shared else []
-        got, grads = loss_and_grads(lambda: lean(rows, targets, "cpu"))
-        assert abs(got - want) < 1e-5, (shared, got, want)
-        for g, w in zip(grads, want_grads, strict=True):
-            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
-    assert max(float(g.abs().max()) for g in want_grads) > 1e-3  # the gradients compared are not all zero
+        lean = LeanLabelLoss(model, tokenizer, TEMPLATE, label_ids, rows, share_prefix=shared)
+        assert len(lean.prefix) > 5 if shared else not lean.prefix
+        assert_same_loss_and_grads(loss_and_grads(params, lean, np.arange(len(rows)), targets, "cpu"), want)
+
+
+@pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
+def test_blocks_below_the_lora_run_once_a_training_and_the_loss_stays_keras_hubs(tmp_path, examples, family):
+    """LoRA on the last two of four blocks: the first two run once for every row (and the prompt head),
+    and each step from their stored output gives keras-hub's loss and gradients, batch after batch."""
+    from agile.trainer.train import LeanLabelLoss, enable_lora
+
+    model = load_model(str(make_tiny_preset(tmp_path / "preset", family=family, num_layers=4)))
+    params = random_lora(model, lambda m: enable_lora(m, 4, ALL_TARGETS, blocks=2))
+    blocks = [b.name for b in model.backbone.transformer_layers]
+    lora = {v.path.split("/")[0] for v in model.backbone.trainable_weights}
+    assert lora == set(blocks[2:]) and len(params) == 2 * 2 * len(ALL_TARGETS)
+    tokenizer = PromptTokenizer.from_model(model)
+    label_ids = tokenizer.label_ids(TEMPLATE.labels)
+    rows = encode_rows(model, TEMPLATE, examples, TrainSettings())
+    for shared in (True, False):
+        lean = LeanLabelLoss(model, tokenizer, TEMPLATE, label_ids, rows, frozen=2, share_prefix=shared)
+        runs = []
+
+        def counted(*a, real=lean.lean.hidden_states, runs=runs, **k):
+            runs.append(a[0].shape)
+            return real(*a, **k)
+
+        lean.lean.hidden_states = counted
+        for batch in (np.array([5, 1, 3]), np.array([0, 7]), np.arange(len(rows))):
+            chosen, targets = [rows[i] for i in batch], torch.as_tensor(examples.labels[batch])
+            want = loss_and_grads(params, label_loss, model, *pad_batch(chosen, tokenizer.pad_id), targets, label_ids)
+            assert_same_loss_and_grads(loss_and_grads(params, lean, batch, targets, "cpu"), want)
+        # the frozen blocks ran on the first step only: the prefix once, the rows in one batch of 8
+        assert [s[0] for s in runs] == ([1, 8] if shared else [8]), runs
 
 
 def test_training_takes_the_lean_forward_and_lands_where_keras_hubs_does(tiny, examples):

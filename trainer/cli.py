@@ -68,6 +68,9 @@ def _add_settings_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--lora-targets", default=",".join(d.target_layers),
                    help=f"layer names, or 'all' = {','.join(ALL_TARGETS)}")
+    p.add_argument("--lora-blocks", type=int, default=d.lora_blocks, metavar="N",
+                   help="LoRA on the last N decoder blocks only (default 0: every block); the blocks below "
+                   "stay frozen, and their output for each row is computed once, not every step (faster rounds)")
     p.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default=d.compute_dtype,
                    help="dtype of the forward pass (LoRA weights stay float32); auto = bfloat16 on a GPU "
                    "or a CPU with native bfloat16, float32 elsewhere")
@@ -87,7 +90,7 @@ def _settings(args):
         batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
         epochs=max(args.epochs) if isinstance(args.epochs, list) else args.epochs,
         target_layers=targets, compute_dtype=args.compute_dtype, max_steps=args.max_steps,
-        patience=getattr(args, "patience", 0), sort_batches=args.sort_batches,
+        patience=getattr(args, "patience", 0), sort_batches=args.sort_batches, lora_blocks=args.lora_blocks,
     )
 
 

@@ -105,10 +105,11 @@ def parent_examples(parent: Adapter) -> Examples:
 
 
 def from_parent(run: TrainRun, parent: Adapter) -> TrainRun:
-    """The run as continued from `parent`: its prompt, positive label and LoRA layout."""
+    """The run as continued from `parent`: its prompt, positive label and LoRA layout (rank, layers, blocks)."""
     meta = parent.meta
     settings = replace(run.settings, rank=meta.rank, target_layers=tuple(meta.target_layers),
-                       max_length=meta.max_length, objective=meta.objective)
+                       max_length=meta.max_length, objective=meta.objective,
+                       lora_blocks=meta.settings.get("lora_blocks", 0))
     test = run.test or meta.settings.get("test_spec")
     outputs = run.outputs or (tuple(meta.outputs) if meta.outputs else None)
     return replace(run, template=meta.template, positive_label=meta.positive_label or meta.labels[1],

@@ -36,6 +36,9 @@ class TrainSettings:
     # run once a step; keras-hub's layers where it cannot run the model) or "keras" (keras-hub's layers).
     engine: str = "lean"
     sort_batches: bool = True  # rows of like length batched together (False: random batches, as before)
+    # LoRA on the last N decoder blocks only (0: every block). The blocks below are the base model's, so the
+    # lean trainer runs them once a row a training run, not once a step (see train.LeanLabelLoss).
+    lora_blocks: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_layers", tuple(self.target_layers))
@@ -48,6 +51,8 @@ class TrainSettings:
         for name in ("rank", "batch_size", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lora_blocks < 0:
+            raise ValueError(f"lora_blocks must be 0 (every block) or more, got {self.lora_blocks}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning rate must be positive, got {self.learning_rate}")
         if not self.target_layers:
