@@ -239,6 +239,10 @@ def test_lora_on_the_last_blocks_only_trains_continues_and_scores(tiny, table, t
                  "--out", str(second)]) == 0, capsys.readouterr().err
     assert set(load_file(str(second / "lora.safetensors"))) == set(weights)
     assert json.loads((second / "adapter.json").read_text())["settings"]["lora_blocks"] == 1
+    for flag in (["--lora-blocks", "2"], ["--rank", "8"], ["--lora-targets", "all"]):  # the parent's layout rules
+        assert main(["train", "--init", str(first), "--data", str(table), *flag, *common,
+                     "--out", str(tmp_path / "other")]) == 2
+        assert f"continues the parent's LoRA layout and prompt length: drop {flag[0]}" in capsys.readouterr().err
     assert main(["evaluate", "--adapter", str(second), "--data", str(table), "--text-column", "comment",
                  "--label-column", "verdict", "--report", str(tmp_path / "report")]) == 0
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["n"] == 10

@@ -125,9 +125,16 @@ def cmd_train(args) -> int:
                          "--separator")
     if not args.init and not args.parent_rows:
         raise ValueError("--no-parent-rows goes with --init")
+    settings = _settings(args)
+    layout = ("rank", "target_layers", "lora_blocks", "max_length", "objective")
+    changed = [name for name in layout if getattr(settings, name) != getattr(TrainSettings(), name)]
+    if args.init and changed:
+        flags = {"target_layers": "lora-targets"}
+        raise ValueError("--init continues the parent's LoRA layout and prompt length: drop "
+                         + ", ".join("--" + flags.get(n, n).replace("_", "-") for n in changed))
     template, positive_label = _template(args)
     run_training(TrainRun(
-        data=args.data, template=template, positive_label=positive_label, settings=_settings(args),
+        data=args.data, template=template, positive_label=positive_label, settings=settings,
         out=Path(args.out), model=args.model, test=args.test, name=args.name,
         report=Path(args.report) if args.report else None, validation_fraction=args.validation_fraction,
         threshold=args.threshold, calibration=args.calibration, text_column=args.text_column,
