@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
+
+# Tests press Ctrl-C on the processes they start. A suite launched in the background by a shell
+# without job control (`cmd &` in a script) inherits SIGINT ignored, and so would those processes
+# (an ignored signal stays ignored across exec); a handled one is reset to the default there.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest
 
