@@ -71,6 +71,11 @@ class AdapterMeta:
     def template(self) -> PromptTemplate:
         return PromptTemplate(tuple(self.labels), self.instructions, self.separator, self.eos)
 
+    @property
+    def lora_blocks(self) -> int:
+        """LoRA on the last N decoder blocks only (0: every block; adapters from before it: every block)."""
+        return int(self.settings.get("lora_blocks", 0))
+
     @classmethod
     def from_json(cls, data: dict, where: str) -> AdapterMeta:
         known = set(cls.__dataclass_fields__)
@@ -251,8 +256,7 @@ def apply_adapter(model, adapter: Adapter) -> None:
     backbone = model.backbone
     variables = _lora_variables(backbone)
     if not variables:
-        blocks = adapter.meta.settings.get("lora_blocks", 0)
-        enable_lora(backbone, adapter.meta.rank, adapter.meta.target_layers, blocks)
+        enable_lora(backbone, adapter.meta.rank, adapter.meta.target_layers, adapter.meta.lora_blocks)
         variables = _lora_variables(backbone)
     if set(variables) != set(adapter.weights):
         raise AdapterError(

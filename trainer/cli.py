@@ -127,7 +127,8 @@ def cmd_train(args) -> int:
         raise ValueError("--no-parent-rows goes with --init")
     settings = _settings(args)
     layout = ("rank", "target_layers", "lora_blocks", "max_length", "objective")
-    changed = [name for name in layout if getattr(settings, name) != getattr(TrainSettings(), name)]
+    defaults = TrainSettings()
+    changed = [name for name in layout if getattr(settings, name) != getattr(defaults, name)]
     if args.init and changed:
         flags = {"target_layers": "lora-targets"}
         raise ValueError("--init continues the parent's LoRA layout and prompt length: drop "

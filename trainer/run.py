@@ -109,7 +109,7 @@ def from_parent(run: TrainRun, parent: Adapter) -> TrainRun:
     meta = parent.meta
     settings = replace(run.settings, rank=meta.rank, target_layers=tuple(meta.target_layers),
                        max_length=meta.max_length, objective=meta.objective,
-                       lora_blocks=meta.settings.get("lora_blocks", 0))
+                       lora_blocks=meta.lora_blocks)
     test = run.test or meta.settings.get("test_spec")
     outputs = run.outputs or (tuple(meta.outputs) if meta.outputs else None)
     return replace(run, template=meta.template, positive_label=meta.positive_label or meta.labels[1],

@@ -164,8 +164,8 @@ class LeanLabelLoss:
         caches = self.lean.prefix_cache_from(prefix, self.frozen) if prefix is not None else None
         chosen = [hidden[i] for i in batch]
         x = torch.nn.utils.rnn.pad_sequence(chosen, batch_first=True)
-        mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(h), dtype=torch.bool, device=device)
-                                                for h in chosen], batch_first=True)
+        lengths = torch.tensor([len(h) for h in chosen], device=x.device)
+        mask = torch.arange(x.shape[1], device=x.device) < lengths[:, None]
         return self.lean.label_logits(None, mask, self.label_ids, caches, hidden=x, first=self.frozen)
 
     @torch.no_grad()
