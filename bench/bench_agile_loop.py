@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2, help="rows a training step (2: the codelab's)")
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--lora-blocks", type=int, default=0, help="LoRA on the last N blocks (0: every block)")
+    parser.add_argument("--explore", type=float, default=0.0, help="suggest's random share (agile suggest --explore)")
     parser.add_argument("--model", default="gemma3_270m")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
@@ -105,7 +106,7 @@ def main() -> None:
                     policy = Policy.from_adapter(load_adapter(parent))
                     chunks = iter([Chunk(0, [str(i) for i in left], [pool.texts[i] for i in left])])
                     picked, _ = suggest.suggest(policy, suggest.scored_pool(policy, chunks, args.model, None),
-                                                args.per_round, seed)
+                                                args.per_round, seed, explore=args.explore)
                     chosen = np.array([int(i) for i in picked.ids])
                 labelled |= set(chosen.tolist())
                 parent, train_s = train(seed, f"s{seed}-{strategy}-r{r}", chosen, parent)

@@ -65,6 +65,33 @@ def test_nonsense_sizes_are_refused():
         suggest(POLICY, pool(["a"], [0.5]), n=0)
 
 
+def test_an_exploration_share_is_drawn_at_random_whatever_the_scores_and_the_chunking():
+    rng = np.random.default_rng(0)
+    texts = [f"comment {i} about {w}" for i, w in enumerate(rng.choice(["rain", "cats", "votes", "bread"], 60))]
+    p = rng.uniform(0.01, 0.99, 60)
+    uncertain = [texts[i] for i in np.argsort(np.abs(np.log(p / (1 - p)) - np.log(0.3 / 0.7)))[:5]]
+    half, _ = suggest(POLICY, pool(texts, p), n=10, factor=1, explore=0.5, seed=3)
+    assert set(uncertain) <= set(half.texts) and len(set(half.texts)) == 10
+    assert half.ids == suggest(POLICY, pool(texts, p), n=10, factor=1, explore=0.5, seed=3)[0].ids
+    random, _ = suggest(POLICY, pool(texts, p), n=10, explore=1.0, seed=3)
+    assert len(set(random.texts) & set(uncertain)) < 5  # not the most uncertain
+    shuffled = rng.permutation(60)
+    again, _ = suggest(POLICY, pool([texts[i] for i in shuffled], p[shuffled][::-1], chunk=7), n=10, explore=1.0,
+                       seed=3)
+    assert set(again.texts) == set(random.texts)  # other scores, other order, other chunks: the same draws
+    other, _ = suggest(POLICY, pool(texts, p), n=10, explore=1.0, seed=4)
+    assert set(other.texts) != set(random.texts)
+
+
+def test_the_exploration_share_keeps_the_rules_on_labelled_empty_and_repeated_rows():
+    texts = ["already labelled", "", "twice", "twice", "could not be scored", "fresh"]
+    p = [0.3, 0.3, 0.9, 0.9, np.nan, 0.1]
+    chosen, _ = suggest(POLICY, pool(texts, p), n=6, explore=1.0, excluded={"already labelled"})
+    assert sorted(chosen.texts) == ["fresh", "twice"] and chosen.ids[chosen.texts.index("twice")] == "0002"
+    with pytest.raises(ValueError, match="from 0 to 1"):
+        suggest(POLICY, pool(["a"], [0.5]), n=1, explore=1.5)
+
+
 @pytest.fixture
 def pool_file(tmp_path):
     path = tmp_path / "pool.csv"
@@ -115,3 +142,29 @@ def test_scores_of_another_pool_are_refused_in_one_line(
     err = capsys.readouterr().err
     assert code == 2 and "not the pool's, row for row" in err and "Traceback" not in err
     assert not (tmp_path / "o.csv").exists() and not list(tmp_path.glob(".o.csv*"))
+
+
+def test_the_first_round_without_a_policy_is_a_random_draw_in_pool_order(pool_file, tmp_path, capsys):
+    out = tmp_path / "start.csv"
+    assert main(["suggest", "-i", str(pool_file), "--text-column", "body", "-n", "4", "-o", str(out)]) == 0
+    start = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(start.columns) == ["id", "body", "label"] and set(start["label"]) == {""}
+    pool_rows = pd.read_csv(pool_file, dtype=str, keep_default_na=False)
+    where = [pool_rows.index[pool_rows["body"] == body][0] for body in start["body"]]
+    assert len(start) == 4 and where == sorted(where) and "" not in set(start["body"])
+    assert start["id"].tolist() == pool_rows["id"][where].tolist()  # "0012" stays "0012"
+    assert "drawn at random" in capsys.readouterr().err
+
+    again = tmp_path / "again.csv"
+    assert main(["suggest", "-i", str(pool_file), "--text-column", "body", "-n", "4", "-o", str(again)]) == 0
+    assert pd.read_csv(again, dtype=str, keep_default_na=False).equals(start)  # the same seed, the same draw
+    rest = tmp_path / "rest.csv"
+    assert main(["suggest", "-i", str(pool_file), "--text-column", "body", "-n", "8", "-o", str(rest),
+                 "--exclude", str(out)]) == 0
+    assert sorted(pd.read_csv(rest, dtype=str)["body"]) == sorted(set(pool_rows["body"]) - set(start["body"]) - {""})
+
+    for flag in (["--scores", str(out)], ["--explore", "0.5"]):
+        code = main(["suggest", "-i", str(pool_file), "--text-column", "body", "-o", str(tmp_path / "x.csv"), *flag])
+        err = capsys.readouterr().err
+        assert code == 2 and f"{flag[0]} needs --adapter" in err and "Traceback" not in err
+        assert not (tmp_path / "x.csv").exists()

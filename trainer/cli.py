@@ -174,9 +174,16 @@ def cmd_suggest(args) -> int:
     from agile.tables import TableWriter, read_chunks
     from agile.trainer import suggest
 
-    policy = Policy.from_adapter(load_adapter(find_adapter(args.adapter)))
-    if policy.positive_label is None:  # adapters written before positive labels were recorded
-        policy = replace(policy, positive_label=policy.labels[1])
+    policy = None
+    if args.adapter is None:  # the first round: no policy yet, so a random draw
+        given = [flag for flag, value in (("--scores", args.scores), ("--explore", args.explore)) if value is not None]
+        if given:
+            raise ValueError(f"{given[0]} needs --adapter (without one, the n comments are drawn at random)")
+    else:
+        policy = Policy.from_adapter(load_adapter(find_adapter(args.adapter)))
+        if policy.positive_label is None:  # adapters written before positive labels were recorded
+            policy = replace(policy, positive_label=policy.labels[1])
+    names = policy.names if policy else []
     out = Path(args.output)
     excluded = suggest.read_texts(args.exclude, args.text_column, args.delimiter)
     writer = TableWriter(out)  # refuses a missing directory or an unknown format before any scoring
@@ -184,17 +191,25 @@ def cmd_suggest(args) -> int:
         chunks = read_chunks(args.input, args.text_column, args.id_column, args.chunk_rows, delimiter=args.delimiter)
         with tqdm(unit="comment", file=sys.stderr, desc="pool") as bar:
             chunks = suggest.counted(chunks, bar)
-            pairs = (suggest.scored_chunks(Path(args.scores), chunks, policy.names) if args.scores
-                     else suggest.scored_pool(policy, chunks, args.model, args.batch_size))
-            chosen, seen = suggest.suggest(policy, pairs, args.n, args.seed, excluded, args.candidates)
-        writer.write(suggest.output_rows(chosen, policy.names, args.id_column or "id", args.text_column))
+            if policy is None:
+                pairs = suggest.unscored(chunks)
+            elif args.scores:
+                pairs = suggest.scored_chunks(Path(args.scores), chunks, names)
+            else:
+                pairs = suggest.scored_pool(policy, chunks, args.model, args.batch_size)
+            chosen, seen = suggest.suggest(policy, pairs, args.n, args.seed, excluded, args.candidates,
+                                           args.explore or 0.0)
+        writer.write(suggest.output_rows(chosen, names, args.id_column or "id", args.text_column))
         writer.close()
     except BaseException:
         writer.abort()
         raise
+    how = (f"most uncertain first; fill its '{suggest.LABEL_COLUMN}' column with {' or '.join(names)} "
+           f"(agile label {out})" if policy else
+           f"drawn at random, in pool order; fill its '{suggest.LABEL_COLUMN}' column (agile label {out} "
+           "--labels WORD,WORD) and train the first policy on it")
     print(f"agile suggest: {len(chosen.ids)} of {seen} comments to label ({len(excluded)} labelled texts "
-          f"excluded), most uncertain first, in {out}; fill its '{suggest.LABEL_COLUMN}' column "
-          f"with {' or '.join(policy.names)} (agile label {out})", file=sys.stderr)
+          f"excluded) in {out}, {how}", file=sys.stderr)
     return 0
 
 
@@ -300,7 +315,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("suggest", help="the comments whose labels would teach a policy most",
                               description="Choose the next comments to label: near the policy's threshold, and "
                               "spread out over what they say (docs/TRAINING.md, 'The agile loop').")
-    p.add_argument("--adapter", required=True, help="adapter directory, or a name in adapters/ or AGILE_ADAPTER_PATH")
+    p.add_argument("--adapter", help="adapter directory, or a name in adapters/ or AGILE_ADAPTER_PATH; without "
+                   "one (the first round, no policy yet) the n comments are drawn at random")
     p.add_argument("--input", "-i", type=Path, required=True, help="the pool: .csv, .jsonl or .parquet")
     p.add_argument("-n", type=int, default=50, help="how many to suggest (default 50)")
     p.add_argument("--output", "-o", required=True, help="where the suggestions go (.csv/.jsonl/.parquet)")
@@ -315,6 +331,8 @@ def register(subparsers) -> None:
                    "same suggestions")
     p.add_argument("--candidates", type=int, default=5, metavar="FACTOR",
                    help="cluster the FACTOR x n most uncertain comments (default 5; 1 = uncertainty alone)")
+    p.add_argument("--explore", type=float, default=None, metavar="SHARE",
+                   help="draw this share of the n at random from the pool instead (0 to 1; default 0)")
     p.add_argument("--model", default=None, help="model spec (default: the adapter's base model)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--chunk-rows", type=int, default=2048, help="rows read and scored per step")

@@ -10,6 +10,14 @@ The rule, in two steps:
    state, are the embedding: they need no model, so `--scores` (an earlier scoring of the pool)
    chooses exactly as a fresh scoring would.
 
+3. **Exploration** (`--explore F`, off by default). A share F of the round is drawn at random from
+   the whole pool instead (each text's draw is a seeded hash of it, so it does not depend on how
+   the pool is chunked): the policy's own uncertainty is least trustworthy when it has seen fewest
+   labels, and random rows also show it what it is sure of and wrong about.
+
+Without a policy (the first round: `agile suggest` without `--adapter`) the whole round is the
+random share, in pool order: the start a new policy is trained on.
+
 Rows already labelled (`--exclude`, matched by text), rows that could not be scored and repeated
 texts are never suggested. The same pool, scores and seed give the same suggestions.
 """
@@ -21,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from agile.calibration import logit
 from agile.policy import Policy
@@ -32,30 +41,48 @@ DEFAULT_FACTOR = 5
 
 @dataclass
 class Candidates:
-    """The pool's most uncertain rows so far: row numbers, ids, texts, calibrated probabilities, margins."""
+    """Rows of the pool kept so far: row numbers, ids, texts, calibrated probabilities, margins, random draws."""
 
     rows: np.ndarray
     ids: list[str]
     texts: list[str]
     probs: np.ndarray  # [k, labels]
     margins: np.ndarray
+    draws: np.ndarray  # in [0, 1): the seeded hash of each text, for the exploration share
 
     @classmethod
     def empty(cls, n_labels: int) -> Candidates:
-        return cls(np.zeros(0, np.int64), [], [], np.zeros((0, n_labels)), np.zeros(0))
+        return cls(np.zeros(0, np.int64), [], [], np.zeros((0, n_labels)), np.zeros(0), np.zeros(0))
 
-    def merged(self, other: Candidates, keep: int) -> Candidates:
-        """Both sets in one, repeated texts dropped (the earlier row stays), the `keep` smallest margins."""
-        texts = self.texts + other.texts
-        margins = np.concatenate([self.margins, other.margins])
-        rows = np.concatenate([self.rows, other.rows])
+    def taken(self, index: np.ndarray | list[int]) -> Candidates:
+        """These rows, in this order."""
+        index = np.asarray(index, dtype=np.int64)
+        return Candidates(self.rows[index], [self.ids[i] for i in index], [self.texts[i] for i in index],
+                          self.probs[index], self.margins[index], self.draws[index])
+
+    def joined(self, other: Candidates) -> Candidates:
+        return Candidates(np.concatenate([self.rows, other.rows]), self.ids + other.ids, self.texts + other.texts,
+                          np.concatenate([self.probs, other.probs]), np.concatenate([self.margins, other.margins]),
+                          np.concatenate([self.draws, other.draws]))
+
+    def merged(self, other: Candidates, keep: int, by: str = "margins") -> Candidates:
+        """Both sets in one, repeated texts dropped (the earlier row stays), the `keep` smallest margins (or draws)."""
+        both = self.joined(other)
         first: dict[str, int] = {}
-        for i, text in enumerate(texts):
+        for i, text in enumerate(both.texts):
             first.setdefault(text, i)
         unique = np.fromiter(first.values(), dtype=np.int64, count=len(first))
-        order = unique[np.lexsort((rows[unique], margins[unique]))][:keep]  # margin, then row: deterministic
-        return Candidates(rows[order], [(self.ids + other.ids)[i] for i in order], [texts[i] for i in order],
-                          np.concatenate([self.probs, other.probs])[order], margins[order])
+        key = getattr(both, by)
+        return both.taken(unique[np.lexsort((both.rows[unique], key[unique]))][:keep])  # key, then row: deterministic
+
+
+def draws(texts: list[str], seed: int) -> np.ndarray:
+    """A uniform draw in [0, 1) per text, the same for the same text and seed wherever it stands in the pool."""
+    import hashlib
+
+    key = hashlib.blake2b(str(seed).encode(), digest_size=8).hexdigest()  # hash_array takes 16 characters
+    hashed = pd.util.hash_array(np.asarray(texts, dtype=object), hash_key=key, categorize=False)
+    return (hashed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def margins(policy: Policy, probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
@@ -141,32 +168,54 @@ def scored_chunks(scores: Path, chunks: Iterator[Chunk], labels: list[str]) -> I
         raise TableError(f"{scores}: {len(ids)} rows, the pool {seen}: not the pool's scores")
 
 
-def candidates(policy: Policy, pairs: Iterable[tuple[Chunk, np.ndarray]], keep: int,
-               excluded: set[str]) -> tuple[Candidates, int]:
-    """Stream (chunk, calibrated probabilities) into the `keep` most uncertain rows; also the rows seen."""
-    best, seen = Candidates.empty(len(policy.labels)), 0
+def candidates(policy: Policy | None, pairs: Iterable[tuple[Chunk, np.ndarray]], keep: int, excluded: set[str],
+               sample: int = 0, seed: int = 0) -> tuple[Candidates, Candidates, int]:
+    """Stream (chunk, calibrated probabilities) into the `keep` most uncertain rows and a random `sample`
+    of them all (the smallest draws); also the rows seen. Without a policy, only the sample."""
+    best = chosen = None
+    seen = 0
     for chunk, probs in pairs:
+        if best is None:
+            best = chosen = Candidates.empty(probs.shape[1])
         seen += len(chunk.ids)
         ok = np.isfinite(probs).all(axis=1) & np.fromiter((t not in excluded and t.strip() != "" for t in chunk.texts),
                                                          dtype=bool, count=len(chunk.texts))
         index = np.flatnonzero(ok)
         if len(index):
-            best = best.merged(Candidates(chunk.start + index, [chunk.ids[i] for i in index],
-                                          [chunk.texts[i] for i in index], probs[index],
-                                          margins(policy, probs[index])), keep)
-    return best, seen
+            texts = [chunk.texts[i] for i in index]
+            fresh = Candidates(chunk.start + index, [chunk.ids[i] for i in index], texts, probs[index],
+                               margins(policy, probs[index]) if policy else np.zeros(len(index)),
+                               draws(texts, seed) if sample else np.zeros(len(index)))
+            best = best.merged(fresh, keep)
+            if sample:
+                chosen = chosen.merged(fresh, sample, by="draws")
+    empty = Candidates.empty(len(policy.labels) if policy else 0)
+    return best or empty, chosen or empty, seen
 
 
-def suggest(policy: Policy, pairs: Iterable[tuple[Chunk, np.ndarray]], n: int, seed: int = 0,
-            excluded: set[str] | None = None, factor: int = DEFAULT_FACTOR) -> tuple[Candidates, int]:
-    """The `n` suggestions (most uncertain first) and the number of pool rows seen."""
+def suggest(policy: Policy | None, pairs: Iterable[tuple[Chunk, np.ndarray]], n: int, seed: int = 0,
+            excluded: set[str] | None = None, factor: int = DEFAULT_FACTOR,
+            explore: float = 0.0) -> tuple[Candidates, int]:
+    """The `n` suggestions (most uncertain first) and the number of pool rows seen; a share `explore`
+    of them drawn at random from the pool (all of them, in pool order, without a policy)."""
     if n < 1 or factor < 1:
         raise ValueError(f"-n and --candidates must be at least 1, got {n} and {factor}")
-    pool, seen = candidates(policy, pairs, n * factor, excluded or set())
-    picks = diverse(pool.texts, pool.margins, n, seed)
-    picks = picks[np.lexsort((pool.rows[picks], pool.margins[picks]))]
-    return Candidates(pool.rows[picks], [pool.ids[i] for i in picks], [pool.texts[i] for i in picks],
-                      pool.probs[picks], pool.margins[picks]), seen
+    if not 0.0 <= explore <= 1.0:
+        raise ValueError(f"--explore is a share of the round, from 0 to 1, got {explore}")
+    near = 0 if policy is None else n - round(n * explore)
+    pool, sample, seen = candidates(policy, pairs, near * factor, excluded or set(), n if near < n else 0, seed)
+    chosen = pool.taken(diverse(pool.texts, pool.margins, near, seed)) if near else pool.taken([])
+    if near < n:  # the random share: the smallest draws not already chosen
+        taken = set(chosen.texts)
+        chosen = chosen.joined(sample.taken([i for i, t in enumerate(sample.texts) if t not in taken]
+                                            [: n - len(chosen.ids)]))
+    return chosen.taken(np.lexsort((chosen.rows, chosen.margins))), seen
+
+
+def unscored(chunks: Iterable[Chunk]) -> Iterator[tuple[Chunk, np.ndarray]]:
+    """The pool's chunks with no scores (no policy yet): every row is a candidate for the random draw."""
+    for chunk in chunks:
+        yield chunk, np.zeros((len(chunk.texts), 0))
 
 
 def output_rows(chosen: Candidates, labels: list[str], id_column: str, text_column: str) -> list[dict]:
