@@ -168,3 +168,25 @@ def test_the_first_round_without_a_policy_is_a_random_draw_in_pool_order(pool_fi
         err = capsys.readouterr().err
         assert code == 2 and f"{flag[0]} needs --adapter" in err and "Traceback" not in err
         assert not (tmp_path / "x.csv").exists()
+
+
+def test_a_sample_of_the_pool_is_scored_and_chosen_from_in_pool_order(
+        tiny_preset, adapter_dir, pool_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("AGILE_ADAPTER_PATH", str(adapter_dir))
+    common = ["--adapter", "tiny-toxic", "-i", str(pool_file), "--text-column", "body", "--model", str(tiny_preset)]
+    drawn = tmp_path / "drawn.csv"  # the first round's draw of 4: the rows a --sample 4 scores
+    assert main(["suggest", "-i", str(pool_file), "--text-column", "body", "-n", "4", "-o", str(drawn)]) == 0
+    out = tmp_path / "next.csv"
+    assert main(["suggest", *common, "-n", "2", "--sample", "4", "--candidates", "1", "-o", str(out)]) == 0
+    assert "2 of 4 sampled from 8 comments" in capsys.readouterr().err
+    chosen = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert set(chosen["body"]) < set(pd.read_csv(drawn, dtype=str)["body"])
+    everything = tmp_path / "all.csv"
+    assert main(["suggest", *common, "-n", "7", "-o", str(everything)]) == 0  # every scorable row
+    whole = pd.read_csv(everything, dtype=str, keep_default_na=False).set_index("body")["p_Toxic"].astype(float)
+    np.testing.assert_allclose(chosen["p_Toxic"].astype(float), whole[chosen["body"]], atol=1e-5)  # the same scores
+
+    for flag, said in ((["--sample", "0"], "at least 1"), (["--sample", "3", "--scores", str(drawn)], "give one")):
+        code = main(["suggest", *common, "-o", str(tmp_path / "x.csv"), *flag])
+        err = capsys.readouterr().err
+        assert code == 2 and said in err and "Traceback" not in err and not (tmp_path / "x.csv").exists()

@@ -176,26 +176,35 @@ def cmd_suggest(args) -> int:
 
     policy = None
     if args.adapter is None:  # the first round: no policy yet, so a random draw
-        given = [flag for flag, value in (("--scores", args.scores), ("--explore", args.explore)) if value is not None]
+        given = [flag for flag, value in (("--scores", args.scores), ("--explore", args.explore),
+                                          ("--sample", args.sample)) if value is not None]
         if given:
             raise ValueError(f"{given[0]} needs --adapter (without one, the n comments are drawn at random)")
     else:
         policy = Policy.from_adapter(load_adapter(find_adapter(args.adapter)))
         if policy.positive_label is None:  # adapters written before positive labels were recorded
             policy = replace(policy, positive_label=policy.labels[1])
+    if args.sample is not None and (args.scores or args.sample < 1):
+        raise ValueError("--sample chooses what to score; --scores has every row's scores already: give one"
+                         if args.scores else f"--sample must be at least 1, got {args.sample}")
     names = policy.names if policy else []
     out = Path(args.output)
     excluded = suggest.read_texts(args.exclude, args.text_column, args.delimiter)
     writer = TableWriter(out)  # refuses a missing directory or an unknown format before any scoring
     try:
         chunks = read_chunks(args.input, args.text_column, args.id_column, args.chunk_rows, delimiter=args.delimiter)
-        with tqdm(unit="comment", file=sys.stderr, desc="pool") as bar:
+        with tqdm(unit="comment", file=sys.stderr, desc="pool") as bar, \
+                tqdm(unit="comment", file=sys.stderr, desc="sample scored", total=args.sample,
+                     disable=args.sample is None) as scored:
             chunks = suggest.counted(chunks, bar)
             if policy is None:
                 pairs = suggest.unscored(chunks)
             elif args.scores:
                 pairs = suggest.scored_chunks(Path(args.scores), chunks, names)
             else:
+                if args.sample is not None:
+                    chunks = suggest.counted(suggest.sampled(chunks, args.sample, args.seed, excluded,
+                                                             args.chunk_rows), scored)
                 pairs = suggest.scored_pool(policy, chunks, args.model, args.batch_size)
             chosen, seen = suggest.suggest(policy, pairs, args.n, args.seed, excluded, args.candidates,
                                            args.explore or 0.0)
@@ -208,7 +217,8 @@ def cmd_suggest(args) -> int:
            f"(agile label {out})" if policy else
            f"drawn at random, in pool order; fill its '{suggest.LABEL_COLUMN}' column (agile label {out} "
            "--labels WORD,WORD) and train the first policy on it")
-    print(f"agile suggest: {len(chosen.ids)} of {seen} comments to label ({len(excluded)} labelled texts "
+    of = f"{seen} sampled from {bar.n}" if args.sample is not None else str(seen)
+    print(f"agile suggest: {len(chosen.ids)} of {of} comments to label ({len(excluded)} labelled texts "
           f"excluded) in {out}, {how}", file=sys.stderr)
     return 0
 
@@ -333,6 +343,8 @@ def register(subparsers) -> None:
                    help="cluster the FACTOR x n most uncertain comments (default 5; 1 = uncertainty alone)")
     p.add_argument("--explore", type=float, default=None, metavar="SHARE",
                    help="draw this share of the n at random from the pool instead (0 to 1; default 0)")
+    p.add_argument("--sample", type=int, default=None, metavar="N",
+                   help="score a seeded random N of the pool, not all of it (a big dump on a CPU: ~10 a second)")
     p.add_argument("--model", default=None, help="model spec (default: the adapter's base model)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--chunk-rows", type=int, default=2048, help="rows read and scored per step")

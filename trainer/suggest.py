@@ -212,6 +212,17 @@ def suggest(policy: Policy | None, pairs: Iterable[tuple[Chunk, np.ndarray]], n:
     return chosen.taken(np.lexsort((chosen.rows, chosen.margins))), seen
 
 
+def sampled(chunks: Iterable[Chunk], size: int, seed: int, excluded: set[str],
+            chunk_rows: int = 2048) -> Iterator[Chunk]:
+    """A seeded random `size` of the pool's texts (the smallest draws: the same rows the random share
+    would take), in pool order, as chunks: what to score when the pool is too big to score whole.
+    Their row numbers count within the sample; only their order matters to the choice."""
+    _, sample, _ = candidates(None, unscored(chunks), 0, excluded, size, seed)
+    sample = sample.taken(np.argsort(sample.rows, kind="stable"))
+    for start in range(0, len(sample.ids), chunk_rows):
+        yield Chunk(start, sample.ids[start : start + chunk_rows], sample.texts[start : start + chunk_rows])
+
+
 def unscored(chunks: Iterable[Chunk]) -> Iterator[tuple[Chunk, np.ndarray]]:
     """The pool's chunks with no scores (no policy yet): every row is a candidate for the random draw."""
     for chunk in chunks:
