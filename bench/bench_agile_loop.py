@@ -46,7 +46,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2, help="rows a training step (2: the codelab's)")
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--lora-blocks", type=int, default=0, help="LoRA on the last N blocks (0: every block)")
-    parser.add_argument("--explore", type=float, default=0.0, help="suggest's random share (agile suggest --explore)")
+    parser.add_argument("--explore", type=float, default=0.5,
+                        help="suggest's random share (agile suggest --explore; 0: uncertainty and diversity alone)")
     parser.add_argument("--model", default="gemma3_270m")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
@@ -154,17 +155,21 @@ def report(name: str, settings: dict, found: dict[str, tuple[list[int], np.ndarr
 
 
 def merge(name: str, paths: list[str]) -> None:
-    """One table and plot over runs of one seed each (a long loop is best run seed by seed)."""
+    """One table and plot over earlier runs (a long loop is best run seed by seed): each strategy's seeds
+    joined; `suggest` run with --explore is its own curve, so runs of either rule can be set side by side."""
     import json
 
     runs = [json.loads(Path(p).read_text()) for p in paths]
-    found = {}
-    for strategy in runs[0]["curves"]:
-        labels = runs[0]["curves"][strategy]["labels"]
-        if any(r["curves"][strategy]["labels"] != labels for r in runs):
-            raise SystemExit(f"--merge: the runs' {strategy} rounds differ; merge runs of the same settings")
-        found[strategy] = (labels, np.array([row for r in runs for row in r["curves"][strategy]["per_seed"]]),
-                           sum(r["curves"][strategy]["seconds"] for r in runs))
+    joined: dict[str, tuple[list[int], list, float]] = {}
+    for run in runs:
+        explore = run["settings"].get("explore") or 0
+        for strategy, curve in run["curves"].items():
+            key = f"suggest --explore {explore}" if strategy == "suggest" and explore else strategy
+            labels, rows, seconds = joined.get(key, (curve["labels"], [], 0.0))
+            if curve["labels"] != labels:
+                raise SystemExit(f"--merge: the runs' {key} rounds differ; merge runs of the same settings")
+            joined[key] = (labels, rows + curve["per_seed"], seconds + curve["seconds"])
+    found = {key: (labels, np.array(rows), seconds) for key, (labels, rows, seconds) in joined.items()}
     seeds = ",".join(r["settings"]["seeds"] for r in runs)
     report(name, {**runs[0]["settings"], "seeds": seeds, "name": name, "merged": list(paths)}, found,
            [t for r in runs for t in r.get("trainings", [])])

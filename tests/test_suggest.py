@@ -29,7 +29,7 @@ def pool(texts: list[str], p_toxic: list[float], chunk: int = 4):
 def test_the_most_uncertain_come_first_measured_against_the_threshold():
     texts = [f"comment number {w}" for w in ("one", "two", "three", "four", "five", "six")]
     p = [0.05, 0.29, 0.9, 0.35, 0.5, 0.31]
-    chosen, seen = suggest(POLICY, pool(texts, p), n=3, factor=1)  # uncertainty alone
+    chosen, seen = suggest(POLICY, pool(texts, p), n=3, factor=1, explore=0)  # uncertainty alone
     assert seen == 6
     assert chosen.texts == ["comment number six", "comment number two", "comment number four"]
     assert chosen.ids == ["0005", "0001", "0003"]  # ids as written, not row numbers
@@ -44,11 +44,11 @@ def test_suggestions_are_spread_out_not_copies_of_one_kind():
     other = ["the bridge was built by engineers", "my cat sleeps all day long", "vote in the next election please",
              "this recipe needs more garlic"]
     texts, p = same + other, [0.3] * 8 + [0.4] * 4
-    alone, _ = suggest(POLICY, pool(texts, p), n=4, factor=1)
+    alone, _ = suggest(POLICY, pool(texts, p), n=4, factor=1, explore=0)
     assert all(t in same for t in alone.texts)
-    spread, _ = suggest(POLICY, pool(texts, p), n=4, factor=3, seed=0)
+    spread, _ = suggest(POLICY, pool(texts, p), n=4, factor=3, seed=0, explore=0)
     assert sum(t in same for t in spread.texts) == 1 and len(set(spread.texts)) == 4
-    again, _ = suggest(POLICY, pool(texts, p), n=4, factor=3, seed=0)
+    again, _ = suggest(POLICY, pool(texts, p), n=4, factor=3, seed=0, explore=0)
     assert again.ids == spread.ids  # deterministic for a seed
 
 

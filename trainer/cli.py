@@ -207,7 +207,7 @@ def cmd_suggest(args) -> int:
                                                              args.chunk_rows), scored)
                 pairs = suggest.scored_pool(policy, chunks, args.model, args.batch_size)
             chosen, seen = suggest.suggest(policy, pairs, args.n, args.seed, excluded, args.candidates,
-                                           args.explore or 0.0)
+                                           suggest.DEFAULT_EXPLORE if args.explore is None else args.explore)
         writer.write(suggest.output_rows(chosen, names, args.id_column or "id", args.text_column))
         writer.close()
     except BaseException:
@@ -342,7 +342,8 @@ def register(subparsers) -> None:
     p.add_argument("--candidates", type=int, default=5, metavar="FACTOR",
                    help="cluster the FACTOR x n most uncertain comments (default 5; 1 = uncertainty alone)")
     p.add_argument("--explore", type=float, default=None, metavar="SHARE",
-                   help="draw this share of the n at random from the pool instead (0 to 1; default 0)")
+                   help="draw this share of the n at random from the pool instead (0 to 1; default 0.5; "
+                   "0 = uncertainty and diversity alone)")
     p.add_argument("--sample", type=int, default=None, metavar="N",
                    help="score a seeded random N of the pool, not all of it (a big dump on a CPU: ~10 a second)")
     p.add_argument("--model", default=None, help="model spec (default: the adapter's base model)")
