@@ -345,7 +345,8 @@ def register(subparsers) -> None:
                    help="draw this share of the n at random from the pool instead (0 to 1; default 0.5; "
                    "0 = uncertainty and diversity alone)")
     p.add_argument("--sample", type=int, default=None, metavar="N",
-                   help="score a seeded random N of the pool, not all of it (a big dump on a CPU: ~14 a second on 2 cores)")
+                   help="score a seeded random N of the pool, not all of it (a big dump on a CPU: ~14 a second "
+                   "on 2 cores)")
     p.add_argument("--model", default=None, help="model spec (default: the adapter's base model)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--chunk-rows", type=int, default=2048, help="rows read and scored per step")
