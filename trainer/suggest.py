@@ -1,15 +1,14 @@
 """`agile suggest`: the comments whose labels would teach a policy most, for the next labelling round.
 
-The rule, in two steps:
+The rule, in three parts (m = the places the random share leaves):
 1. **Uncertainty.** Each comment's distance from the policy's decision, in logit space:
-   |logit(p) - logit(threshold)| on the calibrated p(positive label). The `factor * n` closest
+   |logit(p) - logit(threshold)| on the calibrated p(positive label). The `factor * m` closest
    comments are the candidates (the pool is streamed; only the candidates are kept).
-2. **Diversity.** The candidates are clustered into `n` groups (k-means, seeded) over a hashed
+2. **Diversity.** The candidates are clustered into `m` groups (k-means, seeded) over a hashed
    bag of their words and word pairs, and each group gives its most uncertain comment. So a
    round is not fifty rewordings of one borderline comment. The words, not the model's hidden
    state, are the embedding: they need no model, so `--scores` (an earlier scoring of the pool)
    chooses exactly as a fresh scoring would.
-
 3. **Exploration** (`--explore F`, default half). A share F of the round is drawn at random from
    the whole pool instead (each text's draw is a seeded hash of it, so it does not depend on how
    the pool is chunked): the policy's own uncertainty is least trustworthy when it has seen fewest
