@@ -190,3 +190,16 @@ def test_a_sample_of_the_pool_is_scored_and_chosen_from_in_pool_order(
         code = main(["suggest", *common, "-o", str(tmp_path / "x.csv"), *flag])
         err = capsys.readouterr().err
         assert code == 2 and said in err and "Traceback" not in err and not (tmp_path / "x.csv").exists()
+
+
+def test_an_output_over_a_file_the_run_reads_is_refused_and_the_file_kept(pool_file, tmp_path, capsys):
+    before = pool_file.read_bytes()
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text("body,label\nwhat a nice day,Safe\n")
+    for out in (pool_file, tmp_path / "x" / ".." / pool_file.name, labelled):
+        (tmp_path / "x").mkdir(exist_ok=True)
+        code = main(["suggest", "-i", str(pool_file), "--text-column", "body", "-n", "2", "-o", str(out),
+                     "--exclude", str(labelled)])
+        err = capsys.readouterr().err
+        assert code == 2 and "which this run reads" in err and "Traceback" not in err
+    assert pool_file.read_bytes() == before and labelled.read_text() == "body,label\nwhat a nice day,Safe\n"

@@ -220,6 +220,18 @@ def test_train_init_refuses_a_changed_parent_or_another_prompt(tiny, table, tmp_
     err = capsys.readouterr().err
     assert "have changed since" in err and "--no-parent-rows" in err and not (tmp_path / "y").exists()
 
+    before = sorted(f.name for f in parent.iterdir())
+    inside = parent / "round2.csv"
+    inside.write_bytes(table.read_bytes())
+    for data_file, out in ((table, parent), (inside, tmp_path / "z" / ".." / "parent")):  # over the parent
+        code = main(["train", "--init", str(parent), "--data", str(data_file), "--no-parent-rows", *common,
+                     "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and "which this run reads" in err and "Traceback" not in err
+    assert main(["train", "--data", str(inside), "--labels", "Safe,Toxic", *common, "--out", str(parent)]) == 2
+    assert "round2.csv, which this run reads" in capsys.readouterr().err
+    assert sorted(f.name for f in parent.iterdir()) == sorted([*before, "round2.csv"])  # nothing replaced
+
 
 def test_lora_on_the_last_blocks_only_trains_continues_and_scores(tiny, table, tmp_path, capsys):
     """`--lora-blocks 1`: the adapter holds LoRA for the last block alone, records it, a round continued from

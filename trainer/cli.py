@@ -170,6 +170,7 @@ def cmd_suggest(args) -> int:
     from tqdm import tqdm
 
     from agile.adapters import find_adapter, load_adapter
+    from agile.files import check_output
     from agile.policy import Policy
     from agile.tables import TableWriter, read_chunks
     from agile.trainer import suggest
@@ -188,7 +189,7 @@ def cmd_suggest(args) -> int:
         raise ValueError("--sample chooses what to score; --scores has every row's scores already: give one"
                          if args.scores else f"--sample must be at least 1, got {args.sample}")
     names = policy.names if policy else []
-    out = Path(args.output)
+    out = check_output(args.output, [args.input, args.scores, *args.exclude])  # never over a file it reads
     excluded = suggest.read_texts(args.exclude, args.text_column, args.delimiter)
     writer = TableWriter(out)  # refuses a missing directory or an unknown format before any scoring
     try:
