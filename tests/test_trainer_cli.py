@@ -263,3 +263,33 @@ def test_lora_on_the_last_blocks_only_trains_continues_and_scores(tiny, table, t
                  "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err
     assert "lora_blocks must be 0 (every block) or more" in err and "Traceback" not in err
+
+
+def test_the_kept_epochs_validation_scores_are_the_saved_adapters(tiny, table, tmp_path, capsys):
+    """The validation rows are scored once an epoch and the kept epoch's scores fit the calibration, not
+    scored again: they must be what the saved adapter gives those rows, also when an earlier epoch is kept."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from agile.adapters import load_adapter, merge_adapter
+    from agile.models import load_model
+    from agile.prompt import PromptTemplate
+    from agile.scoring import LabelScorer, ScoringSettings
+    from agile.trainer.data import load_examples, validation_split
+
+    out = tmp_path / "kept"
+    assert main(["train", "--data", str(table), "--text-column", "comment", "--label-column", "verdict",
+                 "--labels", "Safe,Toxic", "--model", tiny, "--epochs", "4", "--learning-rate", "3e-2",
+                 "--validation-fraction", "0.4", "--out", str(out)]) == 0, capsys.readouterr().err
+    meta = json.loads((out / "adapter.json").read_text())
+    history, best = meta["metrics"]["history"], meta["metrics"]["best_epoch"]
+    assert best < len(history)  # an earlier epoch kept: its weights restored after the last
+    rows = load_examples(str(table), ("Safe", "Toxic"), text_column="comment", label_column="verdict")
+    _, validation = validation_split(rows, 0.4, meta["settings"]["seed"])
+    model = load_model(tiny, sequence_length=meta["max_length"])
+    merge_adapter(model, load_adapter(out))
+    probs = LabelScorer(model, PromptTemplate(("Safe", "Toxic")), ScoringSettings(meta["max_length"])).score(
+        validation.texts).probs[:, 1]
+    assert roc_auc_score(validation.labels, probs) == pytest.approx(history[best - 1]["validation_roc_auc"])
+    brier = float(np.mean((probs - validation.labels) ** 2))  # continuous in the scores, unlike a 4-row AUC
+    assert brier == pytest.approx(meta["metrics"]["calibration"]["validation"]["brier_before"], abs=1e-4)

@@ -188,8 +188,11 @@ def run_training(run: TrainRun) -> Path:
     scorer = LabelScorer(model, template, ScoringSettings(max_length=settings.max_length))
     positive = template.labels.index(positive_label)
 
+    scored: list[np.ndarray] = []  # each epoch's validation probabilities: the kept epoch's are reused below
+
     def validation_auc(model) -> float:
         probs, _ = score_examples(scorer, validation, desc="validation")
+        scored.append(probs)
         return binary_metrics(binary_truth(validation, positive_label), probs[:, positive], 0.5)["roc_auc"]
 
     started = time.perf_counter()
@@ -202,7 +205,7 @@ def run_training(run: TrainRun) -> Path:
     name = run.name or run.out.name
     val_scores = None
     if validation is not None:
-        val_scores = score_examples(scorer, validation, desc="validation")[0]
+        val_scores = scored[result.best_epoch - 1]  # the model holds that epoch's weights: not scored again
         policy = served_policy(template, name, positive_label, settings.max_length, validation, val_scores,
                                run.calibration, run.threshold, metrics)
     else:  # nothing to fit on: raw scores, the given threshold or the codelab's argmax
