@@ -265,9 +265,11 @@ def test_lora_on_the_last_blocks_only_trains_continues_and_scores(tiny, table, t
     assert "lora_blocks must be 0 (every block) or more" in err and "Traceback" not in err
 
 
-def test_the_kept_epochs_validation_scores_are_the_saved_adapters(tiny, table, tmp_path, capsys):
+@pytest.mark.parametrize("blocks", [[], ["--lora-blocks", "1"]], ids=["every-block", "frozen-below"])
+def test_the_kept_epochs_validation_scores_are_the_saved_adapters(tiny, table, tmp_path, capsys, blocks):
     """The validation rows are scored once an epoch and the kept epoch's scores fit the calibration, not
-    scored again: they must be what the saved adapter gives those rows, also when an earlier epoch is kept."""
+    scored again: they must be what the saved adapter gives those rows, also when an earlier epoch is kept.
+    With LoRA on the last block only they come from the frozen block's output, computed once."""
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
@@ -280,7 +282,7 @@ def test_the_kept_epochs_validation_scores_are_the_saved_adapters(tiny, table, t
     out = tmp_path / "kept"
     assert main(["train", "--data", str(table), "--text-column", "comment", "--label-column", "verdict",
                  "--labels", "Safe,Toxic", "--model", tiny, "--epochs", "4", "--learning-rate", "3e-2",
-                 "--validation-fraction", "0.4", "--out", str(out)]) == 0, capsys.readouterr().err
+                 "--validation-fraction", "0.4", *blocks, "--out", str(out)]) == 0, capsys.readouterr().err
     meta = json.loads((out / "adapter.json").read_text())
     history, best = meta["metrics"]["history"], meta["metrics"]["best_epoch"]
     assert best < len(history)  # an earlier epoch kept: its weights restored after the last

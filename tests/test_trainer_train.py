@@ -216,6 +216,29 @@ def test_blocks_below_the_lora_run_once_a_training_and_the_loss_stays_keras_hubs
         assert [s[0] for s in runs] == ([1, 8] if shared else [8]), runs
 
 
+@pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
+def test_validation_from_the_frozen_blocks_gives_the_scorers_probabilities(tmp_path, examples, family):
+    """With LoRA on the last two of four blocks, validation each epoch runs those two blocks from the first
+    two's stored output: the probabilities are the scorer's, after the LoRA weights change too."""
+    from agile.trainer.train import enable_lora, frozen_validation
+
+    model = load_model(str(make_tiny_preset(tmp_path / "preset", family=family, num_layers=4)))
+    settings = TrainSettings(lora_blocks=2, target_layers=ALL_TARGETS)
+    params = random_lora(model, lambda m: enable_lora(m, 4, ALL_TARGETS, blocks=2))
+    assert frozen_validation(model, TEMPLATE, examples, TrainSettings(target_layers=ALL_TARGETS)) is None
+    probs = frozen_validation(model, TEMPLATE, examples, settings)
+    scorer = LabelScorer(model, TEMPLATE)
+    runs = []
+    for _ in range(2):  # the second call after a change of the LoRA weights, as after an epoch
+        got, want = probs(), scorer.score(list(examples.texts)).probs
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        runs.append(got)
+        with torch.no_grad():
+            for p in params:
+                p.add_(torch.randn_like(p) * 0.5)
+    assert np.abs(runs[0] - runs[1]).max() > 1e-3  # the LoRA'd blocks ran again, not a stored answer
+
+
 def test_training_takes_the_lean_forward_and_lands_where_keras_hubs_does(tiny, examples):
     settings = TrainSettings(learning_rate=3e-2, epochs=2, batch_size=4, compute_dtype="float32")
     runs = {}

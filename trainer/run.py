@@ -157,7 +157,7 @@ def run_training(run: TrainRun) -> Path:
         score_examples,
         write_report,
     )
-    from agile.trainer.train import train
+    from agile.trainer.train import frozen_validation, train
 
     parent = load_adapter(find_adapter(run.init)) if run.init else None
     if parent is not None:
@@ -189,9 +189,10 @@ def run_training(run: TrainRun) -> Path:
     positive = template.labels.index(positive_label)
 
     scored: list[np.ndarray] = []  # each epoch's validation probabilities: the kept epoch's are reused below
+    frozen = frozen_validation(model, template, validation, settings) if validation else None
 
     def validation_auc(model) -> float:
-        probs, _ = score_examples(scorer, validation, desc="validation")
+        probs = frozen() if frozen else score_examples(scorer, validation, desc="validation")[0]
         scored.append(probs)
         return binary_metrics(binary_truth(validation, positive_label), probs[:, positive], 0.5)["roc_auc"]
 

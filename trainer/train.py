@@ -154,6 +154,23 @@ class LeanLabelLoss:
         targets = torch.as_tensor(targets, device=logits.device)
         return torch.nn.functional.cross_entropy(logits.float(), targets)
 
+    @torch.no_grad()
+    def probs(self, device, batch: int = 16) -> np.ndarray:
+        """Every row's label probabilities (softmax over the label logits: what the scorer gives), rows of
+        like length batched together; the frozen blocks' output is reused, so a call runs the LoRA'd blocks."""
+        order = np.argsort([len(r) for r in self.rows], kind="stable")
+        found = np.zeros((len(self.rows), len(self.label_ids)), dtype=np.float64)
+        for start in range(0, len(order), batch):
+            part = order[start : start + batch].tolist()
+            if self.frozen:
+                logits = self._from_frozen(part, device)
+            else:
+                caches = self.lean.prefix_cache(self.prefix, device) if self.prefix else None
+                logits = self.lean.label_logits(*self._padded([self.rows[i] for i in part], device), self.label_ids,
+                                                caches)
+            found[part] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        return found
+
     def _padded(self, rows: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
         return tuple(torch.from_numpy(a).to(device) for a in pad_batch(rows, self.pad_id))
 
@@ -184,6 +201,35 @@ class LeanLabelLoss:
             for j, i in enumerate(part):
                 hidden[i] = x[j, : len(self.rows[i])].clone()
         return prefix, hidden
+
+
+def frozen_blocks(model, settings: TrainSettings) -> int | None:
+    """How many blocks below the LoRA'd ones the lean trainer runs once (0: LoRA on every block), or None
+    where the lean label path does not run this model and settings."""
+    if settings.objective != "label" or settings.engine != "lean" or lean_unsupported(model.backbone) is not None:
+        return None
+    blocks = len(model.backbone.transformer_layers)
+    return blocks - settings.lora_blocks if 0 < settings.lora_blocks < blocks else 0
+
+
+def frozen_validation(model, template: PromptTemplate, examples: Examples,
+                      settings: TrainSettings) -> Callable[[], np.ndarray] | None:
+    """Label probabilities of `examples` on each call, the frozen blocks' output computed on the first
+    (with LoRA on the last blocks only, validation every epoch then costs those blocks alone); None where
+    there are no frozen blocks. Call it after `train` has added LoRA (from its `validate`)."""
+    frozen = frozen_blocks(model, settings)
+    if not frozen:
+        return None
+    held: list[LeanLabelLoss] = []
+
+    def probs() -> np.ndarray:
+        if not held:
+            tokenizer = PromptTokenizer.from_model(model)
+            held.append(LeanLabelLoss(model, tokenizer, template, tokenizer.label_ids(template.labels),
+                                      encode_rows(model, template, examples, settings), frozen))
+        return held[0].probs(model.backbone.trainable_weights[0].value.device)
+
+    return probs
 
 
 def causal_lm_loss(model, ids, mask) -> torch.Tensor:
@@ -253,11 +299,8 @@ def train(
     rng = np.random.default_rng(settings.seed)
     device = params[0].device  # cpu, or cuda where Keras put the model
     autocast = autocast_bfloat16(settings.compute_dtype, device)
-    lean = None
-    if settings.objective == "label" and settings.engine == "lean" and lean_unsupported(model.backbone) is None:
-        blocks = len(model.backbone.transformer_layers)
-        frozen = blocks - settings.lora_blocks if 0 < settings.lora_blocks < blocks else 0
-        lean = LeanLabelLoss(model, tokenizer, template, label_ids, rows, frozen)
+    frozen = frozen_blocks(model, settings)
+    lean = None if frozen is None else LeanLabelLoss(model, tokenizer, template, label_ids, rows, frozen)
 
     result = TrainResult(compute_dtype="bfloat16" if autocast else "float32")
     best_auc, best_state, steps_done, step_seconds = -1.0, None, 0, []
