@@ -77,3 +77,17 @@ def check_output(out: str | Path, reads: Iterable[str | Path | None] = ()) -> Pa
         os.close(fd)
         os.unlink(probe)
     return path
+
+
+def check_directory_output(out: str | Path, reads: Iterable[str | Path | None]) -> None:
+    """Refuse (OutputError) a directory output that is, or holds, something the run reads: it is replaced
+    whole (`atomic_directory`), so `agile train --init A -o A` would lose the parent, `-o DIR` a data
+    file inside DIR. Names that are not files here (a built-in data split) are passed over."""
+    target = Path(out).resolve()
+    for read in reads:
+        if read is None or not Path(read).exists():
+            continue
+        path = Path(read).resolve()
+        if path == target or target in path.parents:
+            raise OutputError(f"{out}: holds {read}, which this run reads, and a new adapter replaces its directory "
+                              "whole; write it to another directory")

@@ -116,21 +116,6 @@ def from_parent(run: TrainRun, parent: Adapter) -> TrainRun:
                    settings=settings, test=test, outputs=outputs)
 
 
-def check_not_read(out: str | Path, reads: list[str | Path | None]) -> None:
-    """Refuse an adapter directory that is, or holds, something this run reads: a new adapter replaces
-    its directory whole, so `--init A -o A` would lose the parent and `-o DIR` a data file inside DIR."""
-    from agile.files import OutputError
-
-    target = Path(out).resolve()
-    for read in reads:
-        if read is None or not Path(read).exists():  # built-in splits (ethos) are not files here
-            continue
-        path = Path(read).resolve()
-        if path == target or target in path.parents:
-            raise OutputError(f"{out}: holds {read}, which this run reads, and a new adapter replaces its directory "
-                              "whole; write it to another directory")
-
-
 def peak_memory() -> dict:
     """Peak host RSS, and peak GPU memory where training ran on a GPU."""
     import torch
@@ -145,6 +130,7 @@ def peak_memory() -> dict:
 def run_training(run: TrainRun) -> Path:
     """Train, choose on validation, score the test rows once, write the adapter (and report); its path."""
     from agile.adapters import AdapterMeta, find_adapter, load_adapter, save_adapter
+    from agile.files import check_directory_output
     from agile.models import load_model
     from agile.policy import Policy
     from agile.scoring import LabelScorer, ScoringSettings
@@ -166,8 +152,8 @@ def run_training(run: TrainRun) -> Path:
     if run.outputs:  # before any work: a bad name would otherwise surface after training
         check_outputs(template.labels, run.outputs)
     check_writable(run.out)
-    check_not_read(run.out, [run.data, run.test, *([parent.path, *(src["data_spec"] for src in sources(parent.meta))]
-                                                   if parent is not None else [])])
+    parent_reads = [parent.path, *(src["data_spec"] for src in sources(parent.meta))] if parent is not None else []
+    check_directory_output(run.out, [run.data, run.test, *parent_reads])
     if run.report:
         check_writable(run.report)
     examples = new = run.examples(run.data, "train")

@@ -172,11 +172,9 @@ def candidates(policy: Policy | None, pairs: Iterable[tuple[Chunk, np.ndarray]],
                sample: int = 0, seed: int = 0) -> tuple[Candidates, Candidates, int]:
     """Stream (chunk, calibrated probabilities) into the `keep` most uncertain rows and a random `sample`
     of them all (the smallest draws); also the rows seen. Without a policy, only the sample."""
-    best = chosen = None
+    best = drawn = Candidates.empty(len(policy.labels) if policy else 0)
     seen = 0
     for chunk, probs in pairs:
-        if best is None:
-            best = chosen = Candidates.empty(probs.shape[1])
         seen += len(chunk.ids)
         ok = np.isfinite(probs).all(axis=1) & np.fromiter((t not in excluded and t.strip() != "" for t in chunk.texts),
                                                          dtype=bool, count=len(chunk.texts))
@@ -188,9 +186,8 @@ def candidates(policy: Policy | None, pairs: Iterable[tuple[Chunk, np.ndarray]],
                                draws(texts, seed) if sample else np.zeros(len(index)))
             best = best.merged(fresh, keep)
             if sample:
-                chosen = chosen.merged(fresh, sample, by="draws")
-    empty = Candidates.empty(len(policy.labels) if policy else 0)
-    return best or empty, chosen or empty, seen
+                drawn = drawn.merged(fresh, sample, by="draws")
+    return best, drawn, seen
 
 
 def suggest(policy: Policy | None, pairs: Iterable[tuple[Chunk, np.ndarray]], n: int, seed: int = 0,

@@ -145,14 +145,17 @@ class LeanLabelLoss:
         self._below: tuple | None = None  # (prefix hidden states, each row's hidden states) after `frozen`
 
     def __call__(self, batch, targets, device) -> torch.Tensor:
-        if self.frozen:
-            logits = self._from_frozen(batch, device)
-        else:
-            caches = self.lean.prefix_cache(self.prefix, device) if self.prefix else None
-            ids, mask = self._padded([self.rows[i] for i in batch], device)
-            logits = self.lean.label_logits(ids, mask, self.label_ids, caches)
+        logits = self._logits(batch, device)
         targets = torch.as_tensor(targets, device=logits.device)
         return torch.nn.functional.cross_entropy(logits.float(), targets)
+
+    def _logits(self, batch, device) -> torch.Tensor:
+        """The label logits of the rows `batch` indexes: from the frozen blocks' output, or the whole model."""
+        if self.frozen:
+            return self._from_frozen(batch, device)
+        caches = self.lean.prefix_cache(self.prefix, device) if self.prefix else None
+        ids, mask = self._padded([self.rows[i] for i in batch], device)
+        return self.lean.label_logits(ids, mask, self.label_ids, caches)
 
     @torch.no_grad()
     def probs(self, device, batch: int = 16) -> np.ndarray:
@@ -162,13 +165,7 @@ class LeanLabelLoss:
         found = np.zeros((len(self.rows), len(self.label_ids)), dtype=np.float64)
         for start in range(0, len(order), batch):
             part = order[start : start + batch].tolist()
-            if self.frozen:
-                logits = self._from_frozen(part, device)
-            else:
-                caches = self.lean.prefix_cache(self.prefix, device) if self.prefix else None
-                logits = self.lean.label_logits(*self._padded([self.rows[i] for i in part], device), self.label_ids,
-                                                caches)
-            found[part] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            found[part] = torch.softmax(self._logits(part, device).float(), dim=-1).cpu().numpy()
         return found
 
     def _padded(self, rows: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
