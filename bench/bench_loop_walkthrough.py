@@ -8,6 +8,7 @@ round's policy can be read (its 198 test rows scored once a round, ~15 s; `--ini
     python bench/bench_loop_walkthrough.py                      # the codelab's recipe, the defaults
     python bench/bench_loop_walkthrough.py --train-args="--lora-targets all --lora-blocks 6 --batch-size 16 \
         --learning-rate 8e-4 --epochs 3" --name loop-walkthrough-fast
+    python bench/bench_loop_walkthrough.py --train-args=--quick --round-args=--quick --name loop-walkthrough-quick
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=100, help="the first round's random draw")
     parser.add_argument("--per-round", type=int, default=50)
     parser.add_argument("--train-args", default="", help="extra `agile train` flags for the first round")
+    parser.add_argument("--round-args", default="", help="extra `agile train --init` flags for the second round")
     parser.add_argument("--name", default="loop-walkthrough", help="results file name (bench/results/NAME.json)")
     args = parser.parse_args()
     os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -73,7 +75,8 @@ def main() -> None:
     timed("suggest", ["suggest", "--adapter", str(first), "-i", str(dump), "-n", str(args.per_round),
                       "--exclude", str(start), "-o", str(round2)], steps)
     labelled(round2, oracle)
-    timed("second round", ["train", "--init", str(first), "--data", str(round2), "-o", str(second)], steps)
+    timed("second round", ["train", "--init", str(first), "--data", str(round2), *shlex.split(args.round_args),
+                           "-o", str(second)], steps)
     rounds = json.loads((second / "adapter.json").read_text())["rounds"]
     total = sum(s["seconds"] for s in steps)
     common.print_table(["step", "seconds", "command"], [[s["step"], s["seconds"], s["command"]] for s in steps])

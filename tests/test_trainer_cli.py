@@ -265,6 +265,41 @@ def test_lora_on_the_last_blocks_only_trains_continues_and_scores(tiny, table, t
     assert "lora_blocks must be 0 (every block) or more" in err and "Traceback" not in err
 
 
+def test_quick_is_the_rounds_recipe_flags_given_win_and_init_keeps_the_parents_layout(tiny, table, tmp_path, capsys):
+    """`--quick` trains with QUICK's settings where no flag says otherwise; with --init the parent's LoRA layout
+    stays and the recipe gives batch and rate; a layout flag beside --init is refused even with --quick."""
+    from agile.trainer.settings import QUICK, TrainSettings
+
+    common = ["--text-column", "comment", "--label-column", "verdict", "--model", tiny, "--epochs", "1",
+              "--validation-fraction", "0.4"]
+
+    def recorded(out):
+        return json.loads((out / "adapter.json").read_text())["settings"]
+
+    first, quick, child = tmp_path / "first", tmp_path / "quick", tmp_path / "child"
+    assert main(["train", "--data", str(table), "--labels", "Safe,Toxic", "--lora-blocks", "1", *common,
+                 "--out", str(first)]) == 0, capsys.readouterr().err
+    codelab = TrainSettings()
+    assert [recorded(first)[k] for k in ("batch_size", "learning_rate", "patience")] == [
+        codelab.batch_size, codelab.learning_rate, codelab.patience]
+    assert main(["train", "--data", str(table), "--labels", "Safe,Toxic", "--quick", "--batch-size", "2", *common,
+                 "--out", str(quick)]) == 0, capsys.readouterr().err
+    got = recorded(quick)
+    assert got["batch_size"] == 2 and got["epochs"] == 1  # given: they win
+    assert (got["learning_rate"], got["patience"], got["lora_blocks"], tuple(got["target_layers"])) == (
+        QUICK.learning_rate, QUICK.patience, QUICK.lora_blocks, QUICK.target_layers)
+
+    assert main(["train", "--init", str(first), "--data", str(table), "--no-parent-rows", "--quick", *common,
+                 "--out", str(child)]) == 0, capsys.readouterr().err
+    got = recorded(child)
+    assert (got["batch_size"], got["learning_rate"]) == (QUICK.batch_size, QUICK.learning_rate)
+    assert got["lora_blocks"] == 1 and tuple(got["target_layers"]) == codelab.target_layers  # the parent's
+    capsys.readouterr()
+    assert main(["train", "--init", str(first), "--data", str(table), "--quick", "--lora-blocks", "6", *common,
+                 "--out", str(tmp_path / "other")]) == 2
+    assert "drop --lora-blocks" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
 @pytest.mark.parametrize("blocks", [[], ["--lora-blocks", "1"]], ids=["every-block", "frozen-below"])
 def test_the_kept_epochs_validation_scores_are_the_saved_adapters(tiny, table, tmp_path, capsys, blocks):
     """The validation rows are scored once an epoch and the kept epoch's scores fit the calibration, not

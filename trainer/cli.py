@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from agile.prompt import DEFAULT_EOS, DEFAULT_INSTRUCTIONS, DEFAULT_LABELS, DEFAULT_SEPARATOR, PromptTemplate
-from agile.trainer.settings import ALL_TARGETS, COMPUTE_DTYPES, OBJECTIVES, TrainSettings
+from agile.trainer.settings import ALL_TARGETS, COMPUTE_DTYPES, OBJECTIVES, QUICK, TrainSettings
 
 DEFAULT_MODEL = "gemma3_270m"
 
@@ -53,45 +53,70 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_settings_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
-
+    """The training settings' flags. Those a recipe sets default to None, so `_settings` knows what was given."""
     d = TrainSettings()
     p.add_argument("--model", default=DEFAULT_MODEL, help="model spec (default: the embedded Gemma 3 270M)")
-    p.add_argument("--objective", choices=OBJECTIVES, default=d.objective)
-    p.add_argument("--rank", type=int, default=d.rank, help="LoRA rank")
-    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="Adam learning rate")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--max-length", type=int, default=d.max_length, help="tokens per training row")
+    p.add_argument("--objective", choices=OBJECTIVES, default=None, help=f"default: {d.objective}")
+    p.add_argument("--rank", type=int, default=None, help=f"LoRA rank (default {d.rank})")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help=f"Adam learning rate (default {d.learning_rate:g})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"rows a step (default {d.batch_size})")
+    p.add_argument("--max-length", type=int, default=None, help=f"tokens per training row (default {d.max_length})")
     if sweep:
         p.add_argument("--epochs", type=_csv(int), default=[4, 6, 8, 10], help="epochs to score at")
     else:
-        p.add_argument("--epochs", type=int, default=d.epochs, help="the most epochs (early stopping)")
+        p.add_argument("--epochs", type=int, default=None, help=f"the most epochs (default {d.epochs}; early stopping)")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--lora-targets", default=",".join(d.target_layers),
-                   help=f"layer names, or 'all' = {','.join(ALL_TARGETS)}")
-    p.add_argument("--lora-blocks", type=int, default=d.lora_blocks, metavar="N",
+    p.add_argument("--lora-targets", default=None,
+                   help=f"layer names, or 'all' = {','.join(ALL_TARGETS)} (default: {','.join(d.target_layers)})")
+    p.add_argument("--lora-blocks", type=int, default=None, metavar="N",
                    help="LoRA on the last N decoder blocks only (default 0: every block); the blocks below "
                    "stay frozen, and their output for each row is computed once, not every step (faster rounds)")
     p.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default=d.compute_dtype,
                    help="dtype of the forward pass (LoRA weights stay float32); auto = bfloat16 on a GPU "
                    "or a CPU with native bfloat16, float32 elsewhere")
     if not sweep:
-        p.add_argument("--patience", type=int, default=d.patience,
-                       help="stop after N epochs without a better validation ROC-AUC (0 = run all)")
+        p.add_argument("--patience", type=int, default=None,
+                       help=f"stop after N epochs without a better validation ROC-AUC (default {d.patience}: "
+                       "run all)")
+        p.add_argument("--quick", action="store_true",
+                       help=f"the agile loop's one-minute round: LoRA on every projection of the last "
+                       f"{QUICK.lora_blocks} blocks, batches of {QUICK.batch_size}, Adam {QUICK.learning_rate:g}, "
+                       f"at most {QUICK.epochs} epochs, --patience {QUICK.patience} (flags given as well win; "
+                       "with --init the parent's LoRA layout is kept)")
     p.add_argument("--max-steps", type=int, default=0, help="stop after N steps (timing runs)")
     p.add_argument("--random-batches", dest="sort_batches", action="store_false",
                    help="batches of rows in random order, as before 2026-12-07 (default: rows of like length "
                         "together, less padding); reproduces earlier runs of the same seed")
 
 
-def _settings(args):
-    targets = ALL_TARGETS if args.lora_targets == "all" else tuple(_csv(str)(args.lora_targets))
-    return TrainSettings(
-        objective=args.objective, rank=args.rank, learning_rate=args.learning_rate,
-        batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
-        epochs=max(args.epochs) if isinstance(args.epochs, list) else args.epochs,
-        target_layers=targets, compute_dtype=args.compute_dtype, max_steps=args.max_steps,
-        patience=getattr(args, "patience", 0), sort_batches=args.sort_batches, lora_blocks=args.lora_blocks,
-    )
+RECIPE = ("objective", "rank", "learning_rate", "batch_size", "max_length", "epochs", "patience", "target_layers",
+          "lora_blocks")
+LAYOUT = ("rank", "target_layers", "lora_blocks", "max_length", "objective")  # what --init takes from the parent
+
+
+def _flag(field: str) -> str:
+    """A TrainSettings field's attribute on the parsed arguments."""
+    return "lora_targets" if field == "target_layers" else field
+
+
+def _given(args) -> dict:
+    """The TrainSettings fields a recipe (--quick) sets that a flag on the command line gave."""
+    given = {field: getattr(args, _flag(field), None) for field in RECIPE}  # a sweep has no --patience
+    given = {field: value for field, value in given.items() if value is not None}
+    if isinstance(given.get("epochs"), list):  # a sweep's epochs to score at: it trains to the most
+        given["epochs"] = max(given["epochs"])
+    if "target_layers" in given:
+        targets = given["target_layers"]
+        given["target_layers"] = ALL_TARGETS if targets == "all" else tuple(_csv(str)(targets))
+    return given
+
+
+def _settings(args) -> TrainSettings:
+    """The run's settings: the flags given, then the recipe's (--quick) or the codelab's defaults."""
+    base = QUICK if getattr(args, "quick", False) else TrainSettings()
+    return replace(base, **_given(args), seed=args.seed, compute_dtype=args.compute_dtype,
+                   max_steps=args.max_steps, sort_batches=args.sort_batches)
 
 
 def _probability(text: str) -> float:
@@ -126,13 +151,10 @@ def cmd_train(args) -> int:
     if not args.init and not args.parent_rows:
         raise ValueError("--no-parent-rows goes with --init")
     settings = _settings(args)
-    layout = ("rank", "target_layers", "lora_blocks", "max_length", "objective")
-    defaults = TrainSettings()
-    changed = [name for name in layout if getattr(settings, name) != getattr(defaults, name)]
+    changed = [name for name in LAYOUT if name in _given(args)]
     if args.init and changed:
-        flags = {"target_layers": "lora-targets"}
         raise ValueError("--init continues the parent's LoRA layout and prompt length: drop "
-                         + ", ".join("--" + flags.get(n, n).replace("_", "-") for n in changed))
+                         + ", ".join("--" + _flag(n).replace("_", "-") for n in changed))
     template, positive_label = _template(args)
     run_training(TrainRun(
         data=args.data, template=template, positive_label=positive_label, settings=settings,
