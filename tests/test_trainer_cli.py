@@ -11,6 +11,13 @@ from agile.cli.main import main
 from agile.testing import make_tiny_preset
 
 
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    """AGILE_HOME, where a run with frozen blocks keeps their output for the next (not the user's)."""
+    monkeypatch.setenv("AGILE_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return str(make_tiny_preset(tmp_path_factory.mktemp("tiny") / "preset"))
@@ -265,7 +272,8 @@ def test_lora_on_the_last_blocks_only_trains_continues_and_scores(tiny, table, t
     assert "lora_blocks must be 0 (every block) or more" in err and "Traceback" not in err
 
 
-def test_quick_is_the_rounds_recipe_flags_given_win_and_init_keeps_the_parents_layout(tiny, table, tmp_path, capsys):
+def test_quick_is_the_rounds_recipe_flags_given_win_and_init_keeps_the_parents_layout(tiny, table, tmp_path, capsys,
+                                                                                       home):
     """`--quick` trains with QUICK's settings where no flag says otherwise; with --init the parent's LoRA layout
     stays and the recipe gives batch and rate; a layout flag beside --init is refused even with --quick."""
     from agile.trainer.settings import QUICK, TrainSettings
@@ -279,6 +287,7 @@ def test_quick_is_the_rounds_recipe_flags_given_win_and_init_keeps_the_parents_l
     first, quick, child = tmp_path / "first", tmp_path / "quick", tmp_path / "child"
     assert main(["train", "--data", str(table), "--labels", "Safe,Toxic", "--lora-blocks", "1", *common,
                  "--out", str(first)]) == 0, capsys.readouterr().err
+    assert len(list((home / "frozen").glob("*.safetensors"))) == 1  # the frozen block's output, for the next round
     codelab = TrainSettings()
     assert [recorded(first)[k] for k in ("batch_size", "learning_rate", "patience")] == [
         codelab.batch_size, codelab.learning_rate, codelab.patience]
@@ -289,8 +298,10 @@ def test_quick_is_the_rounds_recipe_flags_given_win_and_init_keeps_the_parents_l
     assert (got["learning_rate"], got["patience"], got["lora_blocks"], tuple(got["target_layers"])) == (
         QUICK.learning_rate, QUICK.patience, QUICK.lora_blocks, QUICK.target_layers)
 
+    capsys.readouterr()
     assert main(["train", "--init", str(first), "--data", str(table), "--no-parent-rows", "--quick", *common,
                  "--out", str(child)]) == 0, capsys.readouterr().err
+    assert "output: 10 rows read back from the last run, 0 computed" in capsys.readouterr().out  # first's rows
     got = recorded(child)
     assert (got["batch_size"], got["learning_rate"]) == (QUICK.batch_size, QUICK.learning_rate)
     assert got["lora_blocks"] == 1 and tuple(got["target_layers"]) == codelab.target_layers  # the parent's

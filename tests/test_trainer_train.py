@@ -239,6 +239,50 @@ def test_validation_from_the_frozen_blocks_gives_the_scorers_probabilities(tmp_p
     assert np.abs(runs[0] - runs[1]).max() > 1e-3  # the LoRA'd blocks ran again, not a stored answer
 
 
+def test_a_store_keeps_the_frozen_blocks_output_for_the_next_run(tmp_path, examples, caplog):
+    """A run writes its rows' output of the frozen blocks to the store; the next run (a new store on that
+    file, more rows, as a round of the agile loop) reads them back, runs the frozen blocks over its new rows
+    only, and gets the loss and gradients of a run without a store. Rows computed under autocast, and a
+    foreign or broken file, are not read."""
+    from safetensors.torch import save_file
+
+    from agile.trainer.frozen_store import FrozenStore
+    from agile.trainer.train import LeanLabelLoss, enable_lora
+
+    model = load_model(str(make_tiny_preset(tmp_path / "preset", num_layers=4)))
+    params = random_lora(model, lambda m: enable_lora(m, 4, ALL_TARGETS, blocks=2))
+    tokenizer = PromptTokenizer.from_model(model)
+    label_ids = tokenizer.label_ids(TEMPLATE.labels)
+    rows = encode_rows(model, TEMPLATE, examples, TrainSettings())
+    home, prefix, checksum = tmp_path / "home", tokenizer.shared_prefix(TEMPLATE), model.agile_info.checksum
+
+    def run(some_rows, store):
+        lean = LeanLabelLoss(model, tokenizer, TEMPLATE, label_ids, some_rows, frozen=2, store=store)
+        ran, real = [], lean.lean.hidden_states
+        lean.lean.hidden_states = lambda *a, **k: ran.append(a[0].shape[0]) or real(*a, **k)
+        targets = torch.as_tensor(examples.labels[: len(some_rows)])
+        return loss_and_grads(params, lean, np.arange(len(some_rows)), targets, "cpu"), ran
+
+    first = FrozenStore(home, checksum, 2, prefix)
+    assert run(rows[:5], first)[1] == [1, 5]  # the prompt head, then 5 rows
+    first.save()
+    second = FrozenStore(home, checksum, 2, prefix)
+    got, ran = run(rows, second)
+    assert ran == [1, 3]  # the 3 rows the first run did not have
+    assert_same_loss_and_grads(got, run(rows, None)[0])
+    second.save()
+    assert run(rows, FrozenStore(home, checksum, 2, prefix))[1] == [1]  # every row read back
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the rows computed another way: not read
+        assert run(rows, FrozenStore(home, checksum, 2, prefix))[1] == [1, 8]
+
+    assert FrozenStore(home, checksum, 1, prefix).path != first.path  # another frozen count, another file
+    save_file({"x": torch.zeros(2)}, str(first.path), metadata={"model": "another", "frozen": "2"})
+    assert run(rows, FrozenStore(home, checksum, 2, prefix))[1] == [1, 8]
+    first.path.write_bytes(b"not a safetensors file")
+    assert run(rows, FrozenStore(home, checksum, 2, prefix))[1] == [1, 8]
+    assert "unreadable" in caplog.text
+
+
 def test_training_takes_the_lean_forward_and_lands_where_keras_hubs_does(tiny, examples):
     settings = TrainSettings(learning_rate=3e-2, epochs=2, batch_size=4, compute_dtype="float32")
     runs = {}

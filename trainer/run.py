@@ -134,6 +134,7 @@ def run_training(run: TrainRun) -> Path:
     from agile.models import load_model
     from agile.policy import Policy
     from agile.scoring import LabelScorer, ScoringSettings
+    from agile.settings import HomeSettings
     from agile.trainer.calibrate import served_policy
     from agile.trainer.evaluate import (
         binary_metrics,
@@ -143,7 +144,7 @@ def run_training(run: TrainRun) -> Path:
         score_examples,
         write_report,
     )
-    from agile.trainer.train import frozen_validation, train
+    from agile.trainer.train import frozen_store, frozen_validation, train
 
     parent = load_adapter(find_adapter(run.init)) if run.init else None
     if parent is not None:
@@ -175,7 +176,8 @@ def run_training(run: TrainRun) -> Path:
     positive = template.labels.index(positive_label)
 
     scored: list[np.ndarray] = []  # each epoch's validation probabilities: the kept epoch's are reused below
-    frozen = frozen_validation(model, template, validation, settings) if validation else None
+    store = frozen_store(model, template, settings, HomeSettings.from_env().home_dir)  # rows kept from the last run
+    frozen = frozen_validation(model, template, validation, settings, store) if validation else None
 
     def validation_auc(model) -> float:
         probs = frozen() if frozen else score_examples(scorer, validation, desc="validation")[0]
@@ -183,7 +185,12 @@ def run_training(run: TrainRun) -> Path:
         return binary_metrics(binary_truth(validation, positive_label), probs[:, positive], 0.5)["roc_auc"]
 
     started = time.perf_counter()
-    result = train(model, template, fit, settings, validate=validation_auc if validation else None, start=parent)
+    result = train(model, template, fit, settings, validate=validation_auc if validation else None, start=parent,
+                   store=store)
+    if store is not None:
+        store.save()
+        print(f"frozen blocks' output: {store.read} rows read back from the last run, {store.computed} computed "
+              f"(kept in {store.path})")
     train_seconds = time.perf_counter() - started
     metrics: dict = {"history": [asdict(r) for r in result.history], "best_epoch": result.best_epoch,
                      "seconds_per_step": round(result.seconds_per_step, 4),

@@ -40,6 +40,7 @@ from agile.prompt import PromptTemplate  # noqa: E402
 from agile.scoring import label_logits, pad_batch  # noqa: E402
 from agile.tokens import PromptTokenizer  # noqa: E402
 from agile.trainer.data import Examples  # noqa: E402
+from agile.trainer.frozen_store import FrozenStore, row_key  # noqa: E402
 from agile.trainer.settings import TrainSettings  # noqa: E402
 
 
@@ -133,15 +134,16 @@ class LeanLabelLoss:
     With `frozen` blocks (LoRA on the blocks above them only) the rows' and the prefix's hidden states
     after those blocks do not change in training: they are computed once, on the first step, and each
     step runs the LoRA'd blocks alone. They cost rows x tokens x hidden size floats of memory (ETHOS's
-    800 rows on the 270M: 23,818 tokens, 58 MiB in float32). The same loss as `label_loss`."""
+    800 rows on the 270M: 23,818 tokens, 58 MiB in float32); with a `store`, rows it holds are read from it
+    and the others added to it (kept on disk for the next round). The same loss as `label_loss`."""
 
     def __init__(self, model, tokenizer: PromptTokenizer, template: PromptTemplate, label_ids: list[int],
-                 rows: list[list[int]], frozen: int = 0, share_prefix: bool = True):
+                 rows: list[list[int]], frozen: int = 0, share_prefix: bool = True, store: FrozenStore | None = None):
         self.lean = LeanForward(model.backbone)
         prefix = tokenizer.shared_prefix(template) if share_prefix else []
         self.prefix = prefix if prefix and all(r[: len(prefix)] == prefix for r in rows) else []
         self.rows = [r[len(self.prefix) :] for r in rows]
-        self.pad_id, self.label_ids, self.frozen = tokenizer.pad_id, label_ids, frozen
+        self.pad_id, self.label_ids, self.frozen, self.store = tokenizer.pad_id, label_ids, frozen, store
         self._below: tuple | None = None  # (prefix hidden states, each row's hidden states) after `frozen`
 
     def __call__(self, batch, targets, device) -> torch.Tensor:
@@ -184,19 +186,32 @@ class LeanLabelLoss:
 
     @torch.no_grad()
     def _hidden_below(self, device, batch: int = 16) -> tuple:
-        """The frozen blocks' output for the prefix and for every row (real positions only), batched by length."""
+        """The frozen blocks' output for the prefix and for every row (real positions only): from the store
+        where it holds the row, else computed, rows of like length batched together."""
         prefix, caches = None, None
         if self.prefix:
             ids = torch.tensor([self.prefix], dtype=torch.int32, device=device)
             prefix, caches = self.lean.hidden_states(ids, torch.ones_like(ids, dtype=torch.bool), self.frozen)
-        order = np.argsort([len(r) for r in self.rows], kind="stable")
+        keys = None
+        if self.store is not None:  # a row's name says how it was computed: autocast's dtype, or none
+            kind = torch.device(device).type
+            mode = str(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else "off"
+            keys = [f"{row_key(self.prefix + r)}/{mode}" for r in self.rows]
         hidden: list = [None] * len(self.rows)
+        if keys is not None:
+            for i, key in enumerate(keys):
+                found = self.store.get(key)
+                hidden[i] = None if found is None else found.to(device=device, dtype=self.lean.dtype)
+        missing = [i for i, h in enumerate(hidden) if h is None]
+        order = [missing[j] for j in np.argsort([len(self.rows[i]) for i in missing], kind="stable")]
         for start in range(0, len(order), batch):
             part = order[start : start + batch]
             ids, mask = self._padded([self.rows[i] for i in part], device)
             x, _ = self.lean.hidden_states(ids, mask, self.frozen, caches)
             for j, i in enumerate(part):
                 hidden[i] = x[j, : len(self.rows[i])].clone()
+                if keys is not None:
+                    self.store.put(keys[i], hidden[i])
         return prefix, hidden
 
 
@@ -209,8 +224,18 @@ def frozen_blocks(model, settings: TrainSettings) -> int | None:
     return blocks - settings.lora_blocks if 0 < settings.lora_blocks < blocks else 0
 
 
-def frozen_validation(model, template: PromptTemplate, examples: Examples,
-                      settings: TrainSettings) -> Callable[[], np.ndarray] | None:
+def frozen_store(model, template: PromptTemplate, settings: TrainSettings, home: Path) -> FrozenStore | None:
+    """The on-disk store of the frozen blocks' output for this model and prompt (under `home`), or None where
+    no blocks are frozen."""
+    frozen = frozen_blocks(model, settings)
+    if not frozen:
+        return None
+    prefix = PromptTokenizer.from_model(model).shared_prefix(template)
+    return FrozenStore(home / "frozen", model.agile_info.checksum, frozen, prefix)
+
+
+def frozen_validation(model, template: PromptTemplate, examples: Examples, settings: TrainSettings,
+                      store: FrozenStore | None = None) -> Callable[[], np.ndarray] | None:
     """Label probabilities of `examples` on each call, the frozen blocks' output computed on the first
     (with LoRA on the last blocks only, validation every epoch then costs those blocks alone); None where
     there are no frozen blocks. Call it after `train` has added LoRA (from its `validate`)."""
@@ -223,7 +248,7 @@ def frozen_validation(model, template: PromptTemplate, examples: Examples,
         if not held:
             tokenizer = PromptTokenizer.from_model(model)
             held.append(LeanLabelLoss(model, tokenizer, template, tokenizer.label_ids(template.labels),
-                                      encode_rows(model, template, examples, settings), frozen))
+                                      encode_rows(model, template, examples, settings), frozen, store=store))
         return held[0].probs(model.backbone.trainable_weights[0].value.device)
 
     return probs
@@ -272,6 +297,7 @@ def train(
     validate: Callable[[object], float] | None = None,
     on_epoch: Callable[[EpochRecord, object], None] | None = None,
     start=None,
+    store: FrozenStore | None = None,
 ) -> TrainResult:
     """Train LoRA weights on `examples`; returns the per-epoch history.
 
@@ -279,7 +305,8 @@ def train(
     holding the weights of the best epoch. `on_epoch(record, model)` runs after each
     epoch too (the sweep evaluates there instead of retraining per epoch count).
     Runs on whatever device Keras placed the model on (a GPU when torch sees one).
-    `start` (an Adapter of the same rank and targets) gives the LoRA weights to continue from.
+    `start` (an Adapter of the same rank and targets) gives the LoRA weights to continue from;
+    `store` keeps the frozen blocks' output for the rows between runs (`frozen_store`).
     """
     examples.check_trainable(settings.batch_size)
     keras.utils.set_random_seed(settings.seed)  # seeds python, numpy, torch: LoRA init + shuffling
@@ -297,7 +324,8 @@ def train(
     device = params[0].device  # cpu, or cuda where Keras put the model
     autocast = autocast_bfloat16(settings.compute_dtype, device)
     frozen = frozen_blocks(model, settings)
-    lean = None if frozen is None else LeanLabelLoss(model, tokenizer, template, label_ids, rows, frozen)
+    lean = None if frozen is None else LeanLabelLoss(model, tokenizer, template, label_ids, rows, frozen,
+                                                     store=store)
 
     result = TrainResult(compute_dtype="bfloat16" if autocast else "float32")
     best_auc, best_state, steps_done, step_seconds = -1.0, None, 0, []

@@ -1,0 +1,84 @@
+"""The frozen blocks' output for token rows, kept on disk from one `agile train` run to the next.
+
+With LoRA on the last blocks only (`--lora-blocks N`, `--quick`), what the blocks below give a token row
+never changes: it depends on the base model's weights and the row's tokens alone. A round of the agile
+loop trains on its parent's rows again, so it reads their hidden states back instead of running those
+blocks over them once more. One safetensors file (no pickle) per base model, frozen-block count and
+prompt head, under AGILE_HOME/frozen/; each run rewrites it, atomically, with the rows it used, so it
+holds about one round's rows (rows x tokens x hidden floats: ETHOS's 800 rows on the 270M, 58 MiB).
+A row's name is its tokens' hash and how it was computed (under bfloat16 autocast or not). A file that
+cannot be read, or was written for another model, is left out and computed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def row_key(tokens: list[int]) -> str:
+    """A token row's name in the store (the prefix's tokens included)."""
+    return hashlib.blake2b(np.asarray(tokens, dtype=np.int64).tobytes(), digest_size=16).hexdigest()
+
+
+class FrozenStore:
+    """Hidden states after the frozen blocks, by token row: those of the last run, and this run's."""
+
+    def __init__(self, directory: Path, model_checksum: str, frozen: int, prefix: list[int]):
+        name = hashlib.blake2b(f"{model_checksum}/{frozen}/{row_key(prefix)}".encode(), digest_size=12).hexdigest()
+        self.path = directory / f"{name}.safetensors"
+        self.meta = {"model": model_checksum, "frozen": str(frozen)}
+        self.used: dict[str, torch.Tensor] = {}  # what this run read or computed: the next file
+        self.read = self.computed = 0
+        self._found = self._read()
+
+    def _read(self) -> dict[str, torch.Tensor]:
+        from safetensors import safe_open
+
+        if not self.path.is_file():
+            return {}
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                if f.metadata() != self.meta:
+                    return {}
+                return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        except Exception as exc:  # a truncated or foreign file: compute again, never trust it
+            log.warning("frozen-block store %s unreadable (%s); computing its rows again", self.path, exc)
+            return {}
+
+    def get(self, key: str) -> torch.Tensor | None:
+        found = self._found.get(key)
+        if found is not None:
+            self.used[key] = found
+            self.read += 1
+        return found
+
+    def put(self, key: str, hidden: torch.Tensor) -> None:
+        self.used[key] = hidden.detach().to("cpu", torch.float32).contiguous()
+        self.computed += 1
+
+    def save(self) -> None:
+        """Write the rows this run used in place of the old file; a failure costs the next run time, nothing else."""
+        from safetensors.torch import save_file
+
+        if not self.used:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+            os.close(fd)
+            try:
+                save_file(self.used, tmp, metadata=self.meta)
+                os.replace(tmp, self.path)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not keep the frozen blocks' output in %s (%s)", self.path, exc)
