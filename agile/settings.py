@@ -37,7 +37,7 @@ class SettingsError(ValueError):
 class HomeSettings:
     """Where agile keeps and finds its own files on this machine (AGILE_HOME, AGILE_DATA)."""
 
-    home: str = "~/.cache/agile"  # the converted model presets
+    home: str = "~/.cache/agile"  # model presets; frozen/: what `agile train --lora-blocks` keeps for a next round
     data: str = ""  # a folder laid out like the repository's data/ (ETHOS); "": the checkout's own
 
     @classmethod

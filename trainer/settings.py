@@ -61,8 +61,8 @@ class TrainSettings:
 
 # `agile train --quick`: a round of the agile loop in about a minute on a 2-core CPU (docs/TRAINING.md, "How
 # long a round takes"). LoRA on every projection of the last 6 blocks (the 12 below run once a training);
-# batches of 4: an epoch costs a row 57 ms against 77 at batch 2 and 44 at 16, with four times the
-# optimizer steps of 16; Adam 4e-4, chosen on ethos-hate's validation rows (0.876 against 0.874 at 2e-4);
-# at most 3 epochs, stopping after one without a better validation ROC-AUC.
+# batches of 4, which match batch 2 on ethos-hate's validation rows (0.876 against 0.873; batch 16: 0.862)
+# at an epoch's cost a row between the two; Adam 4e-4, chosen on those rows (0.874 at 2e-4); at most 3
+# epochs, stopping after one without a better validation ROC-AUC.
 QUICK = TrainSettings(learning_rate=4e-4, batch_size=4, epochs=3, patience=1, target_layers=ALL_TARGETS,
                       lora_blocks=6)
