@@ -281,6 +281,11 @@ def test_a_store_keeps_the_frozen_blocks_output_for_the_next_run(tmp_path, examp
     first.path.write_bytes(b"not a safetensors file")
     assert run(rows, FrozenStore(home, checksum, 2, prefix))[1] == [1, 8]
     assert "unreadable" in caplog.text
+    blocked = FrozenStore(tmp_path / "a-file", checksum, 2, prefix)  # its folder cannot be made: a warning
+    (tmp_path / "a-file").write_text("")
+    run(rows, blocked)
+    blocked.save()
+    assert "could not keep the frozen blocks' output" in caplog.text
 
 
 def test_training_takes_the_lean_forward_and_lands_where_keras_hubs_does(tiny, examples):
