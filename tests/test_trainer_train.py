@@ -77,6 +77,15 @@ def test_best_validation_epoch_is_the_one_kept(tiny, examples):
     assert not all(np.array_equal(a, b) for a, b in zip(kept, snapshots[2], strict=True))
 
 
+@pytest.mark.parametrize("epochs,ran,stopped", [(4, 3, True), (3, 3, False)])
+def test_patience_stops_early_and_says_so_only_when_epochs_are_left(tiny, examples, capsys, epochs, ran, stopped):
+    aucs = iter([0.6, 0.9, 0.7, 0.8])
+    result = train(load_model(tiny), TEMPLATE, examples, TrainSettings(epochs=epochs, patience=1),
+                   validate=lambda m: next(aucs))
+    assert len(result.history) == ran and result.best_epoch == 2
+    assert ("stopping: no better validation ROC-AUC" in capsys.readouterr().out) is stopped
+
+
 def _meta(model, **changes) -> AdapterMeta:
     fields = dict(
         name="tiny", base_model=model.agile_info.spec, base_checksum=model.agile_info.checksum,

@@ -368,7 +368,8 @@ def train(
             on_epoch(record, model)
         if settings.max_steps and steps_done >= settings.max_steps:
             break
-        if validate is not None and settings.patience and epoch - result.best_epoch >= settings.patience:
+        waited = epoch - result.best_epoch
+        if validate is not None and settings.patience and waited >= settings.patience and epoch < settings.epochs:
             print(f"stopping: no better validation ROC-AUC for {settings.patience} epoch(s)")
             break
 
