@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--lora-blocks", type=int, default=0, help="LoRA on the last N blocks (0: every block)")
     parser.add_argument("--explore", type=float, default=0.5,
                         help="suggest's random share (agile suggest --explore; 0: uncertainty and diversity alone)")
+    parser.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16", "auto"),
+                        help="agile train --compute-dtype (auto: bfloat16 autocast where the CPU has it)")
     parser.add_argument("--model", default="gemma3_270m")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
@@ -70,7 +72,7 @@ def main() -> None:
     pool = load_examples("ethos", DEFAULT_LABELS, "train")
     words = [DEFAULT_LABELS[i] for i in pool.labels]
     settings = TrainSettings(learning_rate=args.learning_rate, target_layers=ALL_TARGETS, epochs=args.epochs,
-                             patience=1, compute_dtype="float32", max_length=args.max_length,
+                             patience=1, compute_dtype=args.compute_dtype, max_length=args.max_length,
                              batch_size=args.batch_size, lora_blocks=args.lora_blocks)
     template = PromptTemplate(DEFAULT_LABELS)
     work = Path(tempfile.mkdtemp(prefix="agile-loop-"))
