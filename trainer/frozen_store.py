@@ -65,12 +65,13 @@ class FrozenStore:
         self.used[key] = hidden.detach().to("cpu", torch.float32).contiguous()
         self.computed += 1
 
-    def save(self) -> None:
-        """Write the rows this run used in place of the old file; a failure costs the next run time, nothing else."""
+    def save(self) -> bool:
+        """Write the rows this run used in place of the old file; whether it did (a failure costs the next run
+        time and a warning, nothing else)."""
         from safetensors.torch import save_file
 
         if not self.used:
-            return
+            return False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
@@ -82,3 +83,5 @@ class FrozenStore:
                 Path(tmp).unlink(missing_ok=True)
         except OSError as exc:
             log.warning("could not keep the frozen blocks' output in %s (%s)", self.path, exc)
+            return False
+        return True

@@ -188,9 +188,9 @@ def run_training(run: TrainRun) -> Path:
     result = train(model, template, fit, settings, validate=validation_auc if validation else None, start=parent,
                    store=store)
     if store is not None:
-        store.save()
+        kept = f"kept in {store.path}" if store.save() else "not kept: see the warning above"
         print(f"frozen blocks' output: {store.read} rows read back from the last run, {store.computed} computed "
-              f"(kept in {store.path})")
+              f"({kept})")
     train_seconds = time.perf_counter() - started
     metrics: dict = {"history": [asdict(r) for r in result.history], "best_epoch": result.best_epoch,
                      "seconds_per_step": round(result.seconds_per_step, 4),
