@@ -63,6 +63,7 @@ def main() -> None:
     from agile.adapters import load_adapter
     from agile.policy import Policy
     from agile.prompt import DEFAULT_LABELS, PromptTemplate
+    from agile.settings import HomeSettings
     from agile.tables import Chunk
     from agile.trainer import suggest
     from agile.trainer.data import load_examples
@@ -79,6 +80,7 @@ def main() -> None:
     curves: dict[str, dict[int, list[tuple[int, float]]]] = {s: {} for s in args.strategies.split(",")}
     seconds: dict[str, float] = dict.fromkeys(curves, 0.0)
     trainings: list[dict] = []  # each training run: its rows and seconds
+    home = HomeSettings.from_env().home_dir  # where agile train and suggest keep the frozen blocks' output
 
     def train(seed: int, tag: str, rows: np.ndarray, parent: Path | None) -> tuple[Path, float]:
         data = write_rows(work / f"{tag}.csv", [pool.texts[i] for i in rows], [words[i] for i in rows])
@@ -108,8 +110,8 @@ def main() -> None:
                 else:
                     policy = Policy.from_adapter(load_adapter(parent))
                     chunks = iter([Chunk(0, [str(i) for i in left], [pool.texts[i] for i in left])])
-                    picked, _ = suggest.suggest(policy, suggest.scored_pool(policy, chunks, args.model, None),
-                                                args.per_round, seed, explore=args.explore)
+                    scored = suggest.scored_pool(policy, chunks, args.model, None, home)  # the pool's store, too
+                    picked, _ = suggest.suggest(policy, scored, args.per_round, seed, explore=args.explore)
                     chosen = np.array([int(i) for i in picked.ids])
                 labelled |= set(chosen.tolist())
                 parent, train_s = train(seed, f"s{seed}-{strategy}-r{r}", chosen, parent)

@@ -176,7 +176,7 @@ def adapter_dir(tmp_path_factory, tiny_preset) -> Path:
     for policy sets; and `tiny-named`, tiny-threat's twin whose outputs read `threat` / `ok`."""
     root = tmp_path_factory.mktemp("queue-adapters")
     for name, labels, seed in (("tiny-toxic", ["Toxic", "Safe"], 0), ("tiny-threat", ["Negative", "Positive"], 1)):
-        _random_adapter(tiny_preset, root / name, name, labels, seed)
+        random_adapter(tiny_preset, root / name, name, labels, seed)
     named = root / "tiny-named"
     shutil.copytree(root / "tiny-threat", named)
     meta = json.loads((named / "adapter.json").read_text())
@@ -184,14 +184,15 @@ def adapter_dir(tmp_path_factory, tiny_preset) -> Path:
     return root
 
 
-def _random_adapter(preset: Path, path: Path, name: str, labels: list[str], seed: int) -> None:
+def random_adapter(preset: Path, path: Path, name: str, labels: list[str], seed: int, lora_blocks: int = 0) -> None:
+    """Random LoRA weights (rank 2, query and value) on the tiny model: on every block, or the last `lora_blocks`."""
     import numpy as np
 
-    from agile.adapters import AdapterMeta, save_adapter
+    from agile.adapters import AdapterMeta, enable_lora, save_adapter
     from agile.models import load_model
 
     model = load_model(str(preset))
-    model.backbone.enable_lora(2, target_layer_names=["query", "value"])
+    enable_lora(model.backbone, 2, ["query", "value"], lora_blocks)
     rng = np.random.default_rng(seed)
     for v in model.backbone.weights:
         if "lora_kernel" in v.path:
@@ -200,7 +201,7 @@ def _random_adapter(preset: Path, path: Path, name: str, labels: list[str], seed
         name=name, base_model=str(preset), base_checksum=model.agile_info.checksum,
         labels=labels, instructions="Classify the following text into one of the following classes",
         separator="<separator>", eos="<eos>", rank=2, target_layers=["query", "value"], objective="label",
-        max_length=128, positive_label=labels[0], threshold=0.5,
+        max_length=128, positive_label=labels[0], threshold=0.5, settings={"lora_blocks": lora_blocks},
     )
     save_adapter(model, meta, path)
 

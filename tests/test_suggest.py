@@ -203,3 +203,54 @@ def test_an_output_over_a_file_the_run_reads_is_refused_and_the_file_kept(pool_f
         err = capsys.readouterr().err
         assert code == 2 and "which this run reads" in err and "Traceback" not in err
     assert pool_file.read_bytes() == before and labelled.read_text() == "body,label\nwhat a nice day,Safe\n"
+
+
+def test_a_policy_on_its_last_blocks_keeps_the_pools_frozen_output_for_the_next_round(
+        tiny_preset, pool_file, tmp_path, monkeypatch, capsys):
+    from queue_fixtures import random_adapter
+
+    import agile.trainer.suggest as suggest_module
+
+    monkeypatch.setenv("AGILE_HOME", str(tmp_path / "home"))
+    for name, seed in (("first", 0), ("next", 1)):  # two rounds' policies: LoRA on the last of the 2 blocks
+        random_adapter(tiny_preset, tmp_path / name, name, ["Toxic", "Safe"], seed, lora_blocks=1)
+    pool = ["-i", str(pool_file), "--text-column", "body", "--model", str(tiny_preset)]
+
+    def run(adapter: str, out: str, *more: str) -> tuple[pd.DataFrame, str]:
+        assert main(["suggest", "--adapter", str(tmp_path / adapter), *pool, "-n", "3", "-o",
+                     str(tmp_path / out), *more]) == 0
+        return pd.read_csv(tmp_path / out, dtype=str, keep_default_na=False), capsys.readouterr().err
+
+    def scored(adapter: str) -> pd.Series:  # the product's scorer, the whole model: what suggest must agree with
+        main(["score", "--adapter", str(tmp_path / adapter), *pool, "-o", str(tmp_path / f"{adapter}.csv")])
+        capsys.readouterr()
+        table = pd.read_csv(tmp_path / f"{adapter}.csv", dtype=str, keep_default_na=False)  # row for row
+        table["body"] = pd.read_csv(pool_file, dtype=str, keep_default_na=False)["body"]
+        return table[table["p_Toxic"] != ""].set_index("body")["p_Toxic"].astype(float)
+
+    fresh, err = run("first", "a.csv")
+    assert "0 pool rows read back from the last suggest, 7 computed (kept in" in err
+    assert any(line.startswith("frozen blocks' output") for line in err.splitlines())  # not glued to a progress bar
+    assert list((tmp_path / "home" / "frozen").glob("*.pool.safetensors"))
+    np.testing.assert_allclose(fresh["p_Toxic"].astype(float), scored("first")[fresh["body"]], atol=1e-5)
+    again, err = run("first", "b.csv")
+    assert "7 pool rows read back from the last suggest, 0 computed" in err
+    pd.testing.assert_frame_equal(again, fresh)
+
+    # The next round's policy, other LoRA weights on the same block: the frozen block's output is the same.
+    following, err = run("next", "c.csv")
+    assert "7 pool rows read back from the last suggest, 0 computed" in err
+    np.testing.assert_allclose(following["p_Toxic"].astype(float), scored("next")[following["body"]], atol=1e-5)
+
+    # Rows labelled since are not scored (nor suggested); the store keeps the rows this run used.
+    labelled = tmp_path / "labelled.csv"
+    following.iloc[:2].assign(label="Toxic").to_csv(labelled, index=False)
+    rest, err = run("next", "d.csv", "--exclude", str(labelled))
+    assert "5 pool rows read back from the last suggest, 0 computed" in err
+    assert not set(rest["body"]) & set(following["body"][:2])
+
+    monkeypatch.setattr(suggest_module, "POOL_STORE_BYTES", 1)  # a cap no row fits: nothing kept
+    capped, err = run("next", "e.csv")
+    assert "5 pool rows read back from the last suggest, 2 computed (none kept; 7 left out, over 0 MiB)" in err
+    pd.testing.assert_frame_equal(capped, following)
+    assert "0 pool rows read back from the last suggest, 7 computed" in run("next", "f.csv")[1]

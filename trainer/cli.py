@@ -194,6 +194,7 @@ def cmd_suggest(args) -> int:
     from agile.adapters import find_adapter, load_adapter
     from agile.files import check_output
     from agile.policy import Policy
+    from agile.settings import HomeSettings
     from agile.tables import TableWriter, read_chunks
     from agile.trainer import suggest
 
@@ -211,6 +212,7 @@ def cmd_suggest(args) -> int:
         raise ValueError("--sample chooses what to score; --scores has every row's scores already: give one"
                          if args.scores else f"--sample must be at least 1, got {args.sample}")
     names = policy.names if policy else []
+    notes: list[str] = []  # said once the progress bars are done
     out = check_output(args.output, [args.input, args.scores, *args.exclude])  # never over a file it reads
     excluded = suggest.read_texts(args.exclude, args.text_column, args.delimiter)
     writer = TableWriter(out)  # refuses a missing directory or an unknown format before any scoring
@@ -228,7 +230,8 @@ def cmd_suggest(args) -> int:
                 if args.sample is not None:
                     chunks = suggest.counted(suggest.sampled(chunks, args.sample, args.seed, excluded,
                                                              args.chunk_rows), scored)
-                pairs = suggest.scored_pool(policy, chunks, args.model, args.batch_size)
+                pairs = suggest.scored_pool(policy, chunks, args.model, args.batch_size,
+                                            HomeSettings.from_env().home_dir, excluded, notes)  # frozen/: pool rows
             chosen, seen = suggest.suggest(policy, pairs, args.n, args.seed, excluded, args.candidates,
                                            suggest.DEFAULT_EXPLORE if args.explore is None else args.explore)
         writer.write(suggest.output_rows(chosen, names, args.id_column or "id", args.text_column))
@@ -241,6 +244,8 @@ def cmd_suggest(args) -> int:
            f"drawn at random, in pool order; fill its '{suggest.LABEL_COLUMN}' column (agile label {out} "
            "--labels WORD,WORD) and train the first policy on it")
     of = f"{seen} sampled from {bar.n}" if args.sample is not None else str(seen)
+    for note in notes:
+        print(note, file=sys.stderr)
     print(f"agile suggest: {len(chosen.ids)} of {of} comments to label ({len(excluded)} labelled texts "
           f"excluded) in {out}, {how}", file=sys.stderr)
     return 0
@@ -360,7 +365,7 @@ def register(subparsers) -> None:
     p.add_argument("--scores", help="an output of agile score / moderate / results for this pool and policy: "
                    "choose from it instead of scoring the pool again")
     p.add_argument("--exclude", type=Path, action="append", default=[],
-                   help="a file of rows already labelled (its text column): never suggested; repeatable")
+                   help="a file of rows already labelled (its text column): never scored nor suggested; repeatable")
     p.add_argument("--seed", type=int, default=0, help="the clustering's seed: same pool, scores and seed, "
                    "same suggestions")
     p.add_argument("--candidates", type=int, default=5, metavar="FACTOR",

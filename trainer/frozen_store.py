@@ -6,12 +6,15 @@ loop trains on its parent's rows again, so it reads their hidden states back ins
 blocks over them once more. One safetensors file (no pickle) per base model, frozen-block count and
 prompt head, under AGILE_HOME/frozen/; each run rewrites it, atomically, with the rows it used, so it
 holds about one round's rows (rows x tokens x hidden floats: ETHOS's 800 rows on the 270M, 58 MiB).
+`agile suggest` keeps its pool's rows the same way, in a file of their own (`kind="pool"`) capped in
+size: its next round, with the next policy of the same layout, runs the LoRA'd blocks alone.
 A row's name is its tokens' hash and how it was computed (under bfloat16 autocast or not). A file that
 cannot be read, or was written for another model, is left out and computed again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -32,12 +35,14 @@ def row_key(tokens: list[int]) -> str:
 class FrozenStore:
     """Hidden states after the frozen blocks, by token row: those of the last run, and this run's."""
 
-    def __init__(self, directory: Path, model_checksum: str, frozen: int, prefix: list[int]):
+    def __init__(self, directory: Path, model_checksum: str, frozen: int, prefix: list[int], kind: str = "",
+                 max_bytes: int | None = None):
         name = hashlib.blake2b(f"{model_checksum}/{frozen}/{row_key(prefix)}".encode(), digest_size=12).hexdigest()
-        self.path = directory / f"{name}.safetensors"
+        self.path = directory / f"{name}{'.' + kind if kind else ''}.safetensors"
         self.meta = {"model": model_checksum, "frozen": str(frozen)}
         self.used: dict[str, torch.Tensor] = {}  # what this run read or computed: the next file
-        self.read = self.computed = 0
+        self.read = self.computed = self.left_out = 0  # left out: over max_bytes, not kept for the next run
+        self.max_bytes, self._bytes = max_bytes, 0
         self._found = self._read()
 
     def _read(self) -> dict[str, torch.Tensor]:
@@ -57,20 +62,30 @@ class FrozenStore:
     def get(self, key: str) -> torch.Tensor | None:
         found = self._found.get(key)
         if found is not None:
-            self.used[key] = found
+            self._keep(key, found)
             self.read += 1
         return found
 
     def put(self, key: str, hidden: torch.Tensor) -> None:
-        self.used[key] = hidden.detach().to("cpu", torch.float32).contiguous()
+        self._keep(key, hidden.detach().to("cpu", torch.float32).contiguous())
         self.computed += 1
 
+    def _keep(self, key: str, hidden: torch.Tensor) -> None:
+        size = hidden.numel() * hidden.element_size()
+        if key in self.used or (self.max_bytes is not None and self._bytes + size > self.max_bytes):
+            self.left_out += key not in self.used
+            return
+        self.used[key] = hidden
+        self._bytes += size
+
     def save(self) -> bool:
-        """Write the rows this run used in place of the old file; whether it did (a failure costs the next run
-        time and a warning, nothing else)."""
+        """Write the rows this run kept in place of the old file; whether it did (a failure costs the next run
+        time and a warning, nothing else). With none kept, the old file goes: its rows are not this run's."""
         from safetensors.torch import save_file
 
         if not self.used:
+            with contextlib.suppress(OSError):
+                self.path.unlink(missing_ok=True)
             return False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

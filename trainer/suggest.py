@@ -241,20 +241,71 @@ def counted(chunks: Iterator[Chunk], bar) -> Iterator[Chunk]:
         yield chunk
 
 
-def scored_pool(policy: Policy, chunks: Iterator[Chunk], model_spec: str | None,
-                batch_size: int | None) -> Iterator[tuple[Chunk, np.ndarray]]:
-    """Score the pool in this process, chunk by chunk: calibrated probabilities, NaN for empty texts."""
+def scored_pool(policy: Policy, chunks: Iterator[Chunk], model_spec: str | None, batch_size: int | None,
+                home: Path | None = None, excluded: set[str] | None = None,
+                notes: list[str] | None = None) -> Iterator[tuple[Chunk, np.ndarray]]:
+    """Score the pool in this process, chunk by chunk: calibrated probabilities, NaN for empty texts and
+    for the texts `excluded` (labelled already: never suggested, so never scored).
+
+    With a `home` and a policy with LoRA on its last blocks only (`--lora-blocks`, `--quick`), the blocks
+    below are the base model's whatever the round: their output for the pool's rows is kept in
+    `home`/frozen/ (capped at POOL_STORE_BYTES) and read back by the next `suggest` over the same pool,
+    which then runs the LoRA'd blocks alone; what it read and kept is said in `notes`."""
     from agile.adapters import merge_adapter
+    from agile.lean import lean_unsupported
     from agile.models import load_model
     from agile.scoring import LabelScorer, ScoringSettings
 
     adapter = policy.adapter
     model = load_model(model_spec or adapter.meta.base_model, sequence_length=policy.max_length)
     merge_adapter(model, adapter)
+    if home is not None and lean_unsupported(model.backbone) is None:
+        from agile.trainer.train import blocks_below
+
+        frozen = blocks_below(model, adapter.meta.lora_blocks)
+        if frozen:
+            yield from _scored_from_store(policy, model, chunks, frozen, batch_size or 16, home, excluded or set(),
+                                          [] if notes is None else notes)
+            return
     scorer = LabelScorer(model, policy.template, ScoringSettings(policy.max_length, batch_size))
+    yield from _scored(chunks, lambda texts: scorer.score(texts).probs, policy, excluded or set())
+
+
+POOL_STORE_BYTES = 512 << 20  # the pool rows kept for the next round: ~7,000 ETHOS comments (73 KB each)
+
+
+def _scored(chunks: Iterator[Chunk], probs_of, policy: Policy,
+            excluded: set[str]) -> Iterator[tuple[Chunk, np.ndarray]]:
+    """Each chunk beside its calibrated probabilities (`probs_of` a list of texts), NaN where not scored."""
     for chunk in chunks:
         probs = np.full((len(chunk.texts), len(policy.labels)), np.nan)
-        todo = [i for i, text in enumerate(chunk.texts) if text.strip()]
+        todo = [i for i, text in enumerate(chunk.texts) if text.strip() and text not in excluded]
         if todo:
-            probs[todo] = policy.calibrated(scorer.score([chunk.texts[i] for i in todo]).probs)
+            probs[todo] = policy.calibrated(probs_of([chunk.texts[i] for i in todo]))
         yield chunk, probs
+
+
+def _scored_from_store(policy: Policy, model, chunks: Iterator[Chunk], frozen: int, batch: int,
+                       home: Path, excluded: set[str], notes: list[str]) -> Iterator[tuple[Chunk, np.ndarray]]:
+    """The pool scored by the lean label path over the frozen blocks' output, read from the store where
+    an earlier suggest kept it; the store rewritten with this pool's rows at the end."""
+    from agile.tokens import PromptTokenizer
+    from agile.trainer.frozen_store import FrozenStore
+    from agile.trainer.train import LeanLabelLoss
+
+    tokenizer = PromptTokenizer.from_model(model)
+    template, label_ids = policy.template, tokenizer.label_ids(policy.template.labels)
+    store = FrozenStore(home / "frozen", model.agile_info.checksum, frozen, tokenizer.shared_prefix(template),
+                        kind="pool", max_bytes=POOL_STORE_BYTES)
+    device = model.backbone.token_embedding.embeddings.value.device
+
+    def probs_of(texts: list[str]) -> np.ndarray:
+        rows, _ = tokenizer.encode_prompts(template, texts, policy.max_length)
+        return LeanLabelLoss(model, tokenizer, template, label_ids, rows, frozen, store=store).probs(device, batch)
+
+    yield from _scored(chunks, probs_of, policy, excluded)
+    kept = f"kept in {store.path}" if store.save() else "none kept" if not store.used else \
+        "not kept: see the warning above"
+    over = f"; {store.left_out} left out, over {POOL_STORE_BYTES >> 20} MiB" if store.left_out else ""
+    notes.append(f"frozen blocks' output: {store.read} pool rows read back from the last suggest, "
+                 f"{store.computed} computed ({kept}{over})")

@@ -196,6 +196,7 @@ class LeanLabelLoss:
         if self.store is not None:  # a row's name says how it was computed: autocast's dtype, or none
             kind = torch.device(device).type
             mode = str(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else "off"
+            mode += "" if self.lean.dtype == torch.float32 else f"/{self.lean.dtype}"  # a model loaded in bfloat16
             keys = [f"{row_key(self.prefix + r)}/{mode}" for r in self.rows]
         hidden: list = [None] * len(self.rows)
         if keys is not None:
@@ -220,8 +221,13 @@ def frozen_blocks(model, settings: TrainSettings) -> int | None:
     where the lean label path does not run this model and settings."""
     if settings.objective != "label" or settings.engine != "lean" or lean_unsupported(model.backbone) is not None:
         return None
+    return blocks_below(model, settings.lora_blocks)
+
+
+def blocks_below(model, lora_blocks: int) -> int:
+    """The blocks under LoRA on the last `lora_blocks` (0: LoRA on every block, so none)."""
     blocks = len(model.backbone.transformer_layers)
-    return blocks - settings.lora_blocks if 0 < settings.lora_blocks < blocks else 0
+    return blocks - lora_blocks if 0 < lora_blocks < blocks else 0
 
 
 def frozen_store(model, template: PromptTemplate, settings: TrainSettings, home: Path) -> FrozenStore | None:
