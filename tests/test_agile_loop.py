@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from agile.cli.main import main
 from agile.testing import make_tiny_preset
@@ -21,7 +22,12 @@ def labelled(path, oracle: dict[str, str]) -> None:
     rows.to_csv(path, index=False)
 
 
-def test_from_a_raw_dump_to_a_second_round_policy(tmp_path, capsys):
+@pytest.mark.parametrize("layout", [[], ["--lora-blocks", "1", "--compute-dtype", "float32"]],
+                         ids=["every-block", "last-block"])  # float32: rows moved to validation are read too
+def test_from_a_raw_dump_to_a_second_round_policy(tmp_path, capsys, monkeypatch, layout):
+    """With LoRA on the last block only, the frozen block's output is kept: suggest computes the pool's,
+    and the second round reads every row back (its parent's from training, the new ones from suggest)."""
+    monkeypatch.setenv("AGILE_HOME", str(tmp_path / "home"))
     tiny = str(make_tiny_preset(tmp_path / "preset"))
     texts = [t for pair in zip(HATE, NONE, strict=True) for t in pair]
     oracle = {**dict.fromkeys(HATE, "hate"), **dict.fromkeys(NONE, "none")}
@@ -34,11 +40,14 @@ def test_from_a_raw_dump_to_a_second_round_policy(tmp_path, capsys):
     first = tmp_path / "my-hate"
     common = ["--model", tiny, "--epochs", "1", "--validation-fraction", "0.4"]
     assert main(["train", "--data", str(start), "--labels", "Safe,Toxic", "--outputs", "none,hate", *common,
-                 "-o", str(first)]) == 0, capsys.readouterr().err
+                 *layout, "-o", str(first)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
 
     round2 = tmp_path / "round2.csv"
     assert main(["suggest", "--adapter", str(first), "--model", tiny, "-i", str(dump), "-n", "6",
                  "--exclude", str(start), "-o", str(round2)]) == 0, capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert ("frozen blocks' output: 0 pool rows read back from the last suggest, 12 computed" in said) == bool(layout)
     suggested = pd.read_csv(round2, dtype=str, keep_default_na=False)
     assert list(suggested.columns) == ["id", "text", "p_none", "p_hate", "label"]
     assert not set(suggested["text"]) & set(pd.read_csv(start)["text"]) and len(suggested) == 6
@@ -46,6 +55,8 @@ def test_from_a_raw_dump_to_a_second_round_policy(tmp_path, capsys):
     labelled(round2, oracle)
     second = tmp_path / "my-hate-r2"
     assert main(["train", "--init", str(first), "--data", str(round2), *common, "-o", str(second)]) == 0
+    said = capsys.readouterr().out
+    assert ("frozen blocks' output: 18 rows read back from earlier runs, 0 computed" in said) == bool(layout)
 
     meta = json.loads((second / "adapter.json").read_text())
     assert [r["training_rows"] for r in meta["rounds"]] == [12, 18] and meta["parent"]["name"] == "my-hate"

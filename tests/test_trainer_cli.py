@@ -301,7 +301,7 @@ def test_quick_is_the_rounds_recipe_flags_given_win_and_init_keeps_the_parents_l
     capsys.readouterr()
     assert main(["train", "--init", str(first), "--data", str(table), "--no-parent-rows", "--quick", *common,
                  "--out", str(child)]) == 0, capsys.readouterr().err
-    assert "output: 10 rows read back from the last run, 0 computed" in capsys.readouterr().out  # first's rows
+    assert "output: 10 rows read back from earlier runs, 0 computed" in capsys.readouterr().out  # first's rows
     got = recorded(child)
     assert (got["batch_size"], got["learning_rate"]) == (QUICK.batch_size, QUICK.learning_rate)
     assert got["lora_blocks"] == 1 and tuple(got["target_layers"]) == codelab.target_layers  # the parent's

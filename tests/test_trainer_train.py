@@ -251,8 +251,9 @@ def test_validation_from_the_frozen_blocks_gives_the_scorers_probabilities(tmp_p
 def test_a_store_keeps_the_frozen_blocks_output_for_the_next_run(tmp_path, examples, caplog):
     """A run writes its rows' output of the frozen blocks to the store; the next run (a new store on that
     file, more rows, as a round of the agile loop) reads them back, runs the frozen blocks over its new rows
-    only, and gets the loss and gradients of a run without a store. Rows computed under autocast, and a
-    foreign or broken file, are not read."""
+    only, and gets the loss and gradients of a run without a store. A run under autocast takes rows computed
+    either way, a float32 run (validation) the float32 rows only; `agile suggest`'s pool file is read too;
+    a foreign or broken file is not."""
     from safetensors.torch import save_file
 
     from agile.trainer.frozen_store import FrozenStore
@@ -281,11 +282,25 @@ def test_a_store_keeps_the_frozen_blocks_output_for_the_next_run(tmp_path, examp
     assert_same_loss_and_grads(got, run(rows, None)[0])
     second.save()
     assert run(rows, FrozenStore(home, checksum, 2, prefix))[1] == [1]  # every row read back
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # the rows computed another way: not read
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert run(rows, FrozenStore(home, checksum, 2, prefix))[1] == [1]  # float32 rows serve autocast too
+        first.path.unlink()
         autocast = FrozenStore(home, checksum, 2, prefix)
         assert run(rows[:5], autocast)[1] == [1, 5]
-        autocast.save()  # the file now holds these 5 alone: the float32 rows were not used by this run
+        autocast.save()  # the file now holds 5 rows computed under autocast
         assert run(rows, FrozenStore(home, checksum, 2, prefix))[1] == [1, 3]  # read and computed, mixed
+    assert run(rows, FrozenStore(home, checksum, 2, prefix))[1] == [1, 8]  # float32 wants its own rows
+
+    pool = FrozenStore(home, checksum, 2, prefix, kind="pool")  # what agile suggest kept: rows 5..7
+    run(rows[5:], pool)
+    pool.save()
+    FrozenStore(home, checksum, 2, prefix).path.unlink()
+    with_pool = FrozenStore(home, checksum, 2, prefix, also="pool")
+    got, ran = run(rows, with_pool)
+    assert ran == [1, 5] and with_pool.read == 3  # the pool's 3 read, the other 5 computed
+    assert_same_loss_and_grads(got, run(rows, None)[0])
+    with_pool.save()  # the rows this run used, pool's included, in its own file
+    assert run(rows, FrozenStore(home, checksum, 2, prefix))[1] == [1]
 
     assert FrozenStore(home, checksum, 1, prefix).path != first.path  # another frozen count, another file
     save_file({"x": torch.zeros(2)}, str(first.path), metadata={"model": "another", "frozen": "2"})

@@ -353,7 +353,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("suggest", help="the comments whose labels would teach a policy most",
                               description="Choose the next comments to label: half drawn at random from the pool, "
                               "half near the policy's threshold and spread out over what they say; without "
-                              "--adapter, all at random (docs/TRAINING.md, 'The agile loop').")
+                              "--adapter, all at random (docs/TRAINING.md, 'The agile loop'). A policy with LoRA "
+                              "on its last blocks (--quick) keeps the pool's frozen-block output in "
+                              "$AGILE_HOME/frozen/ for the next round's suggest.")
     p.add_argument("--adapter", help="adapter directory, or a name in adapters/ or AGILE_ADAPTER_PATH; without "
                    "one (the first round, no policy yet) the n comments are drawn at random")
     p.add_argument("--input", "-i", type=Path, required=True, help="the pool: .csv, .jsonl or .parquet")

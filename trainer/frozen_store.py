@@ -7,9 +7,11 @@ blocks over them once more. One safetensors file (no pickle) per base model, fro
 prompt head, under AGILE_HOME/frozen/; each run rewrites it, atomically, with the rows it used, so it
 holds about one round's rows (rows x tokens x hidden floats: ETHOS's 800 rows on the 270M, 58 MiB).
 `agile suggest` keeps its pool's rows the same way, in a file of their own (`kind="pool"`) capped in
-size: its next round, with the next policy of the same layout, runs the LoRA'd blocks alone.
-A row's name is its tokens' hash and how it was computed (under bfloat16 autocast or not). A file that
-cannot be read, or was written for another model, is left out and computed again.
+size: its next round, with the next policy of the same layout, runs the LoRA'd blocks alone, and
+`agile train` reads the rows just labelled from it (`also="pool"`), so a round computes none.
+A row's name is its tokens' hash and how it was computed (exactly, or under bfloat16 autocast: see
+`LeanLabelLoss._hidden_below` for which runs take which). A file that cannot be read, or was written
+for another model, is left out and computed again.
 """
 
 from __future__ import annotations
@@ -36,31 +38,39 @@ class FrozenStore:
     """Hidden states after the frozen blocks, by token row: those of the last run, and this run's."""
 
     def __init__(self, directory: Path, model_checksum: str, frozen: int, prefix: list[int], kind: str = "",
-                 max_bytes: int | None = None):
+                 max_bytes: int | None = None, also: str | None = None):
         name = hashlib.blake2b(f"{model_checksum}/{frozen}/{row_key(prefix)}".encode(), digest_size=12).hexdigest()
         self.path = directory / f"{name}{'.' + kind if kind else ''}.safetensors"
         self.meta = {"model": model_checksum, "frozen": str(frozen)}
         self.used: dict[str, torch.Tensor] = {}  # what this run read or computed: the next file
         self.read = self.computed = self.left_out = 0  # left out: over max_bytes, not kept for the next run
         self.max_bytes, self._bytes = max_bytes, 0
-        self._found = self._read()
+        self._own = self._open(self.path)
+        self._also = self._open(directory / f"{name}.{also}.safetensors") if also else None  # read row by row
 
-    def _read(self) -> dict[str, torch.Tensor]:
+    def _open(self, path: Path):
+        """The file's reader if it holds this model's rows, else None."""
         from safetensors import safe_open
 
-        if not self.path.is_file():
-            return {}
+        if not path.is_file():
+            return None
         try:
-            with safe_open(str(self.path), framework="pt") as f:
-                if f.metadata() != self.meta:
-                    return {}
-                return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            handle = safe_open(str(path), framework="pt")
+            if handle.metadata() != self.meta:
+                return None
+            return handle, set(handle.keys())
         except Exception as exc:  # a truncated or foreign file: compute again, never trust it
-            log.warning("frozen-block store %s unreadable (%s); computing its rows again", self.path, exc)
-            return {}
+            log.warning("frozen-block store %s unreadable (%s); computing its rows again", path, exc)
+            return None
 
     def get(self, key: str) -> torch.Tensor | None:
-        found = self._found.get(key)
+        found = None
+        for source in (self._own, self._also):
+            if found is None and source is not None and key in source[1]:
+                try:
+                    found = source[0].get_tensor(key)
+                except Exception as exc:  # a file changed under the reader: this row is computed
+                    log.warning("frozen-block store row unreadable (%s); computing it again", exc)
         if found is not None:
             self._keep(key, found)
             self.read += 1

@@ -189,7 +189,7 @@ def run_training(run: TrainRun) -> Path:
                    store=store)
     if store is not None:
         kept = f"kept in {store.path}" if store.save() else "not kept: see the warning above"
-        print(f"frozen blocks' output: {store.read} rows read back from the last run, {store.computed} computed "
+        print(f"frozen blocks' output: {store.read} rows read back from earlier runs, {store.computed} computed "
               f"({kept})")
     train_seconds = time.perf_counter() - started
     metrics: dict = {"history": [asdict(r) for r in result.history], "best_epoch": result.best_epoch,

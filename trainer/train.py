@@ -187,21 +187,25 @@ class LeanLabelLoss:
     @torch.no_grad()
     def _hidden_below(self, device, batch: int = 16) -> tuple:
         """The frozen blocks' output for the prefix and for every row (real positions only): from the store
-        where it holds the row, else computed, rows of like length batched together."""
+        where it holds the row well enough, else computed, rows of like length batched together.
+
+        A row's name in the store says how it was computed: in the model's dtype (as scoring, validation and
+        `agile suggest` compute it), or under bfloat16 autocast (training, where the hardware has it). A run
+        under autocast takes either; a run without takes the exact rows only (validation feeds calibration)."""
+        kind = torch.device(device).type
+        exact = str(self.lean.dtype)
+        names = [exact, f"autocast-{torch.get_autocast_dtype(kind)}"] if torch.is_autocast_enabled(kind) else [exact]
         prefix, caches = None, None
         if self.prefix:
             ids = torch.tensor([self.prefix], dtype=torch.int32, device=device)
             prefix, caches = self.lean.hidden_states(ids, torch.ones_like(ids, dtype=torch.bool), self.frozen)
         keys = None
-        if self.store is not None:  # a row's name says how it was computed: autocast's dtype, or none
-            kind = torch.device(device).type
-            mode = str(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else "off"
-            mode += "" if self.lean.dtype == torch.float32 else f"/{self.lean.dtype}"  # a model loaded in bfloat16
-            keys = [f"{row_key(self.prefix + r)}/{mode}" for r in self.rows]
+        if self.store is not None:
+            keys = [row_key(self.prefix + r) for r in self.rows]
         hidden: list = [None] * len(self.rows)
         if keys is not None:
             for i, key in enumerate(keys):
-                found = self.store.get(key)
+                found = next((f for f in (self.store.get(f"{key}/{name}") for name in names) if f is not None), None)
                 hidden[i] = None if found is None else found.to(device=device, dtype=self.lean.dtype)
         missing = [i for i, h in enumerate(hidden) if h is None]
         order = [missing[j] for j in np.argsort([len(self.rows[i]) for i in missing], kind="stable")]
@@ -212,7 +216,7 @@ class LeanLabelLoss:
             for j, i in enumerate(part):
                 hidden[i] = x[j, : len(self.rows[i])].clone()
                 if keys is not None:
-                    self.store.put(keys[i], hidden[i])
+                    self.store.put(f"{keys[i]}/{names[-1]}", hidden[i])
         return prefix, hidden
 
 
@@ -232,12 +236,12 @@ def blocks_below(model, lora_blocks: int) -> int:
 
 def frozen_store(model, template: PromptTemplate, settings: TrainSettings, home: Path) -> FrozenStore | None:
     """The on-disk store of the frozen blocks' output for this model and prompt (under `home`), or None where
-    no blocks are frozen."""
+    no blocks are frozen. It reads `agile suggest`'s pool rows too: a round's new rows came from there."""
     frozen = frozen_blocks(model, settings)
     if not frozen:
         return None
     prefix = PromptTokenizer.from_model(model).shared_prefix(template)
-    return FrozenStore(home / "frozen", model.agile_info.checksum, frozen, prefix)
+    return FrozenStore(home / "frozen", model.agile_info.checksum, frozen, prefix, also="pool")
 
 
 def frozen_validation(model, template: PromptTemplate, examples: Examples, settings: TrainSettings,
