@@ -34,19 +34,22 @@ def row_key(tokens: list[int]) -> str:
     return hashlib.blake2b(np.asarray(tokens, dtype=np.int64).tobytes(), digest_size=16).hexdigest()
 
 
+POOL = "pool"  # the kind of file `agile suggest` keeps, beside `agile train`'s ("")
+
+
 class FrozenStore:
     """Hidden states after the frozen blocks, by token row: those of the last run, and this run's."""
 
     def __init__(self, directory: Path, model_checksum: str, frozen: int, prefix: list[int], kind: str = "",
                  max_bytes: int | None = None, also: str | None = None):
         name = hashlib.blake2b(f"{model_checksum}/{frozen}/{row_key(prefix)}".encode(), digest_size=12).hexdigest()
-        self.path = directory / f"{name}{'.' + kind if kind else ''}.safetensors"
+        self.path = _file(directory, name, kind)
         self.meta = {"model": model_checksum, "frozen": str(frozen)}
         self.used: dict[str, torch.Tensor] = {}  # what this run read or computed: the next file
         self.read = self.computed = self.left_out = 0  # left out: over max_bytes, not kept for the next run
         self.max_bytes, self._bytes = max_bytes, 0
         self._own = self._open(self.path)
-        self._also = self._open(directory / f"{name}.{also}.safetensors") if also else None  # read row by row
+        self._also = self._open(_file(directory, name, also)) if also else None  # read row by row
 
     def _open(self, path: Path):
         """The file's reader if it holds this model's rows, else None."""
@@ -64,17 +67,18 @@ class FrozenStore:
             return None
 
     def get(self, key: str) -> torch.Tensor | None:
-        found = None
         for source in (self._own, self._also):
-            if found is None and source is not None and key in source[1]:
-                try:
-                    found = source[0].get_tensor(key)
-                except Exception as exc:  # a file changed under the reader: this row is computed
-                    log.warning("frozen-block store row unreadable (%s); computing it again", exc)
-        if found is not None:
+            if source is None or key not in source[1]:
+                continue
+            try:
+                found = source[0].get_tensor(key)
+            except Exception as exc:  # a file changed under the reader: this row is computed
+                log.warning("frozen-block store row unreadable (%s); computing it again", exc)
+                continue
             self._keep(key, found)
             self.read += 1
-        return found
+            return found
+        return None
 
     def put(self, key: str, hidden: torch.Tensor) -> None:
         self._keep(key, hidden.detach().to("cpu", torch.float32).contiguous())
@@ -110,3 +114,13 @@ class FrozenStore:
             log.warning("could not keep the frozen blocks' output in %s (%s)", self.path, exc)
             return False
         return True
+
+    def saved(self) -> str:
+        """Save, and say where the rows went (for the line a command prints)."""
+        if self.save():
+            return f"kept in {self.path}"
+        return "none kept" if not self.used else "not kept: see the warning above"
+
+
+def _file(directory: Path, name: str, kind: str) -> Path:
+    return directory / f"{name}{'.' + kind if kind else ''}.safetensors"

@@ -188,7 +188,7 @@ def run_training(run: TrainRun) -> Path:
     result = train(model, template, fit, settings, validate=validation_auc if validation else None, start=parent,
                    store=store)
     if store is not None:
-        kept = f"kept in {store.path}" if store.save() else "not kept: see the warning above"
+        kept = store.saved()
         print(f"frozen blocks' output: {store.read} rows read back from earlier runs, {store.computed} computed "
               f"({kept})")
     train_seconds = time.perf_counter() - started

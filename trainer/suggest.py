@@ -290,13 +290,12 @@ def _scored_from_store(policy: Policy, model, chunks: Iterator[Chunk], frozen: i
     """The pool scored by the lean label path over the frozen blocks' output, read from the store where
     an earlier suggest kept it; the store rewritten with this pool's rows at the end."""
     from agile.tokens import PromptTokenizer
-    from agile.trainer.frozen_store import FrozenStore
-    from agile.trainer.train import LeanLabelLoss
+    from agile.trainer.frozen_store import POOL
+    from agile.trainer.train import LeanLabelLoss, model_store
 
     tokenizer = PromptTokenizer.from_model(model)
     template, label_ids = policy.template, tokenizer.label_ids(policy.template.labels)
-    store = FrozenStore(home / "frozen", model.agile_info.checksum, frozen, tokenizer.shared_prefix(template),
-                        kind="pool", max_bytes=POOL_STORE_BYTES)
+    store = model_store(model, template, frozen, home, kind=POOL, max_bytes=POOL_STORE_BYTES)
     device = model.backbone.token_embedding.embeddings.value.device
 
     def probs_of(texts: list[str]) -> np.ndarray:
@@ -304,8 +303,7 @@ def _scored_from_store(policy: Policy, model, chunks: Iterator[Chunk], frozen: i
         return LeanLabelLoss(model, tokenizer, template, label_ids, rows, frozen, store=store).probs(device, batch)
 
     yield from _scored(chunks, probs_of, policy, excluded)
-    kept = f"kept in {store.path}" if store.save() else "none kept" if not store.used else \
-        "not kept: see the warning above"
+    kept = store.saved()
     over = f"; {store.left_out} left out, over {POOL_STORE_BYTES >> 20} MiB" if store.left_out else ""
     notes.append(f"frozen blocks' output: {store.read} pool rows read back from the last suggest, "
                  f"{store.computed} computed ({kept}{over})")

@@ -40,7 +40,7 @@ from agile.prompt import PromptTemplate  # noqa: E402
 from agile.scoring import label_logits, pad_batch  # noqa: E402
 from agile.tokens import PromptTokenizer  # noqa: E402
 from agile.trainer.data import Examples  # noqa: E402
-from agile.trainer.frozen_store import FrozenStore, row_key  # noqa: E402
+from agile.trainer.frozen_store import POOL, FrozenStore, row_key  # noqa: E402
 from agile.trainer.settings import TrainSettings  # noqa: E402
 
 
@@ -238,10 +238,13 @@ def frozen_store(model, template: PromptTemplate, settings: TrainSettings, home:
     """The on-disk store of the frozen blocks' output for this model and prompt (under `home`), or None where
     no blocks are frozen. It reads `agile suggest`'s pool rows too: a round's new rows came from there."""
     frozen = frozen_blocks(model, settings)
-    if not frozen:
-        return None
+    return model_store(model, template, frozen, home, also=POOL) if frozen else None
+
+
+def model_store(model, template: PromptTemplate, frozen: int, home: Path, **options) -> FrozenStore:
+    """The store of this model's `frozen` blocks' output under this prompt head, in `home`/frozen/."""
     prefix = PromptTokenizer.from_model(model).shared_prefix(template)
-    return FrozenStore(home / "frozen", model.agile_info.checksum, frozen, prefix, also="pool")
+    return FrozenStore(home / "frozen", model.agile_info.checksum, frozen, prefix, **options)
 
 
 def frozen_validation(model, template: PromptTemplate, examples: Examples, settings: TrainSettings,
