@@ -7,7 +7,12 @@ chosen by the strategy from the rows not yet labelled, and continues training fr
 round's adapter (`agile train --init`, the parent's rows included). Nothing is chosen on the test
 rows: epochs, threshold and calibration come from validation rows carved from the labelled ones.
 
+`--holdout N` is for choosing the loop's own settings (`--explore`): each seed carves N rows from the
+pool (stratified by label), scores every round on them instead, and never reads the test split. Several
+shares in one run (`--explore 0,0.25,0.5`) share the round-1 adapter.
+
     OMP_NUM_THREADS=2 python bench/bench_agile_loop.py --seeds 1234,1235,1236 --name agile-loop
+    python bench/bench_agile_loop.py --holdout 200 --explore 0,0.25,0.5,0.75 --name agile-loop-choose
     python bench/bench_agile_loop.py --model PRESET_DIR --rounds 1 --per-round 8 --start 40 --name dry-run
     python bench/bench_agile_loop.py --merge bench/results/agile-loop-s*.json --name agile-loop-3-seeds
 """
@@ -46,8 +51,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2, help="rows a training step (2: the codelab's)")
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--lora-blocks", type=int, default=0, help="LoRA on the last N blocks (0: every block)")
-    parser.add_argument("--explore", type=float, default=0.5,
-                        help="suggest's random share (agile suggest --explore; 0: uncertainty and diversity alone)")
+    parser.add_argument("--explore", default="0.5",
+                        help="suggest's random share (agile suggest --explore; 0: uncertainty and diversity alone); "
+                             "comma-separated shares are run side by side from the same start")
+    parser.add_argument("--holdout", type=int, default=0,
+                        help="score each round on N rows carved from the pool (stratified, per seed) instead of "
+                             "the codelab's test split, which is then never read: for choosing --explore")
     parser.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16", "auto"),
                         help="agile train --compute-dtype (auto: bfloat16 autocast where the CPU has it)")
     parser.add_argument("--model", default="gemma3_270m")
@@ -58,6 +67,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.merge:
         return merge(args.name, args.merge)
+    explores = [float(e) for e in args.explore.split(",")]
+    strategies = [f"suggest --explore {e:g}" if s == "suggest" and len(explores) > 1 else s
+                  for s in args.strategies.split(",") for e in (explores if s == "suggest" else [None])]
     common.setup("cpu", args.threads)
 
     from agile.adapters import load_adapter
@@ -77,16 +89,18 @@ def main() -> None:
                              batch_size=args.batch_size, lora_blocks=args.lora_blocks)
     template = PromptTemplate(DEFAULT_LABELS)
     work = Path(tempfile.mkdtemp(prefix="agile-loop-"))
-    curves: dict[str, dict[int, list[tuple[int, float]]]] = {s: {} for s in args.strategies.split(",")}
+    curves: dict[str, dict[int, list[tuple[int, float]]]] = {s: {} for s in strategies}
     seconds: dict[str, float] = dict.fromkeys(curves, 0.0)
     trainings: list[dict] = []  # each training run: its rows and seconds
     home = HomeSettings.from_env().home_dir  # where agile train and suggest keep the frozen blocks' output
 
-    def train(seed: int, tag: str, rows: np.ndarray, parent: Path | None) -> tuple[Path, float]:
-        data = write_rows(work / f"{tag}.csv", [pool.texts[i] for i in rows], [words[i] for i in rows])
-        run = TrainRun(data=str(data), template=template, positive_label=DEFAULT_LABELS[1],
+    def rows_file(name: str, rows: np.ndarray) -> str:
+        return str(write_rows(work / f"{name}.csv", [pool.texts[i] for i in rows], [words[i] for i in rows]))
+
+    def train(seed: int, tag: str, rows: np.ndarray, parent: Path | None, scored_on: str) -> tuple[Path, float]:
+        run = TrainRun(data=rows_file(tag, rows), template=template, positive_label=DEFAULT_LABELS[1],
                        settings=TrainSettings(**{**settings.__dict__, "seed": seed}), out=work / tag,
-                       model=args.model, test="ethos", init=str(parent) if parent else None)
+                       model=args.model, test=scored_on, init=str(parent) if parent else None)
         started = time.perf_counter()
         out = run_training(run)
         took = time.perf_counter() - started
@@ -95,15 +109,22 @@ def main() -> None:
 
     for seed in (int(s) for s in args.seeds.split(",")):
         rng = np.random.default_rng(seed)
-        start = rng.choice(len(pool), size=args.start, replace=False)
-        first, first_s = train(seed, f"s{seed}-r1", start, None)
+        usable, scored_on = np.arange(len(pool)), "ethos"
+        if args.holdout:
+            from sklearn.model_selection import train_test_split
+
+            usable, held = train_test_split(usable, test_size=args.holdout, stratify=pool.labels, random_state=seed)
+            usable.sort()
+            scored_on = rows_file(f"s{seed}-holdout", held)
+        start = usable[rng.choice(len(usable), size=args.start, replace=False)]
+        first, first_s = train(seed, f"s{seed}-r1", start, None, scored_on)
         first_auc = load_adapter(first).meta.rounds[-1]["test_roc_auc"]
         for strategy in curves:
             curves[strategy][seed] = [(args.start, first_auc)]
             labelled, parent = set(start.tolist()), first
             seconds[strategy] += first_s
             for r in range(2, args.rounds + 2):
-                left = np.array(sorted(set(range(len(pool))) - labelled))
+                left = np.array(sorted(set(usable.tolist()) - labelled))
                 t0 = time.perf_counter()
                 if strategy == "random":
                     chosen = rng.choice(left, size=args.per_round, replace=False)
@@ -111,14 +132,16 @@ def main() -> None:
                     policy = Policy.from_adapter(load_adapter(parent))
                     chunks = iter([Chunk(0, [str(i) for i in left], [pool.texts[i] for i in left])])
                     scored = suggest.scored_pool(policy, chunks, args.model, None, home)  # the pool's store, too
-                    picked, _ = suggest.suggest(policy, scored, args.per_round, seed, explore=args.explore)
+                    explore = float(strategy.rpartition(" ")[2]) if " " in strategy else explores[0]
+                    picked, _ = suggest.suggest(policy, scored, args.per_round, seed, explore=explore)
                     chosen = np.array([int(i) for i in picked.ids])
                 labelled |= set(chosen.tolist())
-                parent, train_s = train(seed, f"s{seed}-{strategy}-r{r}", chosen, parent)
+                tag = strategy.replace(" --explore ", "-e")
+                parent, train_s = train(seed, f"s{seed}-{tag}-r{r}", chosen, parent, scored_on)
                 seconds[strategy] += time.perf_counter() - t0
                 auc = load_adapter(parent).meta.rounds[-1]["test_roc_auc"]
                 curves[strategy][seed].append((len(labelled), auc))
-                print(f"seed {seed} {strategy} round {r}: {len(labelled)} labels, test ROC-AUC {auc:.4f} "
+                print(f"seed {seed} {strategy} round {r}: {len(labelled)} labels, {metric(vars(args))} {auc:.4f} "
                       f"({train_s:.0f} s training)", flush=True)
 
     report(args.name, vars(args), {strategy: ([n for n, _ in next(iter(by_seed.values()))],
@@ -127,18 +150,26 @@ def main() -> None:
            trainings)
 
 
+def metric(settings: dict) -> str:
+    """What a round is scored on: the codelab's test split, or the rows --holdout carved from the pool."""
+    return f"holdout ({settings['holdout']} rows) ROC-AUC" if settings.get("holdout") else "test ROC-AUC"
+
+
 def report(name: str, settings: dict, found: dict[str, tuple[list[int], np.ndarray, float]],
            trainings: list[dict] | None = None) -> None:
-    """The table, the learning-curve plot and the results file: per strategy, (labels, AUCs [seeds, rounds], s)."""
+    """The table, the learning-curve plot and the results file: per strategy, (labels, AUCs [seeds, rounds], s).
+    `after_start` is each strategy's mean over the rounds after the shared start (and seeds): the area under
+    its learning curve, the one number to choose a setting by."""
     rows, summary = [], {}
     for strategy, (labels, aucs, seconds) in found.items():
         std = aucs.std(axis=0, ddof=1) if len(aucs) > 1 else np.zeros(aucs.shape[1])
         summary[strategy] = {"labels": labels, "mean": aucs.mean(axis=0).round(4).tolist(),
                              "std": std.round(4).tolist(), "per_seed": aucs.round(4).tolist(),
-                             "seconds": round(seconds, 1)}
+                             "after_start": round(float(aucs[:, 1:].mean()), 4), "seconds": round(seconds, 1)}
         rows += [[strategy, n, f"{m:.3f} ± {s:.3f}"] for n, m, s in zip(labels, summary[strategy]["mean"],
                                                                          summary[strategy]["std"], strict=True)]
-    common.print_table(["strategy", "labels", "test ROC-AUC (mean ± sample sd over seeds)"], rows)
+        rows.append([strategy, "rounds after the start", f"{summary[strategy]['after_start']:.4f}"])
+    common.print_table(["strategy", "labels", f"{metric(settings)} (mean ± sample sd over seeds)"], rows)
     plot = common.RESULTS / f"{name}.png"
     import matplotlib
 
@@ -149,7 +180,7 @@ def report(name: str, settings: dict, found: dict[str, tuple[list[int], np.ndarr
     for strategy, curve in summary.items():
         ax.errorbar(curve["labels"], curve["mean"], yerr=curve["std"], marker="o", capsize=3, label=strategy)
     ax.set_xlabel("labels")
-    ax.set_ylabel("test ROC-AUC")
+    ax.set_ylabel(metric(settings))
     ax.set_title(f"ETHOS, {len(next(iter(found.values()))[1])} seed(s)")
     ax.legend()
     fig.tight_layout()
@@ -164,11 +195,13 @@ def merge(name: str, paths: list[str]) -> None:
     import json
 
     runs = [json.loads(Path(p).read_text()) for p in paths]
+    if len({r["settings"].get("holdout") or 0 for r in runs}) > 1:
+        raise SystemExit("--merge: some runs were scored on --holdout rows and some on the test split")
     joined: dict[str, tuple[list[int], list, float]] = {}
     for run in runs:
-        explore = run["settings"].get("explore") or 0
+        explore = float(run["settings"].get("explore") or 0)
         for strategy, curve in run["curves"].items():
-            key = f"suggest --explore {explore}" if strategy == "suggest" and explore else strategy
+            key = f"suggest --explore {explore:g}" if strategy == "suggest" and explore else strategy
             labels, rows, seconds = joined.get(key, (curve["labels"], [], 0.0))
             if curve["labels"] != labels:
                 raise SystemExit(f"--merge: the runs' {key} rounds differ; merge runs of the same settings")
