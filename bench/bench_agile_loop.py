@@ -199,15 +199,16 @@ def merge(name: str, paths: list[str]) -> None:
         raise SystemExit("--merge: some runs were scored on --holdout rows and some on the test split")
     joined: dict[str, tuple[list[int], list, float]] = {}
     for run in runs:
-        explore = float(run["settings"].get("explore") or 0)
         for strategy, curve in run["curves"].items():
-            key = f"suggest --explore {explore:g}" if strategy == "suggest" and explore else strategy
+            key = strategy  # a run of several shares names each curve by its share already
+            if strategy == "suggest" and float(run["settings"].get("explore") or 0):
+                key = f"suggest --explore {float(run['settings']['explore']):g}"
             labels, rows, seconds = joined.get(key, (curve["labels"], [], 0.0))
             if curve["labels"] != labels:
                 raise SystemExit(f"--merge: the runs' {key} rounds differ; merge runs of the same settings")
             joined[key] = (labels, rows + curve["per_seed"], seconds + curve["seconds"])
     found = {key: (labels, np.array(rows), seconds) for key, (labels, rows, seconds) in joined.items()}
-    seeds = ",".join(r["settings"]["seeds"] for r in runs)
+    seeds = ",".join(dict.fromkeys(r["settings"]["seeds"] for r in runs))  # a seed split over runs, once
     report(name, {**runs[0]["settings"], "seeds": seeds, "name": name, "merged": list(paths)}, found,
            [t for r in runs for t in r.get("trainings", [])])
 

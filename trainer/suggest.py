@@ -36,7 +36,7 @@ from agile.tables import Chunk, TableError, read_chunks
 
 LABEL_COLUMN = "label"  # filled in by the labeller (agile label), read by agile train --label-column label
 DEFAULT_FACTOR = 5
-DEFAULT_EXPLORE = 0.5  # half the round at random: measured on ETHOS, docs/TRAINING.md "The agile loop"
+DEFAULT_EXPLORE = 0.5  # half the round at random: chosen on rows held out from ETHOS, docs/TRAINING.md "The agile loop"
 
 
 @dataclass
