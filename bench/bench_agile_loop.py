@@ -67,9 +67,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.merge:
         return merge(args.name, args.merge)
-    explores = [float(e) for e in args.explore.split(",")]
-    strategies = [f"suggest --explore {e:g}" if s == "suggest" and len(explores) > 1 else s
-                  for s in args.strategies.split(",") for e in (explores if s == "suggest" else [None])]
+    shares = strategy_shares(args.strategies, args.explore)
+    if shares is None:
+        parser.error(f"--explore takes shares from 0 to 1, comma-separated, got {args.explore!r}")
     common.setup("cpu", args.threads)
 
     from agile.adapters import load_adapter
@@ -89,7 +89,7 @@ def main() -> None:
                              batch_size=args.batch_size, lora_blocks=args.lora_blocks)
     template = PromptTemplate(DEFAULT_LABELS)
     work = Path(tempfile.mkdtemp(prefix="agile-loop-"))
-    curves: dict[str, dict[int, list[tuple[int, float]]]] = {s: {} for s in strategies}
+    curves: dict[str, dict[int, list[tuple[int, float]]]] = {s: {} for s in shares}
     seconds: dict[str, float] = dict.fromkeys(curves, 0.0)
     trainings: list[dict] = []  # each training run: its rows and seconds
     home = HomeSettings.from_env().home_dir  # where agile train and suggest keep the frozen blocks' output
@@ -132,8 +132,7 @@ def main() -> None:
                     policy = Policy.from_adapter(load_adapter(parent))
                     chunks = iter([Chunk(0, [str(i) for i in left], [pool.texts[i] for i in left])])
                     scored = suggest.scored_pool(policy, chunks, args.model, None, home)  # the pool's store, too
-                    explore = float(strategy.rpartition(" ")[2]) if " " in strategy else explores[0]
-                    picked, _ = suggest.suggest(policy, scored, args.per_round, seed, explore=explore)
+                    picked, _ = suggest.suggest(policy, scored, args.per_round, seed, explore=shares[strategy])
                     chosen = np.array([int(i) for i in picked.ids])
                 labelled |= set(chosen.tolist())
                 tag = strategy.replace(" --explore ", "-e")
@@ -148,6 +147,22 @@ def main() -> None:
                                               np.array([[auc for _, auc in c] for c in by_seed.values()]),
                                               seconds[strategy]) for strategy, by_seed in curves.items()},
            trainings)
+
+
+def strategy_shares(strategies: str, explore: str) -> dict[str, float | None] | None:
+    """Each curve's name and its --explore share (random's: None); `suggest` keeps its plain name when one
+    share is run, else one curve per share. None when a share is not a number from 0 to 1."""
+    try:
+        explores = [float(e) for e in explore.split(",")]
+    except ValueError:
+        return None
+    if not all(0.0 <= e <= 1.0 for e in explores):
+        return None
+    named: dict[str, float | None] = {}
+    for strategy in strategies.split(","):
+        for e in explores if strategy == "suggest" else [None]:
+            named[f"suggest --explore {e:g}" if e is not None and len(explores) > 1 else strategy] = e
+    return named
 
 
 def metric(settings: dict) -> str:
